@@ -1,0 +1,1 @@
+//! One local control plane per test binary (see tests/cluster/up).
