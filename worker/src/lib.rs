@@ -1,0 +1,7 @@
+//! callfleet call worker: one stateful WebSocket session per call and the streaming AI voice
+//! pipeline behind it. The binary (`main.rs`) is a thin shell; everything reusable (codecs,
+//! protocol parsers, token minting) lives here so the load generator and smoke-test client can
+//! use the same code.
+
+pub mod media;
+pub mod providers;
