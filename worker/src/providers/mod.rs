@@ -1,0 +1,151 @@
+//! AI providers behind small, object-safe traits, so the call loop does not care which vendor
+//! answers and tests run the same code against the local stand-in.
+//!
+//! Every streaming output is a `futures::Stream` that owns what it needs (`'static`): the call task
+//! keeps it in its `select!` loop, and **dropping it cancels the request in flight** (the HTTP body
+//! or WebSocket is closed), which is how barge-in stops the LLM and TTS.
+//!
+//! Retries happen only before a stream yields its first item; after that an error ends the stream.
+
+pub mod config;
+pub mod error;
+pub mod realtime;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use callfleet_crds::aipipeline::{LlmSpec, RealtimeSpec, SttSpec, TtsSpec};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+pub use config::ProviderConfig;
+pub use error::ProviderError;
+pub use realtime::{
+    RealtimeCommand, RealtimeCommands, RealtimeEvent, RealtimeOptions, RealtimeSession, ServerVad,
+};
+
+/// Result of a provider call.
+pub type ProviderResult<T> = Result<T, ProviderError>;
+
+/// Sample rate of the PCM that [`TextToSpeech`] yields (OpenAI's `pcm` format).
+pub const TTS_SAMPLE_RATE: u32 = 24_000;
+
+/// One caller utterance: mono signed 16-bit PCM (16 kHz is what the cascade sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Utterance {
+    pub samples: Vec<i16>,
+    pub sample_rate: u32,
+}
+
+/// The text heard in an utterance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Transcript {
+    pub text: String,
+}
+
+/// Progress of a streamed transcription (`transcript.text.delta` / `transcript.text.done`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TranscriptEvent {
+    /// More text; the concatenation of deltas is the transcript so far.
+    Delta(String),
+    /// The final transcript; always the last item of a successful stream.
+    Done(Transcript),
+}
+
+/// Speech to text. Implementations stream where the model supports it and otherwise yield one
+/// [`TranscriptEvent::Done`].
+pub trait SpeechToText: Send + Sync {
+    /// Transcribes `audio`, yielding deltas as they arrive and then exactly one `Done`.
+    fn transcribe_stream(
+        &self,
+        audio: Utterance,
+        spec: &SttSpec,
+    ) -> BoxStream<'static, ProviderResult<TranscriptEvent>>;
+
+    /// Transcribes `audio` and returns only the final text.
+    fn transcribe(
+        &self,
+        audio: Utterance,
+        spec: &SttSpec,
+    ) -> BoxFuture<'static, ProviderResult<Transcript>> {
+        let mut events = self.transcribe_stream(audio, spec);
+        Box::pin(async move {
+            while let Some(event) = events.next().await {
+                if let TranscriptEvent::Done(transcript) = event? {
+                    return Ok(transcript);
+                }
+            }
+            Err(ProviderError::Protocol(
+                "transcription ended without a final transcript".into(),
+            ))
+        })
+    }
+}
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of the conversation sent to the language model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: ChatRole, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// A streaming chat model.
+pub trait ChatModel: Send + Sync {
+    /// Streams the assistant's reply as text deltas. `messages` are sent as given: the caller
+    /// puts the system prompt first and caps the history.
+    fn stream_chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        spec: &LlmSpec,
+    ) -> BoxStream<'static, ProviderResult<String>>;
+}
+
+/// Streaming text to speech.
+pub trait TextToSpeech: Send + Sync {
+    /// Streams `text` as mono s16le PCM at [`TTS_SAMPLE_RATE`]. Every chunk holds whole samples
+    /// (even length), whatever the network's chunk boundaries were.
+    fn stream_speech(
+        &self,
+        text: String,
+        spec: &TtsSpec,
+    ) -> BoxStream<'static, ProviderResult<Bytes>>;
+}
+
+/// Speech to speech over one long-lived session per call.
+pub trait Realtime: Send + Sync {
+    /// Opens a session configured for µ-law 8 kHz audio in and out and server-side VAD.
+    fn connect(
+        &self,
+        spec: &RealtimeSpec,
+        options: RealtimeOptions,
+    ) -> BoxFuture<'static, ProviderResult<RealtimeSession>>;
+}
+
+/// The providers one pipeline version uses; cheap to clone into each call task.
+#[derive(Clone)]
+pub struct Providers {
+    pub stt: Arc<dyn SpeechToText>,
+    pub chat: Arc<dyn ChatModel>,
+    pub tts: Arc<dyn TextToSpeech>,
+    pub realtime: Arc<dyn Realtime>,
+}
