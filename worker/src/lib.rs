@@ -3,5 +3,6 @@
 //! protocol parsers, token minting) lives here so the load generator and smoke-test client can
 //! use the same code.
 
+pub mod admission;
 pub mod media;
 pub mod providers;

@@ -1,0 +1,13 @@
+//! Who may start a call: signed call tokens, the per-worker call limit and the per-IP rate of
+//! new connections. All checks happen before a call task exists, so a rejected connection
+//! costs almost nothing.
+
+pub mod capacity;
+pub mod rate_limit;
+pub mod secret;
+pub mod token;
+
+pub use capacity::{CallPermit, CapacityGate};
+pub use rate_limit::{ConnectionRateLimiter, GcraLimiter, RateDecision};
+pub use secret::{SecretError, TokenSecret};
+pub use token::{TokenError, mint_token, verify_token};
