@@ -5,4 +5,5 @@
 
 pub mod admission;
 pub mod media;
+pub mod protocols;
 pub mod providers;

@@ -1,0 +1,320 @@
+//! Twilio Media Streams (`/ws/twilio`).
+//!
+//! In: `connected`, `start`, `media`, `mark`, `dtmf`, `stop`. Out: `media`, `mark`, `clear`,
+//! each carrying the `streamSid` from `start`. Audio is base64 µ-law at 8 kHz both ways. The
+//! protocol has no error message, so per-frame errors are only logged and counted.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::payload::{decode_audio, encode_audio};
+use super::{CallStart, InboundEvent, Incoming, Outbound, PlaybackMode, ProtocolError, WireFrame};
+use crate::media::AudioFormat;
+
+/// One inbound Twilio message; only the fields the worker uses. Borrowed where it matters:
+/// `media` arrives 50 times a second per call.
+#[derive(Debug, Deserialize)]
+pub struct TwilioMessage<'a> {
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub media: Option<MediaPayload<'a>>,
+    #[serde(default)]
+    pub start: Option<StartPayload>,
+    #[serde(default)]
+    pub mark: Option<MarkPayload>,
+    #[serde(default)]
+    pub dtmf: Option<DtmfPayload>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct MediaPayload<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub track: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub payload: Cow<'a, str>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartPayload {
+    pub stream_sid: String,
+    pub call_sid: String,
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    #[serde(default)]
+    pub custom_parameters: HashMap<String, String>,
+    #[serde(default)]
+    pub media_format: Option<MediaFormat>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaFormat {
+    pub encoding: String,
+    pub sample_rate: u32,
+    #[serde(default)]
+    pub channels: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MarkPayload {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DtmfPayload {
+    pub digit: String,
+}
+
+/// Decoder state for one Twilio stream.
+#[derive(Debug, Default)]
+pub struct TwilioDecoder {
+    started: bool,
+    ended: bool,
+}
+
+impl TwilioDecoder {
+    pub fn decode(&mut self, frame: Incoming<'_>) -> Result<InboundEvent, ProtocolError> {
+        let Incoming::Text(text) = frame else {
+            return Err(ProtocolError::UnexpectedBinary);
+        };
+        if self.ended {
+            return Err(ProtocolError::AfterEnd);
+        }
+        let message: TwilioMessage<'_> =
+            serde_json::from_str(text).map_err(|e| ProtocolError::BadJson(e.to_string()))?;
+        match message.event.as_ref() {
+            "connected" => Ok(InboundEvent::Ignored),
+            "start" => {
+                if self.started {
+                    return Err(ProtocolError::DuplicateStart);
+                }
+                let start = message.start.ok_or(ProtocolError::MissingField("start"))?;
+                let event = start_event(start)?;
+                self.started = true;
+                Ok(event)
+            }
+            "media" => {
+                if !self.started {
+                    return Err(ProtocolError::BeforeStart("media"));
+                }
+                let media = message.media.ok_or(ProtocolError::MissingField("media"))?;
+                if media.track.as_deref().is_some_and(|t| t == "outbound") {
+                    return Ok(InboundEvent::Ignored);
+                }
+                let samples = decode_audio(&media.payload, AudioFormat::MULAW_8K)?;
+                Ok(InboundEvent::Audio {
+                    samples,
+                    format: AudioFormat::MULAW_8K,
+                })
+            }
+            "mark" => {
+                let mark = message.mark.ok_or(ProtocolError::MissingField("mark"))?;
+                Ok(InboundEvent::Mark(mark.name))
+            }
+            "dtmf" => {
+                let dtmf = message.dtmf.ok_or(ProtocolError::MissingField("dtmf"))?;
+                Ok(InboundEvent::Dtmf(dtmf.digit))
+            }
+            "stop" => {
+                self.ended = true;
+                Ok(InboundEvent::End)
+            }
+            other => Err(ProtocolError::UnknownType(other.into())),
+        }
+    }
+}
+
+fn start_event(start: StartPayload) -> Result<InboundEvent, ProtocolError> {
+    if let Some(format) = &start.media_format {
+        if format.encoding != "audio/x-mulaw" {
+            return Err(ProtocolError::UnsupportedFormat(format.encoding.clone()));
+        }
+        if format.sample_rate != 8_000 {
+            return Err(ProtocolError::WrongSampleRate(format.sample_rate));
+        }
+    }
+    if start.call_sid.is_empty() {
+        return Err(ProtocolError::MissingField("start.callSid"));
+    }
+    let mut params = start.custom_parameters;
+    Ok(InboundEvent::Start(CallStart {
+        call_id: start.call_sid,
+        token: params.remove("token"),
+        inbound: AudioFormat::MULAW_8K,
+        outbound: AudioFormat::MULAW_8K,
+        playback: PlaybackMode::Paced,
+        stream_id: Some(start.stream_sid),
+        from: params.remove("from"),
+    }))
+}
+
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+enum ServerMessage<'a> {
+    #[serde(rename_all = "camelCase")]
+    Media {
+        stream_sid: &'a str,
+        media: OutMedia,
+    },
+    #[serde(rename_all = "camelCase")]
+    Mark {
+        stream_sid: &'a str,
+        mark: OutMark<'a>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Clear { stream_sid: &'a str },
+}
+
+#[derive(Serialize)]
+struct OutMedia {
+    payload: String,
+}
+
+#[derive(Serialize)]
+struct OutMark<'a> {
+    name: &'a str,
+}
+
+/// The Twilio frame for `out`; audio must already be µ-law 8 kHz frames.
+pub fn encode(stream_sid: &str, out: Outbound<'_>) -> Option<WireFrame> {
+    let message = match out {
+        Outbound::Audio {
+            samples, format, ..
+        } => ServerMessage::Media {
+            stream_sid,
+            media: OutMedia {
+                payload: encode_audio(samples, format),
+            },
+        },
+        Outbound::Mark(name) => ServerMessage::Mark {
+            stream_sid,
+            mark: OutMark { name },
+        },
+        Outbound::Clear => ServerMessage::Clear { stream_sid },
+        Outbound::Status { .. } | Outbound::Error { .. } | Outbound::Hangup => return None,
+    };
+    serde_json::to_string(&message).ok().map(WireFrame::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::{Decoder, Protocol};
+
+    const START: &str = r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{"token":"tok","from":"+15550001"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
+
+    fn text(d: &mut Decoder, s: &str) -> Result<InboundEvent, ProtocolError> {
+        d.decode(Incoming::Text(s))
+    }
+
+    #[test]
+    fn twilio_stream() {
+        let mut d = Decoder::new(Protocol::Twilio);
+        assert_eq!(
+            text(
+                &mut d,
+                r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#
+            )
+            .unwrap(),
+            InboundEvent::Ignored
+        );
+        let InboundEvent::Start(start) = text(&mut d, START).unwrap() else {
+            panic!()
+        };
+        assert_eq!(start.call_id, "CA1");
+        assert_eq!(start.token.as_deref(), Some("tok"));
+        assert_eq!(start.stream_id.as_deref(), Some("MZ1"));
+        assert_eq!(start.from.as_deref(), Some("+15550001"));
+        let media = r#"{"event":"media","sequenceNumber":"2","streamSid":"MZ1","media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"//8="}}"#;
+        assert_eq!(
+            text(&mut d, media).unwrap(),
+            InboundEvent::Audio {
+                samples: vec![0, 0],
+                format: AudioFormat::MULAW_8K
+            }
+        );
+        let mark =
+            r#"{"event":"mark","sequenceNumber":"3","streamSid":"MZ1","mark":{"name":"s1"}}"#;
+        assert_eq!(text(&mut d, mark).unwrap(), InboundEvent::Mark("s1".into()));
+        let dtmf = r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"4","dtmf":{"track":"inbound_track","digit":"5"}}"#;
+        assert_eq!(text(&mut d, dtmf).unwrap(), InboundEvent::Dtmf("5".into()));
+        let stop = r#"{"event":"stop","sequenceNumber":"5","streamSid":"MZ1","stop":{"accountSid":"AC1","callSid":"CA1"}}"#;
+        assert_eq!(text(&mut d, stop).unwrap(), InboundEvent::End);
+        assert_eq!(text(&mut d, media), Err(ProtocolError::AfterEnd));
+    }
+
+    #[test]
+    fn twilio_malformed() {
+        let mut d = Decoder::new(Protocol::Twilio);
+        assert_eq!(
+            text(&mut d, r#"{"event":"media","media":{"payload":"//8="}}"#),
+            Err(ProtocolError::BeforeStart("media"))
+        );
+        assert!(matches!(
+            text(&mut d, "[1,2"),
+            Err(ProtocolError::BadJson(_))
+        ));
+        assert_eq!(
+            text(&mut d, r#"{"event":"party"}"#),
+            Err(ProtocolError::UnknownType("party".into()))
+        );
+        assert_eq!(
+            text(&mut d, r#"{"event":"start"}"#),
+            Err(ProtocolError::MissingField("start"))
+        );
+        let wrong_rate = START.replace("\"sampleRate\":8000", "\"sampleRate\":16000");
+        assert_eq!(
+            text(&mut d, &wrong_rate),
+            Err(ProtocolError::WrongSampleRate(16_000))
+        );
+        assert_eq!(
+            d.decode(Incoming::Binary(b"x")),
+            Err(ProtocolError::UnexpectedBinary)
+        );
+        text(&mut d, START).unwrap();
+        assert_eq!(
+            text(&mut d, r#"{"event":"media","media":{"payload":"!!"}}"#),
+            Err(ProtocolError::BadBase64)
+        );
+        assert_eq!(
+            text(&mut d, r#"{"event":"media"}"#),
+            Err(ProtocolError::MissingField("media"))
+        );
+        assert_eq!(text(&mut d, START), Err(ProtocolError::DuplicateStart));
+    }
+
+    #[test]
+    fn twilio_outbound() {
+        let media = encode(
+            "MZ1",
+            Outbound::Audio {
+                samples: &[0, 0],
+                format: AudioFormat::MULAW_8K,
+                text: Some("ignored"),
+            },
+        );
+        assert_eq!(
+            media,
+            Some(WireFrame::Text(
+                r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#.into()
+            ))
+        );
+        assert_eq!(
+            encode("MZ1", Outbound::Mark("s1")),
+            Some(WireFrame::Text(
+                r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"s1"}}"#.into()
+            ))
+        );
+        assert_eq!(
+            encode("MZ1", Outbound::Clear),
+            Some(WireFrame::Text(
+                r#"{"event":"clear","streamSid":"MZ1"}"#.into()
+            ))
+        );
+        assert_eq!(encode("MZ1", Outbound::Hangup), None);
+    }
+}
