@@ -1,0 +1,198 @@
+//! Pure rendering: a CallCluster and what the reconciler resolved about it in, the typed child
+//! objects out. No I/O, no clock, no randomness here: the async shell (the controller) reads the
+//! cluster, fills [`RenderInputs`], server-side applies the [`Child`]ren and writes the status
+//! computed by [`status`].
+//!
+//! Upgrade safety: nothing that changes with the operator release (version labels, config
+//! hashes, rendered-at stamps) goes into a pod template. A new operator version re-applies
+//! byte-identical pod templates, so no worker or FreeSWITCH pod carrying calls is rolled; pods
+//! only roll when the user edits the CallCluster spec (images, resources, ports).
+
+pub mod common;
+pub mod media;
+pub mod pipeline;
+pub mod sip;
+pub mod status;
+pub mod token;
+pub mod worker;
+
+use callfleet_crds::{AiPipeline, CallCluster};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::ApiResource;
+use serde_json::Value;
+
+pub use sip::{Destination, render_dispatcher_list};
+
+/// What the reconciler resolved about a CallCluster before rendering it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenderInputs<'a> {
+    /// The AiPipeline named by `spec.pipelineRef`, when it exists. Without it neither the
+    /// pipeline ConfigMap nor the worker Deployment and autoscaler are rendered: whatever was
+    /// applied last stays in place, so a deleted pipeline never rolls workers.
+    pub pipeline: Option<&'a AiPipeline>,
+    /// Fresh random bytes for the call-token Secret. Pass `Some` only when the CallCluster names
+    /// no `spec.auth.tokenSecretRef` and Secret `<name>-call-token` does not exist yet: the
+    /// Secret is then rendered once and never re-applied, so the key never changes under live
+    /// calls.
+    pub new_token_secret: Option<&'a [u8; 32]>,
+    /// Ready FreeSWITCH pods Kamailio dispatches to (rendered into `dispatcher.list`).
+    pub dispatcher_destinations: &'a [Destination],
+}
+
+/// One object owned by a CallCluster, ready for server-side apply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Child {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    Service(Service),
+    Deployment(Deployment),
+    StatefulSet(StatefulSet),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    PodDisruptionBudget(PodDisruptionBudget),
+}
+
+/// A child as the dynamic API wants it: `Api::<DynamicObject>::namespaced_with(client, ns,
+/// &obj.api_resource).patch(&obj.name, &PatchParams::apply(MANAGER), &Patch::Apply(&obj.value))`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApplyObject {
+    pub api_resource: ApiResource,
+    pub name: String,
+    /// The full object including `apiVersion` and `kind`.
+    pub value: Value,
+}
+
+/// Why a CallCluster could not be rendered. The API server's schema rejects most bad specs;
+/// these cover objects that bypassed it (offline `render -f`, stored before a schema change).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("CallCluster has no metadata.{0}")]
+    MissingMetadata(&'static str),
+    #[error("CallCluster name {name:?} is invalid: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("cannot serialize {kind} {name}: {source}")]
+    Serialize {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Every child of a CallCluster, in apply order: configuration and Secrets before the workloads
+/// that mount them, workloads before their autoscalers and disruption budgets.
+pub fn render_call_cluster(
+    cc: &CallCluster,
+    inputs: &RenderInputs<'_>,
+) -> Result<Vec<Child>, RenderError> {
+    let ctx = common::Context::new(cc)?;
+    let mut children = Vec::with_capacity(14);
+    if let Some(pipeline) = inputs.pipeline {
+        children.push(Child::ConfigMap(pipeline::config_map(&ctx, pipeline)?));
+    }
+    if let Some(bytes) = inputs.new_token_secret
+        && cc.spec.auth.token_secret_ref.is_none()
+    {
+        children.push(Child::Secret(token::secret(&ctx, bytes)));
+    }
+    children.push(Child::ConfigMap(media::config_map(&ctx)));
+    children.push(Child::ConfigMap(sip::config_map(
+        &ctx,
+        inputs.dispatcher_destinations,
+    )));
+    children.push(Child::Service(worker::service(&ctx)));
+    children.push(Child::Service(media::headless_service(&ctx)));
+    children.push(Child::Service(sip::service(&ctx)));
+    // Workers need to know which Secret holds the provider key. Until the AiPipeline exists
+    // their Deployment is left alone: created later, or kept as it is if the pipeline was
+    // deleted, rather than re-rendered without a key (which would roll every worker).
+    if let Some(pipeline) = inputs.pipeline {
+        children.push(Child::Deployment(worker::deployment(&ctx, pipeline)));
+    }
+    children.push(Child::StatefulSet(media::stateful_set(&ctx)?));
+    children.push(Child::Deployment(sip::deployment(&ctx)));
+    if inputs.pipeline.is_some() {
+        children.push(Child::HorizontalPodAutoscaler(worker::autoscaler(&ctx)));
+    }
+    children.push(Child::PodDisruptionBudget(worker::disruption_budget(&ctx)));
+    children.push(Child::PodDisruptionBudget(media::disruption_budget(&ctx)));
+    Ok(children)
+}
+
+impl Child {
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Child::ConfigMap(o) => &o.metadata,
+            Child::Secret(o) => &o.metadata,
+            Child::Service(o) => &o.metadata,
+            Child::Deployment(o) => &o.metadata,
+            Child::StatefulSet(o) => &o.metadata,
+            Child::HorizontalPodAutoscaler(o) => &o.metadata,
+            Child::PodDisruptionBudget(o) => &o.metadata,
+        };
+        meta.name.as_deref().unwrap_or_default()
+    }
+
+    /// The Kubernetes kind, e.g. `Deployment`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Child::ConfigMap(_) => "ConfigMap",
+            Child::Secret(_) => "Secret",
+            Child::Service(_) => "Service",
+            Child::Deployment(_) => "Deployment",
+            Child::StatefulSet(_) => "StatefulSet",
+            Child::HorizontalPodAutoscaler(_) => "HorizontalPodAutoscaler",
+            Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
+        }
+    }
+
+    /// Group, version, kind and plural, for `Api::<DynamicObject>`.
+    pub fn api_resource(&self) -> ApiResource {
+        match self {
+            Child::ConfigMap(_) => ApiResource::erase::<ConfigMap>(&()),
+            Child::Secret(_) => ApiResource::erase::<Secret>(&()),
+            Child::Service(_) => ApiResource::erase::<Service>(&()),
+            Child::Deployment(_) => ApiResource::erase::<Deployment>(&()),
+            Child::StatefulSet(_) => ApiResource::erase::<StatefulSet>(&()),
+            Child::HorizontalPodAutoscaler(_) => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            Child::PodDisruptionBudget(_) => ApiResource::erase::<PodDisruptionBudget>(&()),
+        }
+    }
+
+    /// `apiVersion`, e.g. `apps/v1`.
+    pub fn api_version(&self) -> String {
+        self.api_resource().api_version
+    }
+
+    /// The object as JSON, with `apiVersion` and `kind`.
+    pub fn to_value(&self) -> Result<Value, RenderError> {
+        let result = match self {
+            Child::ConfigMap(o) => serde_json::to_value(o),
+            Child::Secret(o) => serde_json::to_value(o),
+            Child::Service(o) => serde_json::to_value(o),
+            Child::Deployment(o) => serde_json::to_value(o),
+            Child::StatefulSet(o) => serde_json::to_value(o),
+            Child::HorizontalPodAutoscaler(o) => serde_json::to_value(o),
+            Child::PodDisruptionBudget(o) => serde_json::to_value(o),
+        };
+        result.map_err(|source| RenderError::Serialize {
+            kind: self.kind(),
+            name: self.name().to_owned(),
+            source,
+        })
+    }
+
+    /// Everything server-side apply through the dynamic API needs.
+    pub fn to_apply_object(&self) -> Result<ApplyObject, RenderError> {
+        Ok(ApplyObject {
+            api_resource: self.api_resource(),
+            name: self.name().to_owned(),
+            value: self.to_value()?,
+        })
+    }
+}

@@ -1,0 +1,373 @@
+//! Status from observations: what the reconciler saw (children, pipeline, Secrets) in, the
+//! CallCluster or AiPipeline status out. Inputs are plain structs so every rule is unit-tested
+//! without a cluster; messages name the missing thing so `kubectl describe` says what to fix.
+
+use callfleet_crds::callcluster::{EndpointsStatus, SipServiceType, TierStatus};
+use callfleet_crds::conditions::{
+    DEGRADED, PROGRESSING, READY, RECONCILIATION_PAUSED, condition, keep_transition_times,
+};
+use callfleet_crds::{AiPipeline, AiPipelineStatus, CallCluster, CallClusterStatus};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::common::names;
+use super::sip::Destination;
+use super::worker::WORKER_PORT;
+
+/// Replica counts of one observed Deployment or StatefulSet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadState {
+    /// `spec.replicas` (for workers: what the autoscaler chose).
+    pub desired: i32,
+    /// Pods passing readiness.
+    pub ready: i32,
+    /// Pods running the current template.
+    pub updated: i32,
+    /// The workload controller has seen the latest spec (`status.observedGeneration`).
+    pub observed_current: bool,
+}
+
+impl WorkloadState {
+    pub fn from_deployment(d: &Deployment) -> Self {
+        let status = d.status.as_ref();
+        Self {
+            desired: d.spec.replicas.unwrap_or(1),
+            ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            observed_current: status.and_then(|s| s.observed_generation) >= d.metadata.generation,
+        }
+    }
+
+    pub fn from_stateful_set(s: &StatefulSet) -> Self {
+        let status = s.status.as_ref();
+        Self {
+            desired: s.spec.replicas.unwrap_or(1),
+            ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            observed_current: status.and_then(|s| s.observed_generation) >= s.metadata.generation,
+        }
+    }
+
+    /// Every desired pod is ready and runs the current template.
+    pub fn settled(&self) -> bool {
+        self.observed_current && self.ready >= self.desired && self.updated >= self.desired
+    }
+}
+
+/// What the reconciler found about the referenced AiPipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PipelineState {
+    Missing,
+    /// Exists but its `Ready` condition is not True; `message` says why.
+    NotReady {
+        generation: i64,
+        message: String,
+    },
+    Ready {
+        generation: i64,
+    },
+}
+
+/// Everything a CallCluster's status is computed from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed<'a> {
+    pub pipeline: PipelineState,
+    /// Names of Secrets the spec references that do not exist (see [`referenced_secrets`]).
+    pub missing_secrets: Vec<String>,
+    /// `None` when the child does not exist (yet).
+    pub workers: Option<WorkloadState>,
+    pub media: Option<WorkloadState>,
+    pub sip: Option<WorkloadState>,
+    /// Calls in progress, when the reconciler could read it.
+    pub active_calls: Option<i64>,
+    pub dispatcher_destinations: &'a [Destination],
+    /// Load-balancer ingress IP or hostname of the SIP Service, when it has one.
+    pub sip_ingress: Option<String>,
+    /// The last apply failed with this message.
+    pub apply_error: Option<String>,
+}
+
+/// Secrets a CallCluster needs that the operator does not create itself: Redis, call log,
+/// recordings credentials and a user-provided call-token Secret.
+pub fn referenced_secrets(cc: &CallCluster) -> Vec<String> {
+    let spec = &cc.spec;
+    let mut secrets: Vec<String> = [
+        spec.redis.as_ref().map(|r| r.url_secret_ref.name.clone()),
+        spec.call_log
+            .as_ref()
+            .map(|c| c.url_secret_ref.name.clone()),
+        spec.recordings
+            .credentials_secret_ref
+            .as_ref()
+            .filter(|_| spec.recordings.enabled)
+            .map(|c| c.name.clone()),
+        spec.auth.token_secret_ref.as_ref().map(|t| t.name.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    secrets.sort();
+    secrets.dedup();
+    secrets
+}
+
+/// One reason the fleet cannot work as specified.
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// The CallCluster status for these observations. `lastTransitionTime` is kept from the current
+/// status for conditions whose status did not change.
+pub fn call_cluster_status(
+    cc: &CallCluster,
+    observed: &Observed<'_>,
+    now: &Time,
+) -> CallClusterStatus {
+    let spec = &cc.spec;
+    let generation = cc.metadata.generation;
+    let name = cc.metadata.name.as_deref().unwrap_or_default();
+    let namespace = cc.metadata.namespace.as_deref().unwrap_or("default");
+    let pipeline_name = &spec.pipeline_ref.name;
+
+    let mut problems = Vec::new();
+    let pipeline_generation = match &observed.pipeline {
+        PipelineState::Missing => {
+            problems.push(Problem {
+                reason: "PipelineNotFound",
+                message: format!("AiPipeline {pipeline_name:?} not found"),
+            });
+            None
+        }
+        PipelineState::NotReady {
+            generation,
+            message,
+        } => {
+            problems.push(Problem {
+                reason: "PipelineNotReady",
+                message: format!("AiPipeline {pipeline_name:?} is not Ready: {message}"),
+            });
+            Some(*generation)
+        }
+        PipelineState::Ready { generation } => Some(*generation),
+    };
+    for secret in &observed.missing_secrets {
+        problems.push(Problem {
+            reason: "SecretNotFound",
+            message: format!("Secret {secret:?} not found"),
+        });
+    }
+    if let Some(error) = &observed.apply_error {
+        problems.push(Problem {
+            reason: "ApplyFailed",
+            message: format!("applying children failed: {error}"),
+        });
+    }
+
+    let tiers = [
+        ("workers", observed.workers, spec.workers.min_replicas),
+        ("media", observed.media, spec.media.replicas),
+        ("sip", observed.sip, spec.sip.replicas),
+    ];
+    let pending: Vec<String> = tiers
+        .iter()
+        .filter_map(|(tier, state, _)| match state {
+            None => Some(format!("{tier} not created yet")),
+            Some(s) if !s.settled() => Some(format!("{tier} {}/{} ready", s.ready, s.desired)),
+            Some(_) => None,
+        })
+        .collect();
+
+    let degraded = match problems.first() {
+        Some(first) => condition(
+            DEGRADED,
+            true,
+            first.reason,
+            join(problems.iter().map(|p| p.message.as_str())),
+            generation,
+            now,
+        ),
+        None => condition(DEGRADED, false, "AsExpected", "", generation, now),
+    };
+    let progressing = if pending.is_empty() {
+        condition(
+            PROGRESSING,
+            false,
+            "AsExpected",
+            "all tiers are up to date",
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            join(pending.iter().map(String::as_str)),
+            generation,
+            now,
+        )
+    };
+    let ready = match (problems.first(), pending.is_empty()) {
+        (Some(first), _) => condition(
+            READY,
+            false,
+            first.reason,
+            degraded.message.clone(),
+            generation,
+            now,
+        ),
+        (None, false) => condition(
+            READY,
+            false,
+            "TiersNotReady",
+            progressing.message.clone(),
+            generation,
+            now,
+        ),
+        (None, true) => condition(
+            READY,
+            true,
+            "AllReady",
+            "all tiers are ready",
+            generation,
+            now,
+        ),
+    };
+    let paused = if spec.paused {
+        condition(
+            RECONCILIATION_PAUSED,
+            true,
+            "Paused",
+            "spec.paused is true: children are left as they are",
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            RECONCILIATION_PAUSED,
+            false,
+            "Reconciling",
+            "",
+            generation,
+            now,
+        )
+    };
+    let previous = cc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions = keep_transition_times(previous, vec![ready, progressing, degraded, paused]);
+
+    let tier = |state: Option<WorkloadState>, fallback: i32| {
+        let (desired, ready) = state.map_or((fallback, 0), |s| (s.desired, s.ready));
+        TierStatus {
+            replicas: desired,
+            ready_replicas: ready,
+            ready: format!("{ready}/{desired}"),
+        }
+    };
+    let sip_port = spec.sip.service.port;
+    let sip_endpoint = match (&observed.sip_ingress, spec.sip.service.type_) {
+        (Some(address), _) => Some(format!("sip:{address}:{sip_port}")),
+        (None, SipServiceType::LoadBalancer) => None,
+        (None, _) => Some(format!(
+            "sip:{}.{namespace}.svc:{sip_port}",
+            names::sip(name)
+        )),
+    };
+    let mut destinations: Vec<String> = observed
+        .dispatcher_destinations
+        .iter()
+        .map(Destination::address)
+        .collect();
+    destinations.sort();
+    destinations.dedup();
+
+    CallClusterStatus {
+        observed_generation: generation,
+        conditions,
+        workers: tier(observed.workers, spec.workers.min_replicas),
+        media: tier(observed.media, spec.media.replicas),
+        sip: tier(observed.sip, spec.sip.replicas),
+        active_calls: observed.active_calls,
+        dispatcher_destinations: destinations,
+        endpoints: EndpointsStatus {
+            sip: sip_endpoint,
+            worker_web_socket: Some(format!(
+                "ws://{}.{namespace}.svc:{WORKER_PORT}",
+                names::worker(name)
+            )),
+        },
+        pipeline_generation,
+        token_secret_name: Some(
+            spec.auth
+                .token_secret_ref
+                .as_ref()
+                .map_or_else(|| names::call_token(name), |r| r.name.clone()),
+        ),
+    }
+}
+
+/// Whether the AiPipeline's API key can be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiKeyState {
+    Present,
+    SecretMissing,
+    /// The Secret exists but has no such key (or an empty value).
+    KeyMissing,
+}
+
+/// The AiPipeline status: `Ready` exactly when its API-key Secret and key exist.
+pub fn ai_pipeline_status(
+    pipeline: &AiPipeline,
+    api_key: ApiKeyState,
+    mut used_by: Vec<String>,
+    now: &Time,
+) -> AiPipelineStatus {
+    let generation = pipeline.metadata.generation;
+    let secret = &pipeline.spec.provider.api_key_secret_ref;
+    let ready = match api_key {
+        ApiKeyState::Present => condition(
+            READY,
+            true,
+            "SecretFound",
+            format!("API key read from Secret {:?}", secret.name),
+            generation,
+            now,
+        ),
+        ApiKeyState::SecretMissing => condition(
+            READY,
+            false,
+            "SecretNotFound",
+            format!("Secret {:?} not found", secret.name),
+            generation,
+            now,
+        ),
+        ApiKeyState::KeyMissing => condition(
+            READY,
+            false,
+            "SecretKeyNotFound",
+            format!("Secret {:?} has no key {:?}", secret.name, secret.key),
+            generation,
+            now,
+        ),
+    };
+    let previous = pipeline
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    used_by.sort();
+    used_by.dedup();
+    AiPipelineStatus {
+        observed_generation: generation,
+        conditions: keep_transition_times(previous, vec![ready]),
+        used_by,
+    }
+}
+
+fn join<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    parts.collect::<Vec<_>>().join("; ")
+}
