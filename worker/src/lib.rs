@@ -5,5 +5,7 @@
 
 pub mod admission;
 pub mod media;
+pub mod metrics;
 pub mod protocols;
 pub mod providers;
+pub mod session;

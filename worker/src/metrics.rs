@@ -1,0 +1,227 @@
+//! Worker metrics: Prometheus text for scrapers and the seed's JSON summary for humans.
+//!
+//! Everything is atomics or prometheus-client's lock-light metrics, recorded once per call or
+//! per turn, never per frame.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::protocols::ErrorCode;
+
+/// Latency buckets from 5 ms to about 40 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// All worker metrics.
+pub struct Metrics {
+    registry: Registry,
+    active_calls: Gauge,
+    calls_total: Counter,
+    errors: Family<[(&'static str, &'static str); 1], Counter>,
+    pub reload_errors: Counter,
+    pub first_audio: Histogram,
+    pub stt_latency: Histogram,
+    pub llm_first_token: Histogram,
+    pub tts_first_byte: Histogram,
+    pub barge_ins: Counter,
+    calls_ended: AtomicU64,
+    call_seconds_sum_ms: AtomicU64,
+    calls_with_error: AtomicU64,
+    first_audio_sum_us: AtomicU64,
+    first_audio_count: AtomicU64,
+}
+
+/// The seed's `/metrics` JSON.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub total_calls: u64,
+    pub active_calls: u64,
+    /// Seconds, over ended calls.
+    pub average_call_duration: f64,
+    /// Fraction of calls that reported at least one error.
+    pub error_rate: f64,
+    /// Milliseconds from end of caller speech to first reply audio sent.
+    pub average_latency: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let active_calls = Gauge::default();
+        let calls_total = Counter::default();
+        let errors = Family::default();
+        let reload_errors = Counter::default();
+        let (first_audio, stt_latency, llm_first_token, tts_first_byte) = (
+            latency_histogram(),
+            latency_histogram(),
+            latency_histogram(),
+            latency_histogram(),
+        );
+        let barge_ins = Counter::default();
+        registry.register(
+            "callfleet_active_calls",
+            "Calls in progress on this worker",
+            active_calls.clone(),
+        );
+        registry.register(
+            "callfleet_calls",
+            "Calls admitted since start",
+            calls_total.clone(),
+        );
+        registry.register(
+            "callfleet_errors",
+            "Errors reported to callers, by code",
+            errors.clone(),
+        );
+        registry.register(
+            "callfleet_pipeline_reload_errors",
+            "Pipeline config files that failed to load (the previous version stays in use)",
+            reload_errors.clone(),
+        );
+        registry.register(
+            "callfleet_turn_first_audio_seconds",
+            "End of caller speech to first reply audio byte sent",
+            first_audio.clone(),
+        );
+        registry.register(
+            "callfleet_stt_latency_seconds",
+            "Speech-to-text request to final transcript",
+            stt_latency.clone(),
+        );
+        registry.register(
+            "callfleet_llm_first_token_seconds",
+            "Chat completion request to first token",
+            llm_first_token.clone(),
+        );
+        registry.register(
+            "callfleet_tts_first_byte_seconds",
+            "Speech request to first audio byte",
+            tts_first_byte.clone(),
+        );
+        registry.register(
+            "callfleet_barge_ins",
+            "Replies interrupted by caller speech",
+            barge_ins.clone(),
+        );
+        Self {
+            registry,
+            active_calls,
+            calls_total,
+            errors,
+            reload_errors,
+            first_audio,
+            stt_latency,
+            llm_first_token,
+            tts_first_byte,
+            barge_ins,
+            calls_ended: AtomicU64::new(0),
+            call_seconds_sum_ms: AtomicU64::new(0),
+            calls_with_error: AtomicU64::new(0),
+            first_audio_sum_us: AtomicU64::new(0),
+            first_audio_count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn call_started(&self) {
+        self.calls_total.inc();
+    }
+
+    /// Records a finished call's duration and whether it saw an error.
+    pub fn call_ended(&self, duration: std::time::Duration, had_error: bool) {
+        self.calls_ended.fetch_add(1, Ordering::Relaxed);
+        self.call_seconds_sum_ms
+            .fetch_add(duration.as_millis() as u64, Ordering::Relaxed);
+        if had_error {
+            self.calls_with_error.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.get_or_create(&[("code", code.as_str())]).inc();
+    }
+
+    pub fn errors_with(&self, code: ErrorCode) -> u64 {
+        self.errors.get_or_create(&[("code", code.as_str())]).get()
+    }
+
+    pub fn observe_first_audio(&self, latency: std::time::Duration) {
+        self.first_audio.observe(latency.as_secs_f64());
+        self.first_audio_sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        self.first_audio_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition; `active` is sampled at scrape time.
+    pub fn prometheus_text(&self, active: usize) -> String {
+        self.active_calls.set(active as i64);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn summary(&self, active: usize) -> Summary {
+        let total = self.calls_total.get();
+        let ended = self.calls_ended.load(Ordering::Relaxed);
+        let latency_count = self.first_audio_count.load(Ordering::Relaxed);
+        Summary {
+            total_calls: total,
+            active_calls: active as u64,
+            average_call_duration: ratio(
+                self.call_seconds_sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                ended,
+            ),
+            error_rate: ratio(self.calls_with_error.load(Ordering::Relaxed) as f64, total),
+            average_latency: ratio(
+                self.first_audio_sum_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                latency_count,
+            ),
+        }
+    }
+}
+
+fn ratio(sum: f64, count: u64) -> f64 {
+    if count == 0 { 0.0 } else { sum / count as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn text_and_summary() {
+        let m = Metrics::new();
+        m.call_started();
+        m.call_started();
+        m.error(ErrorCode::RateLimit);
+        m.call_ended(Duration::from_secs(10), true);
+        m.observe_first_audio(Duration::from_millis(300));
+        let text = m.prometheus_text(1);
+        assert!(text.contains("callfleet_active_calls 1"));
+        assert!(text.contains("callfleet_calls_total 2"));
+        assert!(text.contains(r#"callfleet_errors_total{code="RATE_LIMIT"} 1"#));
+        assert!(text.contains("callfleet_turn_first_audio_seconds_bucket"));
+        let s = m.summary(1);
+        assert_eq!(s.total_calls, 2);
+        assert_eq!(s.average_call_duration, 10.0);
+        assert_eq!(s.error_rate, 0.5);
+        assert_eq!(s.average_latency, 300.0);
+    }
+}

@@ -1,0 +1,303 @@
+//! Outbound audio: a queue of reply samples cut into 20 ms frames sent in real time (or whole
+//! sentences for carriers that play files), and a model of the carrier's playhead so barge-in
+//! knows how much of the reply the caller heard.
+//!
+//! Time is passed in, never read, so the pacing rules are plain unit tests.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::media::format::FRAME;
+use crate::protocols::PlaybackMode;
+
+/// Frames sent ahead of real time when a reply starts, so the carrier's jitter buffer never
+/// runs dry on the first frames.
+pub const LEAD_FRAMES: u32 = 2;
+
+/// What to send next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlayoutItem {
+    /// One frame (paced) or one sentence (per sentence) of samples.
+    Audio(Vec<i16>),
+    /// A mark to send after the audio before it.
+    Mark(String),
+}
+
+/// The reply audio of one call.
+#[derive(Debug)]
+pub struct Playout {
+    mode: PlaybackMode,
+    rate: u32,
+    frame_samples: usize,
+    queue: VecDeque<i16>,
+    /// Marks to send once this many samples of the reply have been sent.
+    marks: VecDeque<(u64, String)>,
+    /// More audio for the current sentence may still arrive.
+    open: bool,
+    enqueued: u64,
+    sent: u64,
+    next_frame_at: Option<Instant>,
+    clock: Playhead,
+}
+
+/// When the carrier plays what we handed it: audio is played back to back from when it arrives,
+/// and gaps (underruns) are silence.
+#[derive(Debug, Default, Clone, Copy)]
+struct Playhead {
+    /// Samples handed over before the current contiguous run.
+    before_run: u64,
+    run_start: Option<Instant>,
+    run_samples: u64,
+}
+
+impl Playhead {
+    fn hand_over(&mut self, now: Instant, samples: u64, rate: u32) {
+        match self.run_start {
+            Some(start) if start + duration(self.run_samples, rate) >= now => {
+                self.run_samples += samples;
+            }
+            _ => {
+                self.before_run += self.run_samples;
+                self.run_start = Some(now);
+                self.run_samples = samples;
+            }
+        }
+    }
+
+    fn played(&self, now: Instant, rate: u32) -> u64 {
+        let Some(start) = self.run_start else {
+            return self.before_run;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        let in_run =
+            (elapsed.as_micros() as u64 * u64::from(rate) / 1_000_000).min(self.run_samples);
+        self.before_run + in_run
+    }
+}
+
+fn duration(samples: u64, rate: u32) -> Duration {
+    Duration::from_micros(samples * 1_000_000 / u64::from(rate.max(1)))
+}
+
+impl Playout {
+    pub fn new(mode: PlaybackMode, rate: u32) -> Self {
+        Self {
+            mode,
+            rate,
+            frame_samples: (rate / 50) as usize,
+            queue: VecDeque::new(),
+            marks: VecDeque::new(),
+            open: false,
+            enqueued: 0,
+            sent: 0,
+            next_frame_at: None,
+            clock: Playhead::default(),
+        }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Samples of the reply received so far.
+    pub fn enqueued(&self) -> u64 {
+        self.enqueued
+    }
+
+    /// Adds reply samples for the current sentence.
+    pub fn push(&mut self, samples: &[i16]) {
+        self.queue.extend(samples.iter().copied());
+        self.enqueued += samples.len() as u64;
+        self.open = true;
+    }
+
+    /// Ends the current sentence. Paced: the mark goes out after its last frame (returns
+    /// nothing now). Per sentence: returns the whole sentence to send at once.
+    pub fn end_sentence(&mut self, mark: Option<String>, now: Instant) -> Vec<PlayoutItem> {
+        self.open = false;
+        match self.mode {
+            PlaybackMode::Paced => {
+                if let Some(mark) = mark {
+                    self.marks.push_back((self.enqueued, mark));
+                }
+                Vec::new()
+            }
+            PlaybackMode::PerSentence => {
+                let samples: Vec<i16> = self.queue.drain(..).collect();
+                if samples.is_empty() {
+                    return Vec::new();
+                }
+                self.sent += samples.len() as u64;
+                self.clock.hand_over(now, samples.len() as u64, self.rate);
+                vec![PlayoutItem::Audio(samples)]
+            }
+        }
+    }
+
+    /// When the next paced frame is due, if one is ready.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.mode != PlaybackMode::Paced || !self.frame_ready() {
+            return None;
+        }
+        self.next_frame_at
+    }
+
+    fn frame_ready(&self) -> bool {
+        self.queue.len() >= self.frame_samples || (!self.queue.is_empty() && !self.open)
+    }
+
+    /// Pacing starts (or restarts after an underrun) as soon as a frame is ready.
+    pub fn arm(&mut self, now: Instant) {
+        if self.mode != PlaybackMode::Paced || !self.frame_ready() {
+            return;
+        }
+        let behind = match self.next_frame_at {
+            Some(at) => at + FRAME < now,
+            None => true,
+        };
+        if behind {
+            self.next_frame_at = Some(now - FRAME * LEAD_FRAMES);
+        }
+    }
+
+    /// The frame due at `now` and the marks that follow it. A last partial frame is padded with
+    /// silence so every frame has the carrier's frame size.
+    pub fn pop_frame(&mut self, now: Instant) -> Vec<PlayoutItem> {
+        let mut items = Vec::new();
+        if !self.frame_ready() {
+            return items;
+        }
+        let take = self.frame_samples.min(self.queue.len());
+        let mut frame: Vec<i16> = self.queue.drain(..take).collect();
+        self.sent += take as u64;
+        frame.resize(self.frame_samples, 0);
+        self.clock
+            .hand_over(now, self.frame_samples as u64, self.rate);
+        items.push(PlayoutItem::Audio(frame));
+        while let Some((at, _)) = self.marks.front() {
+            if *at > self.sent {
+                break;
+            }
+            if let Some((_, name)) = self.marks.pop_front() {
+                items.push(PlayoutItem::Mark(name));
+            }
+        }
+        self.next_frame_at = self.next_frame_at.map(|at| at + FRAME);
+        items
+    }
+
+    /// Samples the caller has heard by `now`, by the playhead model.
+    pub fn played(&self, now: Instant) -> u64 {
+        self.clock.played(now, self.rate).min(self.sent)
+    }
+
+    /// Whether reply audio is still queued or playing at `now`.
+    pub fn is_active(&self, now: Instant) -> bool {
+        !self.queue.is_empty() || self.played(now) < self.sent
+    }
+
+    /// Drops everything queued (barge-in) and starts a new reply.
+    pub fn clear(&mut self) {
+        *self = Self::new(self.mode, self.rate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audio_len(items: &[PlayoutItem]) -> Vec<usize> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                PlayoutItem::Audio(a) => Some(a.len()),
+                PlayoutItem::Mark(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn paced_frames_with_lead_and_marks() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
+        p.push(&[1; 400]);
+        assert_eq!(p.next_deadline(), None, "not armed yet");
+        p.arm(t0);
+        // The lead frames are due at once.
+        let first = p.next_deadline().unwrap();
+        assert!(first <= t0);
+        assert_eq!(audio_len(&p.pop_frame(t0)), [160]);
+        assert_eq!(audio_len(&p.pop_frame(t0)), [160]);
+        // 80 samples left but the sentence is still open: wait for more audio.
+        assert_eq!(p.next_deadline(), None);
+        p.end_sentence(Some("s0".into()), t0);
+        let last = p.pop_frame(t0);
+        assert_eq!(
+            last,
+            [
+                PlayoutItem::Audio({
+                    let mut v = vec![1; 80];
+                    v.resize(160, 0);
+                    v
+                }),
+                PlayoutItem::Mark("s0".into())
+            ]
+        );
+        assert_eq!(p.next_deadline(), None);
+        // Played follows the clock, capped at what was sent.
+        assert_eq!(p.played(t0), 0);
+        assert_eq!(p.played(t0 + Duration::from_millis(30)), 240);
+        assert_eq!(p.played(t0 + Duration::from_secs(5)), 400);
+        assert!(p.is_active(t0));
+        assert!(!p.is_active(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn deadlines_advance_one_frame_at_a_time() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
+        p.push(&[0; 160 * 10]);
+        p.arm(t0);
+        let mut deadlines = Vec::new();
+        while let Some(at) = p.next_deadline() {
+            deadlines.push(at);
+            p.pop_frame(at.max(t0));
+            if deadlines.len() == 5 {
+                break;
+            }
+        }
+        for pair in deadlines.windows(2) {
+            assert_eq!(pair[1] - pair[0], FRAME);
+        }
+        assert_eq!(deadlines[LEAD_FRAMES as usize], t0);
+    }
+
+    #[test]
+    fn per_sentence_hands_over_whole_sentences() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(PlaybackMode::PerSentence, 16_000);
+        p.push(&[3; 8_000]);
+        p.push(&[3; 8_000]);
+        assert_eq!(p.next_deadline(), None);
+        let items = p.end_sentence(Some("ignored".into()), t0);
+        assert_eq!(audio_len(&items), [16_000]);
+        assert_eq!(p.played(t0 + Duration::from_millis(500)), 8_000);
+        // A second sentence queues behind the first on the playhead.
+        p.push(&[3; 1_600]);
+        p.end_sentence(None, t0 + Duration::from_millis(500));
+        assert_eq!(p.played(t0 + Duration::from_millis(1_050)), 16_800);
+    }
+
+    #[test]
+    fn clear_forgets_the_reply() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
+        p.push(&[1; 1_000]);
+        p.arm(t0);
+        p.pop_frame(t0);
+        p.clear();
+        assert_eq!(p.enqueued(), 0);
+        assert!(!p.is_active(t0));
+        assert_eq!(p.next_deadline(), None);
+    }
+}
