@@ -4,6 +4,7 @@
 //! use the same code.
 
 pub mod admission;
+pub mod config;
 pub mod media;
 pub mod metrics;
 pub mod protocols;

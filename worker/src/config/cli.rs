@@ -1,0 +1,164 @@
+//! `callfleet-worker [serve]` and `callfleet-worker token`. Every flag has the env var the
+//! operator sets on the worker Deployment (`docs/contracts.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "callfleet-worker", version, about = "callfleet call worker")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve calls (the default).
+    Serve,
+    /// Mint a call token from the worker's token secret and print it.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The call id the token is for (Twilio CallSid, FreeSWITCH UUID, any id without '.').
+    #[arg(long)]
+    pub call_id: String,
+    /// How long the token stays valid.
+    #[arg(long, default_value_t = 600)]
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of a serving worker.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address for the WebSocket endpoints, /health, /ready and /metrics.
+    #[arg(long, env = "CALLFLEET_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Pipeline config file (the mounted `<callcluster>-pipeline` ConfigMap).
+    #[arg(
+        long,
+        env = "CALLFLEET_PIPELINE_FILE",
+        default_value = "/etc/callfleet/pipeline/pipeline.json"
+    )]
+    pub pipeline_file: PathBuf,
+    /// Provider API key file (re-read on every reload).
+    #[arg(
+        long,
+        env = "CALLFLEET_PROVIDER_API_KEY_FILE",
+        default_value = "/etc/callfleet/provider/api-key"
+    )]
+    pub provider_api_key_file: PathBuf,
+    /// Provider API key when the key file is absent (local runs).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// HMAC secret file for call tokens.
+    #[arg(
+        long,
+        env = "CALLFLEET_TOKEN_SECRET_FILE",
+        default_value = "/etc/callfleet/auth/token-secret"
+    )]
+    pub token_secret_file: PathBuf,
+    /// HMAC secret when the file is absent (local runs).
+    #[arg(long, env = "CALLFLEET_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Admission limit: concurrent calls on this worker.
+    #[arg(long, env = "CALLFLEET_MAX_CALLS", default_value_t = 10_000)]
+    pub max_calls: usize,
+    /// Max call duration in seconds.
+    #[arg(long, env = "CALLFLEET_MAX_CALL_SECONDS", default_value_t = 300)]
+    pub max_call_seconds: u64,
+    /// No inbound frame for this long ends the call.
+    #[arg(long, env = "CALLFLEET_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub idle_timeout_seconds: u64,
+    /// New connections per client IP per minute.
+    #[arg(long, env = "CALLFLEET_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
+    pub rate_limit_per_minute: u32,
+    /// On SIGTERM: stop admitting and wait this long for calls to end.
+    #[arg(long, env = "CALLFLEET_DRAIN_SECONDS", default_value_t = 330)]
+    pub drain_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "CALLFLEET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How often the pipeline file is checked for changes, in milliseconds.
+    #[arg(long, env = "CALLFLEET_PIPELINE_POLL_MS", default_value_t = 2_000)]
+    pub pipeline_poll_ms: u64,
+    /// Upper bound on provider requests in flight from this worker (0 = unbounded).
+    #[arg(long, env = "CALLFLEET_PROVIDER_MAX_CONCURRENCY", default_value_t = 0)]
+    pub provider_max_concurrency: usize,
+}
+
+impl ServeArgs {
+    pub fn max_call_duration(&self) -> Duration {
+        Duration::from_secs(self.max_call_seconds)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+    pub fn pipeline_poll(&self) -> Duration {
+        Duration::from_millis(self.pipeline_poll_ms.max(10))
+    }
+
+    /// Defaults for a worker started in-process (tests, local runs), listening on an ephemeral
+    /// loopback port.
+    pub fn local(pipeline_file: PathBuf, token_secret: &str) -> Self {
+        let mut args = Cli::parse_from(["callfleet-worker"]).serve;
+        args.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        args.pipeline_file = pipeline_file;
+        args.provider_api_key_file = PathBuf::from("/nonexistent/callfleet/api-key");
+        args.token_secret_file = PathBuf::from("/nonexistent/callfleet/token-secret");
+        args.token_secret = Some(token_secret.to_owned());
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["callfleet-worker"]).unwrap();
+        assert!(cli.command.is_none());
+        let s = cli.serve;
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.max_calls, 10_000);
+        assert_eq!(s.max_call_seconds, 300);
+        assert_eq!(s.idle_timeout_seconds, 30);
+        assert_eq!(s.rate_limit_per_minute, 100);
+        assert_eq!(s.drain_seconds, 330);
+        assert_eq!(s.pipeline_poll(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn token_subcommand() {
+        let cli = Cli::try_parse_from([
+            "callfleet-worker",
+            "token",
+            "--call-id",
+            "CA1",
+            "--ttl-seconds",
+            "60",
+        ])
+        .unwrap();
+        let Some(Command::Token(t)) = cli.command else {
+            panic!("not token")
+        };
+        assert_eq!(t.call_id, "CA1");
+        assert_eq!(t.ttl_seconds, 60);
+    }
+}

@@ -1,0 +1,8 @@
+//! Worker configuration: the command line and env vars of `docs/contracts.md`, and the
+//! hot-reloaded pipeline config.
+
+pub mod cli;
+pub mod pipeline;
+
+pub use cli::{Cli, Command, LogFormat, ServeArgs, TokenArgs};
+pub use pipeline::{PipelineError, PipelineSource, PipelineVersion, parse_pipeline};
