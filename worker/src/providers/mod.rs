@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod openai;
 pub mod realtime;
 
 use std::sync::Arc;

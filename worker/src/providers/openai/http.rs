@@ -1,0 +1,252 @@
+//! The HTTP shell around provider requests: one shared connection pool, an optional
+//! concurrency limit, timeouts on connect/first byte and on every later gap in a body, and the
+//! retry loop (before any output only).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+
+use super::retry::{RetryPolicy, parse_retry_after};
+use super::sse::{SseDecoder, SseEvent};
+use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
+
+/// One per worker process: the HTTP connection pool every call shares (keep-alive connections
+/// are reused across calls and pipeline versions) and the optional limit on requests in flight.
+#[derive(Clone, Debug)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    limit: Option<Arc<Semaphore>>,
+}
+
+impl ProviderHttp {
+    /// `max_concurrent_requests` bounds the provider requests (and open streams) of this worker;
+    /// `None` leaves them unbounded. Requests over the limit wait for a slot.
+    pub fn new(max_concurrent_requests: Option<usize>) -> ProviderResult<Self> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("callfleet-worker/", env!("CARGO_PKG_VERSION")))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| ProviderError::Transport(describe(&e)))?;
+        Ok(Self {
+            client,
+            limit: max_concurrent_requests.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+        })
+    }
+
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        match &self.limit {
+            // The semaphore is never closed, so acquiring only fails if that changes.
+            Some(limit) => limit.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
+    /// Sends a request built by `build` (called again for each attempt) with the API key, and
+    /// returns the successful response with its headers read. 429, 5xx, timeouts and connection
+    /// errors are retried per the config; other statuses become typed errors at once.
+    pub async fn send(
+        &self,
+        config: &ProviderConfig,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync,
+    ) -> ProviderResult<OpenResponse> {
+        let build = &build;
+        with_retries(config.max_retries, move || async move {
+            let permit = self.permit().await;
+            let request = build(&self.client).bearer_auth(&config.api_key);
+            let response = match timeout(config.timeout, request.send()).await {
+                Err(_) => return Err(ProviderError::Timeout("waiting for the response")),
+                Ok(Err(e)) => return Err(request_error(&e)),
+                Ok(Ok(response)) => response,
+            };
+            let status = response.status();
+            if status.is_success() {
+                return Ok(OpenResponse {
+                    response,
+                    idle_timeout: config.timeout,
+                    _permit: permit,
+                });
+            }
+            let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+            let retry_after = parse_retry_after(header("retry-after-ms"), header("retry-after"));
+            let body = match timeout(config.timeout, response.text()).await {
+                Ok(Ok(body)) => body,
+                _ => String::new(),
+            };
+            Err(ProviderError::from_status(
+                status.as_u16(),
+                retry_after,
+                &body,
+            ))
+        })
+        .await
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails permanently or the retries are used up, sleeping
+/// per [`RetryPolicy`] in between.
+pub async fn with_retries<T, F, Fut>(max_retries: u32, mut attempt: F) -> ProviderResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ProviderResult<T>>,
+{
+    let policy = RetryPolicy::new(max_retries);
+    let mut retries_done = 0;
+    loop {
+        let error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        match policy.delay_before_retry(&error, retries_done, rand::random::<f64>()) {
+            Some(delay) => {
+                tracing::warn!(%error, retry = retries_done + 1, ?delay, "provider request failed, retrying");
+                tokio::time::sleep(delay).await;
+                retries_done += 1;
+            }
+            None => return Err(error),
+        }
+    }
+}
+
+/// A successful response whose body has not been read yet. Holds the concurrency slot until
+/// the body is finished or dropped.
+pub struct OpenResponse {
+    response: reqwest::Response,
+    idle_timeout: Duration,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl OpenResponse {
+    /// Whether the body is `text/event-stream`.
+    pub fn is_event_stream(&self) -> bool {
+        self.response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    }
+
+    /// The body as it arrives. A gap longer than the timeout ends it with `Timeout`; a broken
+    /// connection with `Transport`. Dropping the stream closes the connection.
+    pub fn into_chunks(self) -> impl Stream<Item = ProviderResult<Bytes>> + Send + 'static {
+        stream::unfold(Some(self), |state| async move {
+            let mut open = state?;
+            match timeout(open.idle_timeout, open.response.chunk()).await {
+                Err(_) => Some((Err(ProviderError::Timeout("stream stalled")), None)),
+                Ok(Err(e)) => Some((Err(body_error(&e)), None)),
+                Ok(Ok(None)) => None,
+                Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(open))),
+            }
+        })
+    }
+
+    /// The whole body, with the same timeout applied to the wait.
+    pub async fn bytes(self) -> ProviderResult<Bytes> {
+        match timeout(self.idle_timeout, self.response.bytes()).await {
+            Err(_) => Err(ProviderError::Timeout("reading the response body")),
+            Ok(Err(e)) => Err(body_error(&e)),
+            Ok(Ok(body)) => Ok(body),
+        }
+    }
+
+    /// The body decoded as server-sent events.
+    pub fn into_sse(self) -> impl Stream<Item = ProviderResult<SseEvent>> + Send + 'static {
+        let mut decoder = SseDecoder::default();
+        self.into_chunks()
+            .map(move |chunk| {
+                let events: Vec<ProviderResult<SseEvent>> = match chunk {
+                    Ok(chunk) => decoder.push(&chunk).into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                stream::iter(events)
+            })
+            .flatten()
+    }
+}
+
+/// What to do with one decoded event of a provider stream.
+pub enum Step<T> {
+    /// Yield this item and continue.
+    Yield(T),
+    /// Yield this item; the stream is complete.
+    Last(T),
+    /// Nothing to yield for this event.
+    Skip,
+    /// The stream is complete.
+    Finish,
+    /// The stream failed.
+    Fail(ProviderError),
+}
+
+/// Turns a stream of events into a stream of items via `decode`, ending at the first error.
+/// An input that ends before `decode` says `Finish`/`Last` is truncated: it yields a
+/// `Protocol` error naming `what`, so a cut-off reply is never mistaken for a complete one.
+pub fn decode_stream<E, T>(
+    events: impl Stream<Item = ProviderResult<E>> + Send + 'static,
+    what: &'static str,
+    decode: impl FnMut(E) -> Step<T> + Send + 'static,
+) -> BoxStream<'static, ProviderResult<T>>
+where
+    E: Send + 'static,
+    T: Send + 'static,
+{
+    stream::unfold(Some((Box::pin(events), decode)), move |state| async move {
+        let (mut events, mut decode) = state?;
+        loop {
+            let Some(event) = events.next().await else {
+                let truncated = ProviderError::Protocol(format!("{what} ended early"));
+                return Some((Err(truncated), None));
+            };
+            let step = match event {
+                Ok(event) => decode(event),
+                Err(e) => Step::Fail(e),
+            };
+            match step {
+                Step::Yield(item) => return Some((Ok(item), Some((events, decode)))),
+                Step::Last(item) => return Some((Ok(item), None)),
+                Step::Skip => continue,
+                Step::Finish => return None,
+                Step::Fail(e) => return Some((Err(e), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Classifies a failure to get a response.
+fn request_error(e: &reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout("waiting for the response")
+    } else if e.is_builder() {
+        ProviderError::Protocol(describe(e))
+    } else {
+        ProviderError::Transport(describe(e))
+    }
+}
+
+/// Classifies a failure while reading a body (the connection broke or closed early).
+fn body_error(e: &reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout("stream stalled")
+    } else if e.is_decode() {
+        ProviderError::Protocol(describe(e))
+    } else {
+        ProviderError::Transport(describe(e))
+    }
+}
+
+/// The error and its causes on one line (reqwest's top-level message alone hides the reason).
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

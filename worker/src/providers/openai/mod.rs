@@ -1,0 +1,169 @@
+//! The OpenAI-compatible implementation of every provider trait, against a configurable base
+//! URL (the OpenAI API, any compatible server, or the local stand-in in tests).
+
+pub mod chat;
+pub mod http;
+pub mod pcm;
+pub mod realtime;
+pub mod retry;
+pub mod sse;
+pub mod stt;
+pub mod tts;
+pub mod wav;
+
+use std::future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+
+pub use self::http::ProviderHttp;
+use self::http::{Step, decode_stream};
+use self::pcm::SampleAligner;
+use crate::providers::{
+    ChatMessage, ChatModel, ProviderConfig, ProviderResult, Providers, Realtime, RealtimeOptions,
+    RealtimeSession, SpeechToText, TextToSpeech, TranscriptEvent, Utterance,
+};
+use callfleet_crds::aipipeline::{LlmSpec, RealtimeSpec, SttSpec, TtsSpec};
+
+/// An OpenAI-compatible provider: one pipeline version's endpoint and key over the worker's
+/// shared connection pool. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct OpenAi {
+    http: ProviderHttp,
+    config: Arc<ProviderConfig>,
+}
+
+impl OpenAi {
+    pub fn new(http: ProviderHttp, config: ProviderConfig) -> Self {
+        Self {
+            http,
+            config: Arc::new(config),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_url)
+    }
+}
+
+impl Providers {
+    /// Every provider of a pipeline served by one OpenAI-compatible endpoint.
+    pub fn openai(http: ProviderHttp, config: ProviderConfig) -> Self {
+        let openai = Arc::new(OpenAi::new(http, config));
+        Self {
+            stt: openai.clone(),
+            chat: openai.clone(),
+            tts: openai.clone(),
+            realtime: openai,
+        }
+    }
+}
+
+impl SpeechToText for OpenAi {
+    fn transcribe_stream(
+        &self,
+        audio: Utterance,
+        spec: &SttSpec,
+    ) -> BoxStream<'static, ProviderResult<TranscriptEvent>> {
+        let this = self.clone();
+        let spec = spec.clone();
+        let wav = Bytes::from(wav::encode_wav(&audio.samples, audio.sample_rate));
+        let streamed = stt::supports_streaming(&spec.model);
+        let request = async move {
+            let url = this.url("/audio/transcriptions");
+            let response = this
+                .http
+                .send(&this.config, |client| {
+                    client
+                        .post(&url)
+                        .multipart(stt::transcription_form(&wav, &spec, streamed))
+                })
+                .await?;
+            // Decide by what came back, not what was asked: a compatible server may ignore
+            // `stream=true` and answer plain JSON.
+            if response.is_event_stream() {
+                Ok(decode_stream(
+                    response.into_sse(),
+                    "transcription stream",
+                    |event| stt::decode_transcript_event(&event.data),
+                ))
+            } else {
+                let body = response.bytes().await?;
+                let transcript = stt::decode_transcript_json(&body)?;
+                Ok(stream::once(future::ready(Ok(TranscriptEvent::Done(transcript)))).boxed())
+            }
+        };
+        stream::once(request).try_flatten().boxed()
+    }
+}
+
+impl ChatModel for OpenAi {
+    fn stream_chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        spec: &LlmSpec,
+    ) -> BoxStream<'static, ProviderResult<String>> {
+        let this = self.clone();
+        let body = chat::chat_request_body(&messages, spec);
+        let request = async move {
+            let url = this.url("/chat/completions");
+            let response = this
+                .http
+                .send(&this.config, |client| client.post(&url).json(&body))
+                .await?;
+            Ok(decode_stream(response.into_sse(), "chat stream", |event| {
+                chat::decode_chat_event(&event.data)
+            }))
+        };
+        stream::once(request).try_flatten().boxed()
+    }
+}
+
+impl TextToSpeech for OpenAi {
+    fn stream_speech(
+        &self,
+        text: String,
+        spec: &TtsSpec,
+    ) -> BoxStream<'static, ProviderResult<Bytes>> {
+        let this = self.clone();
+        let body = tts::speech_request_body(&text, spec);
+        let request = async move {
+            let url = this.url("/audio/speech");
+            let response = this
+                .http
+                .send(&this.config, |client| client.post(&url).json(&body))
+                .await?;
+            let mut aligner = SampleAligner::default();
+            // A raw body has no terminator: it is complete when it ends without error (marked
+            // by the trailing `None`). A dangling half sample at the end is dropped.
+            let chunks = response
+                .into_chunks()
+                .map_ok(Some)
+                .chain(stream::once(future::ready(Ok(None))));
+            Ok(decode_stream(chunks, "speech stream", move |chunk| {
+                let Some(chunk) = chunk else {
+                    return Step::Finish;
+                };
+                match aligner.push(chunk) {
+                    whole if whole.is_empty() => Step::Skip,
+                    whole => Step::Yield(whole),
+                }
+            }))
+        };
+        stream::once(request).try_flatten().boxed()
+    }
+}
+
+impl Realtime for OpenAi {
+    fn connect(
+        &self,
+        spec: &RealtimeSpec,
+        options: RealtimeOptions,
+    ) -> BoxFuture<'static, ProviderResult<RealtimeSession>> {
+        let this = self.clone();
+        let spec = spec.clone();
+        Box::pin(async move { realtime::connect(&this.config, &spec, &options).await })
+    }
+}
