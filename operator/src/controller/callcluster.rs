@@ -1,0 +1,608 @@
+//! CallCluster controller: resolve inputs (pipeline, Secrets, ready media pods), render the
+//! children with the pure renderers, server-side apply them with one field manager, and write
+//! the status computed from what the API server returned.
+
+use std::{fmt::Debug, net::IpAddr, sync::Arc, time::Duration};
+
+use callfleet_crds::{
+    AiPipeline, CallCluster, CallClusterStatus,
+    conditions::{self, DEGRADED, READY, RECONCILIATION_PAUSED},
+};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{Pod, PodStatus, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{controller::Action, events::EventType},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{
+    context::{Context, MANAGER, namespace_of},
+    error::{Error, Result},
+    secrets,
+};
+pub use crate::render::common::CALLCLUSTER_LABEL;
+use crate::render::{
+    Child, Destination, RenderInputs,
+    common::names,
+    render_call_cluster,
+    status::{
+        ApiKeyState, Observed, PipelineState, WorkloadState, ai_pipeline_status,
+        call_cluster_status, referenced_secrets,
+    },
+};
+
+pub const KIND: &str = "CallCluster";
+
+/// Safety net against missed events; children changes trigger reconciles on their own.
+const RESYNC: Duration = Duration::from_secs(900);
+
+/// Keeps only what dispatch needs of a media pod, so the cache stays small at 1,000 fleets.
+pub fn trim_media_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    pod.spec = None;
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            pod_ip: status.pod_ip,
+            conditions: status.conditions.map(|c| {
+                c.into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .collect::<Vec<_>>()
+            }),
+            phase: status.phase,
+            ..PodStatus::default()
+        });
+    }
+}
+
+/// Pure: the ready, non-terminating media pods of `cc`, as dispatcher destinations, sorted by
+/// pod name.
+pub fn dispatcher_destinations(cc: &CallCluster, pods: &[Arc<Pod>]) -> Vec<Destination> {
+    let namespace = cc.namespace();
+    let name = cc.name_any();
+    let mut out: Vec<Destination> = pods
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .filter(|p| p.labels().get(CALLCLUSTER_LABEL) == Some(&name))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ready = status
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+            ready.then(|| Destination::for_media_pod(&cc.spec.media, p.name_any(), ip))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Pure: whether a Secret named `secret` (in the CallCluster's namespace) matters to `cc`,
+/// directly or as the API key of its pipeline.
+pub fn references_secret(cc: &CallCluster, pipelines: &[Arc<AiPipeline>], secret: &str) -> bool {
+    if referenced_secrets(cc).iter().any(|s| s == secret) {
+        return true;
+    }
+    if cc.spec.auth.token_secret_ref.is_none() && names::call_token(&cc.name_any()) == secret {
+        return true;
+    }
+    pipelines.iter().any(|p| {
+        p.namespace() == cc.namespace()
+            && p.name_any() == cc.spec.pipeline_ref.name
+            && p.spec.provider.api_key_secret_ref.name == secret
+    })
+}
+
+/// An Event worth telling a human about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// Pure: Events for condition transitions between two condition lists (degraded and
+/// recovered, ready, paused and resumed). Unchanged conditions produce nothing, so repeated
+/// reconciles stay quiet.
+pub fn transition_notices(old: &[Condition], new: &[Condition]) -> Vec<Notice> {
+    let changed = |type_: &str| -> Option<(&Condition, Option<&Condition>)> {
+        let now = conditions::find(new, type_)?;
+        let before = conditions::find(old, type_);
+        let same = before.is_some_and(|b| b.status == now.status && b.reason == now.reason);
+        (!same).then_some((now, before))
+    };
+    let was_true = |c: Option<&Condition>| c.is_some_and(|c| c.status == "True");
+    let mut out = Vec::new();
+    if let Some((now, before)) = changed(DEGRADED) {
+        if now.status == "True" {
+            out.push(Notice {
+                warning: true,
+                reason: now.reason.clone(),
+                note: now.message.clone(),
+            });
+        } else if was_true(before) {
+            out.push(Notice {
+                warning: false,
+                reason: "Recovered".into(),
+                note: "no longer degraded".into(),
+            });
+        }
+    }
+    if let Some((now, _)) = changed(READY)
+        && now.status == "True"
+    {
+        out.push(Notice {
+            warning: false,
+            reason: "Ready".into(),
+            note: now.message.clone(),
+        });
+    }
+    if let Some((now, before)) = changed(RECONCILIATION_PAUSED) {
+        if now.status == "True" {
+            out.push(Notice {
+                warning: false,
+                reason: "ReconciliationPaused".into(),
+                note: now.message.clone(),
+            });
+        } else if was_true(before) {
+            out.push(Notice {
+                warning: false,
+                reason: "ReconciliationResumed".into(),
+                note: "spec.paused is false: reconciling children again".into(),
+            });
+        }
+    }
+    out
+}
+
+/// The workloads and SIP Service as the API server last returned them.
+#[derive(Default)]
+struct Children {
+    workers: Option<Deployment>,
+    media: Option<StatefulSet>,
+    sip: Option<Deployment>,
+    sip_service: Option<Service>,
+}
+
+impl Children {
+    fn sip_ingress(&self) -> Option<String> {
+        let ingress = self
+            .sip_service
+            .as_ref()?
+            .status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .as_ref()?
+            .first()?
+            .clone();
+        ingress.ip.or(ingress.hostname)
+    }
+}
+
+#[tracing::instrument(skip_all, fields(kind = KIND, name = %cc.name_any(), namespace = cc.namespace().unwrap_or_default()))]
+pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(KIND);
+    let namespace = namespace_of(KIND, cc.as_ref())?;
+    let name = cc.name_any();
+    let client = &ctx.client;
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let now = Time(Timestamp::now());
+
+    let pipeline = Api::<AiPipeline>::namespaced(client.clone(), &namespace)
+        .get_opt(&cc.spec.pipeline_ref.name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("AiPipeline {}", cc.spec.pipeline_ref.name),
+            source,
+        })?;
+    let pipeline_state = match &pipeline {
+        None => PipelineState::Missing,
+        Some(p) => {
+            let key_ref = &p.spec.provider.api_key_secret_ref;
+            let generation = p.metadata.generation.unwrap_or_default();
+            match secrets::key_state(&secret_api, &key_ref.name, &key_ref.key).await? {
+                ApiKeyState::Present => PipelineState::Ready { generation },
+                problem => PipelineState::NotReady {
+                    generation,
+                    message: ai_pipeline_status(p, problem, Vec::new(), &now)
+                        .conditions
+                        .first()
+                        .map(|c| c.message.clone())
+                        .unwrap_or_default(),
+                },
+            }
+        }
+    };
+    let mut missing_secrets = Vec::new();
+    for secret in referenced_secrets(&cc) {
+        if !secrets::exists(&secret_api, &secret).await? {
+            missing_secrets.push(secret);
+        }
+    }
+    let destinations = dispatcher_destinations(&cc, &ctx.media_pods.state());
+
+    let mut children = Children::default();
+    let mut apply_error = None;
+    let mut applied = 0usize;
+    if !cc.spec.paused {
+        let needs_token = cc.spec.auth.token_secret_ref.is_none()
+            && !secrets::exists(&secret_api, &names::call_token(&name)).await?;
+        let token_bytes: Option<[u8; 32]> = needs_token.then(rand::random);
+        let inputs = RenderInputs {
+            pipeline: pipeline.as_ref(),
+            new_token_secret: token_bytes.as_ref(),
+            dispatcher_destinations: &destinations,
+        };
+        let rendered = render_call_cluster(&cc, &inputs).map_err(|e| Error::Render {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        for child in &rendered {
+            match apply_child(&ctx, &namespace, child, &mut children).await {
+                Ok(()) => applied += 1,
+                Err(e) => {
+                    apply_error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    read_missing_children(&ctx, &namespace, &name, &mut children).await?;
+
+    let observed = Observed {
+        pipeline: pipeline_state,
+        missing_secrets,
+        workers: children
+            .workers
+            .as_ref()
+            .map(WorkloadState::from_deployment),
+        media: children
+            .media
+            .as_ref()
+            .map(WorkloadState::from_stateful_set),
+        sip: children.sip.as_ref().map(WorkloadState::from_deployment),
+        active_calls: None,
+        dispatcher_destinations: &destinations,
+        sip_ingress: children.sip_ingress(),
+        apply_error: apply_error.as_ref().map(ToString::to_string),
+    };
+    let status = call_cluster_status(&cc, &observed, &now);
+    let previous = cc.status.clone().unwrap_or_default();
+    if cc.status.as_ref() != Some(&status) {
+        patch_status(&ctx, &namespace, &name, &status).await?;
+    }
+    publish_events(&ctx, &cc, &previous, &status, applied).await;
+    if let Some(error) = apply_error {
+        return Err(error);
+    }
+    ctx.reset_backoff(KIND, cc.as_ref());
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Server-side applies one child, keeping the returned workloads for status.
+async fn apply_child(
+    ctx: &Context,
+    namespace: &str,
+    child: &Child,
+    out: &mut Children,
+) -> Result<()> {
+    let client = &ctx.client;
+    match child {
+        Child::ConfigMap(o) => apply(client, namespace, o).await.map(drop),
+        Child::Secret(o) => apply(client, namespace, o).await.map(drop),
+        Child::Service(o) => {
+            let svc = apply(client, namespace, o).await?;
+            if o.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/component"))
+                == Some(&"sip".to_owned())
+            {
+                out.sip_service = Some(svc);
+            }
+            Ok(())
+        }
+        Child::Deployment(o) => {
+            let d = apply(client, namespace, o).await?;
+            match o
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/component"))
+                .map(String::as_str)
+            {
+                Some("worker") => out.workers = Some(d),
+                Some("sip") => out.sip = Some(d),
+                _ => {}
+            }
+            Ok(())
+        }
+        Child::StatefulSet(o) => {
+            out.media = Some(apply(client, namespace, o).await?);
+            Ok(())
+        }
+        Child::HorizontalPodAutoscaler(o) => apply(client, namespace, o).await.map(drop),
+        Child::PodDisruptionBudget(o) => apply(client, namespace, o).await.map(drop),
+    }
+}
+
+/// Server-side apply with the operator's field manager. `force` takes over fields another
+/// manager (a user's `kubectl edit`) changed: the CallCluster spec is the source of truth.
+async fn apply<K>(client: &kube::Client, namespace: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::kind(&()).into_owned(),
+        name,
+        source,
+    })
+}
+
+/// Children not applied this round (paused, pipeline missing, apply stopped early) are read
+/// as they are, so status still reports them.
+async fn read_missing_children(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    c: &mut Children,
+) -> Result<()> {
+    let client = &ctx.client;
+    if c.workers.is_none() {
+        c.workers = get(client, namespace, &names::worker(name)).await?;
+    }
+    if c.media.is_none() {
+        c.media = get(client, namespace, &names::media(name)).await?;
+    }
+    if c.sip.is_none() {
+        c.sip = get(client, namespace, &names::sip(name)).await?;
+    }
+    if c.sip_service.is_none() {
+        c.sip_service = get(client, namespace, &names::sip(name)).await?;
+    }
+    Ok(())
+}
+
+async fn get<K>(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<K>>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("{} {name}", K::kind(&())),
+            source,
+        })
+}
+
+async fn patch_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &CallClusterStatus,
+) -> Result<()> {
+    let api: Api<CallCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": CallCluster::api_version(&()),
+        "kind": CallCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::Status {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+async fn publish_events(
+    ctx: &Context,
+    cc: &CallCluster,
+    previous: &CallClusterStatus,
+    status: &CallClusterStatus,
+    applied: usize,
+) {
+    let generation_changed = previous.observed_generation != cc.metadata.generation;
+    if applied > 0 && generation_changed {
+        let (reason, verb) = if previous.observed_generation.is_none() {
+            ("Created", "created")
+        } else {
+            ("Updated", "applied spec changes to")
+        };
+        let note = format!(
+            "{verb} {applied} child objects (generation {})",
+            cc.metadata.generation.unwrap_or_default()
+        );
+        ctx.event(cc, EventType::Normal, reason, "Apply", note)
+            .await;
+    }
+    for notice in transition_notices(&previous.conditions, &status.conditions) {
+        let type_ = if notice.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(cc, type_, &notice.reason, "Reconcile", notice.note)
+            .await;
+    }
+}
+
+pub fn error_policy(cc: Arc<CallCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.retry_after_error(KIND, cc.as_ref(), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callfleet_crds::CallClusterSpec;
+    use k8s_openapi::api::core::v1::PodCondition;
+    use std::collections::BTreeMap;
+
+    fn cc(yaml: &str) -> CallCluster {
+        let spec: CallClusterSpec = serde_yaml::from_str(yaml).unwrap();
+        let mut cc = CallCluster::new("fleet", spec);
+        cc.metadata.namespace = Some("calls".into());
+        cc
+    }
+
+    fn pod(
+        name: &str,
+        cluster: &str,
+        ip: Option<&str>,
+        ready: bool,
+        terminating: bool,
+    ) -> Arc<Pod> {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("calls".into());
+        p.metadata.labels = Some(BTreeMap::from([(CALLCLUSTER_LABEL.into(), cluster.into())]));
+        if terminating {
+            p.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+            );
+        }
+        p.status = Some(PodStatus {
+            pod_ip: ip.map(Into::into),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        });
+        Arc::new(p)
+    }
+
+    #[test]
+    fn destinations_are_ready_running_pods_of_this_cluster() {
+        let cc = cc("pipelineRef: {name: p}\nmedia: {sipPort: 5080}");
+        let pods = vec![
+            pod("fleet-media-1", "fleet", Some("10.0.0.2"), true, false),
+            pod("fleet-media-0", "fleet", Some("10.0.0.1"), true, false),
+            pod("fleet-media-2", "fleet", Some("10.0.0.3"), false, false),
+            pod("fleet-media-3", "fleet", Some("10.0.0.4"), true, true),
+            pod("fleet-media-4", "fleet", None, true, false),
+            pod("other-media-0", "other", Some("10.0.0.9"), true, false),
+        ];
+        let d = dispatcher_destinations(&cc, &pods);
+        let addresses: Vec<String> = d.iter().map(Destination::address).collect();
+        assert_eq!(addresses, vec!["10.0.0.1:5080", "10.0.0.2:5080"]);
+        assert_eq!(d[0].pod_name, "fleet-media-0");
+    }
+
+    #[test]
+    fn trimmed_pod_keeps_what_dispatch_needs() {
+        let mut p = (*pod("fleet-media-0", "fleet", Some("10.0.0.1"), true, false)).clone();
+        p.spec = Some(Default::default());
+        p.metadata.annotations = Some(BTreeMap::from([("a".into(), "b".into())]));
+        trim_media_pod(&mut p);
+        assert!(p.spec.is_none() && p.metadata.annotations.is_none());
+        let cc = cc("pipelineRef: {name: p}");
+        assert_eq!(dispatcher_destinations(&cc, &[Arc::new(p)]).len(), 1);
+    }
+
+    #[test]
+    fn secrets_map_to_the_clusters_that_use_them() {
+        let cc = cc("pipelineRef: {name: assistant}\nredis: {urlSecretRef: {name: redis}}");
+        let pipeline: AiPipeline = serde_yaml::from_str(
+            "apiVersion: callfleet.dev/v1alpha1\nkind: AiPipeline\nmetadata: {name: assistant, namespace: calls}\nspec: {provider: {apiKeySecretRef: {name: openai}}}",
+        )
+        .unwrap();
+        let pipelines = vec![Arc::new(pipeline)];
+        assert!(references_secret(&cc, &pipelines, "redis"));
+        assert!(references_secret(&cc, &pipelines, "openai"));
+        assert!(references_secret(&cc, &pipelines, "fleet-call-token"));
+        assert!(!references_secret(&cc, &pipelines, "unrelated"));
+        assert!(!references_secret(&cc, &[], "openai"));
+    }
+
+    fn cond(type_: &str, status: bool, reason: &str) -> Condition {
+        conditions::condition(
+            type_,
+            status,
+            reason,
+            format!("{reason} message"),
+            Some(1),
+            &Time(Timestamp::UNIX_EPOCH),
+        )
+    }
+
+    #[test]
+    fn notices_only_on_transitions() {
+        let healthy = vec![
+            cond(READY, true, "AllReady"),
+            cond(DEGRADED, false, "AsExpected"),
+        ];
+        let degraded = vec![
+            cond(READY, false, "PipelineNotFound"),
+            cond(DEGRADED, true, "PipelineNotFound"),
+        ];
+        assert!(transition_notices(&healthy, &healthy).is_empty());
+
+        let n = transition_notices(&healthy, &degraded);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].warning);
+        assert_eq!(n[0].reason, "PipelineNotFound");
+        assert_eq!(n[0].note, "PipelineNotFound message");
+
+        let n = transition_notices(&degraded, &healthy);
+        let reasons: Vec<&str> = n.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["Recovered", "Ready"]);
+
+        // First status of a healthy fleet: Ready, and no "Recovered" from nothing.
+        let n = transition_notices(&[], &healthy);
+        assert_eq!(
+            n.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(),
+            vec!["Ready"]
+        );
+
+        let paused = vec![cond(RECONCILIATION_PAUSED, true, "Paused")];
+        let resumed = vec![cond(RECONCILIATION_PAUSED, false, "Reconciling")];
+        assert_eq!(
+            transition_notices(&[], &paused)[0].reason,
+            "ReconciliationPaused"
+        );
+        assert_eq!(
+            transition_notices(&paused, &resumed)[0].reason,
+            "ReconciliationResumed"
+        );
+        assert!(transition_notices(&[], &resumed).is_empty());
+    }
+}
