@@ -31,7 +31,9 @@ fn deployment(name: &str, replicas: i32) -> Result<Deployment> {
 }
 
 async fn running_pods(api: &kube::Api<Pod>, app: &str) -> Result<Vec<Pod>> {
-    let pods = api.list(&ListParams::default().labels(&format!("app={app}"))).await?;
+    let pods = api
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
     Ok(pods
         .items
         .into_iter()
@@ -49,7 +51,9 @@ async fn running_pods(api: &kube::Api<Pod>, app: &str) -> Result<Vec<Pod>> {
 #[tokio::test]
 async fn deployment_gets_running_pods_on_kwok_nodes() -> Result<()> {
     let ns = Cluster::shared()?.namespace("deploy").await?;
-    ns.api::<Deployment>().create(&PostParams::default(), &deployment("web", 2)?).await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment("web", 2)?)
+        .await?;
     let pods = ns.api::<Pod>();
     let running = eventually("2 Running pods", CONVERGE, || async {
         let pods = running_pods(&pods, "web").await?;
@@ -57,7 +61,10 @@ async fn deployment_gets_running_pods_on_kwok_nodes() -> Result<()> {
     })
     .await?;
     for pod in running {
-        let node = pod.spec.and_then(|s| s.node_name).context("pod has no node")?;
+        let node = pod
+            .spec
+            .and_then(|s| s.node_name)
+            .context("pod has no node")?;
         ensure!(node.starts_with("kwok-node-"), "pod scheduled on {node}");
     }
     Ok(())
@@ -67,7 +74,9 @@ async fn deployment_gets_running_pods_on_kwok_nodes() -> Result<()> {
 async fn garbage_collector_removes_dependents_of_a_deleted_owner() -> Result<()> {
     let ns = Cluster::shared()?.namespace("gc").await?;
     let deployments = ns.api::<Deployment>();
-    let created = deployments.create(&PostParams::default(), &deployment("owner", 1)?).await?;
+    let created = deployments
+        .create(&PostParams::default(), &deployment("owner", 1)?)
+        .await?;
     let uid = created.metadata.uid.clone().context("no uid")?;
     let configs = ns.api::<ConfigMap>();
     let dependent: ConfigMap = serde_json::from_value(json!({
@@ -83,7 +92,9 @@ async fn garbage_collector_removes_dependents_of_a_deleted_owner() -> Result<()>
     })
     .await?;
 
-    deployments.delete("owner", &DeleteParams::background()).await?;
+    deployments
+        .delete("owner", &DeleteParams::background())
+        .await?;
     eventually("dependents deleted", CONVERGE, || async {
         let cm_gone = configs.get_opt("dependent").await?.is_none();
         let pods_gone = pods
@@ -102,9 +113,7 @@ async fn api_server_rejects_an_invalid_object() -> Result<()> {
     let ns = Cluster::shared()?.namespace("invalid").await?;
     let mut bad = deployment("bad", 1)?;
     // Selector that does not match the template labels: rejected by apps/v1 validation.
-    if let Some(spec) = bad.spec.as_mut() {
-        spec.selector.match_labels = Some([("app".to_string(), "other".to_string())].into());
-    }
+    bad.spec.selector.match_labels = Some([("app".to_string(), "other".to_string())].into());
     let err = ns
         .api::<Deployment>()
         .create(&PostParams::default(), &bad)
@@ -113,7 +122,11 @@ async fn api_server_rejects_an_invalid_object() -> Result<()> {
     let kube::Error::Api(status) = err else {
         anyhow::bail!("expected an API error, got {err}");
     };
-    ensure!(status.code == 422, "expected 422 Unprocessable, got {}", status.code);
+    ensure!(
+        status.code == 422,
+        "expected 422 Unprocessable, got {}",
+        status.code
+    );
     ensure!(
         status.message.contains("selector") && status.message.contains("does not match"),
         "unexpected message: {}",
@@ -125,25 +138,49 @@ async fn api_server_rejects_an_invalid_object() -> Result<()> {
 #[tokio::test]
 async fn kubectl_and_helm_work_with_the_generated_kubeconfig() -> Result<()> {
     let cluster = Cluster::shared()?;
-    let out = cluster.kubectl().args(["get", "nodes", "-o", "name"]).output()?;
-    ensure!(out.status.success(), "kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cluster
+        .kubectl()
+        .args(["get", "nodes", "-o", "name"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let nodes = String::from_utf8_lossy(&out.stdout);
-    ensure!(nodes.lines().filter(|l| l.starts_with("node/kwok-node-")).count() == 3, "{nodes}");
+    ensure!(
+        nodes
+            .lines()
+            .filter(|l| l.starts_with("node/kwok-node-"))
+            .count()
+            == 3,
+        "{nodes}"
+    );
 
     let out = cluster.helm()?.args(["version", "--short"]).output()?;
-    ensure!(out.status.success(), "helm version failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "helm version failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(String::from_utf8_lossy(&out.stdout).starts_with("v3."));
 
     // helm talks to the API server too: listing releases needs a working kubeconfig.
     let out = cluster.helm()?.args(["list", "-A"]).output()?;
-    ensure!(out.status.success(), "helm list failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "helm list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn hpa_controller_writes_status_conditions() -> Result<()> {
     let ns = Cluster::shared()?.namespace("hpa").await?;
-    ns.api::<Deployment>().create(&PostParams::default(), &deployment("scaled", 1)?).await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment("scaled", 1)?)
+        .await?;
     let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
         "metadata": {"name": "scaled"},
         "spec": {
