@@ -6,7 +6,7 @@
 //! working when a newer operator adds fields.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
     kind = "AiPipeline",
     plural = "aipipelines",
     shortname = "aip",
+    category = "callfleet",
+    doc = "How a call is answered: an OpenAI-compatible provider, models, voice and turn detection. CallClusters reference it; changing it never restarts workers.",
     namespaced,
     status = "AiPipelineStatus",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
@@ -51,6 +53,7 @@ pub struct AiPipelineSpec {
     pub turn_detection: TurnDetectionSpec,
     /// Spoken by the assistant when the call connects. No greeting when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2000))]
     pub greeting: Option<String>,
 }
 
@@ -103,9 +106,11 @@ pub struct SecretKeyRef {
 pub struct SttSpec {
     /// Transcription model. Models that support `stream=true` are streamed.
     #[serde(default = "default_stt_model")]
+    #[schemars(length(min = 1))]
     pub model: String,
     /// ISO-639-1 language hint, e.g. `en`. Detected when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}$"))]
     pub language: Option<String>,
 }
 
@@ -115,9 +120,11 @@ pub struct SttSpec {
 pub struct LlmSpec {
     /// Chat model.
     #[serde(default = "default_llm_model")]
+    #[schemars(length(min = 1))]
     pub model: String,
     /// The system prompt that starts every conversation.
     #[serde(default = "default_system_prompt")]
+    #[schemars(length(max = 32768))]
     pub system_prompt: String,
     /// Sampling temperature.
     #[serde(default = "default_temperature")]
@@ -139,9 +146,11 @@ pub struct LlmSpec {
 pub struct TtsSpec {
     /// Speech model.
     #[serde(default = "default_tts_model")]
+    #[schemars(length(min = 1))]
     pub model: String,
     /// Voice name.
     #[serde(default = "default_voice")]
+    #[schemars(length(min = 1))]
     pub voice: String,
     /// Speaking rate.
     #[serde(default = "default_speed")]
@@ -155,9 +164,11 @@ pub struct TtsSpec {
 pub struct RealtimeSpec {
     /// Realtime model.
     #[serde(default = "default_realtime_model")]
+    #[schemars(length(min = 1))]
     pub model: String,
     /// Voice name.
     #[serde(default = "default_voice")]
+    #[schemars(length(min = 1))]
     pub voice: String,
 }
 
@@ -183,7 +194,7 @@ pub struct TurnDetectionSpec {
 }
 
 /// Observed state of an AiPipeline.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AiPipelineStatus {
     /// The `metadata.generation` this status describes.
@@ -191,6 +202,7 @@ pub struct AiPipelineStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` is True when the spec is valid and the API-key Secret exists.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// CallClusters that reference this pipeline.
     #[serde(default)]

@@ -124,6 +124,7 @@ pub struct WorkersSpec {
     pub max_calls_per_pod: i32,
     /// Compute resources of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::resource_requirements")]
     pub resources: Option<ResourceRequirements>,
     /// Which metric drives the HorizontalPodAutoscaler.
     #[serde(default)]
@@ -229,6 +230,7 @@ pub struct MediaSpec {
     pub drain_timeout_seconds: i32,
     /// Compute resources of the FreeSWITCH container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::resource_requirements")]
     pub resources: Option<ResourceRequirements>,
 }
 
@@ -275,6 +277,7 @@ pub struct SipSpec {
     pub probe_interval_seconds: i32,
     /// Compute resources of the Kamailio container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::resource_requirements")]
     pub resources: Option<ResourceRequirements>,
 }
 

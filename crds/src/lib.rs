@@ -3,7 +3,9 @@
 pub mod aipipeline;
 pub mod callcluster;
 pub mod conditions;
+pub mod crdgen;
 pub mod pipeline_config;
+pub mod schema;
 
 pub use aipipeline::{AiPipeline, AiPipelineSpec, AiPipelineStatus, PipelineMode};
 pub use callcluster::{CallCluster, CallClusterSpec, CallClusterStatus};
