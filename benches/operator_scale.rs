@@ -1,0 +1,334 @@
+//! Benchmark (not a test): N CallClusters created at once against the real local control
+//! plane, with the real operator binary running as a local process.
+//!
+//! Reports, per CallCluster, apply → all child objects exist (percentiles), the time until
+//! every CallCluster has all children and until every one is Ready, and the operator's peak RSS.
+//!
+//! ```sh
+//! cargo build --release -p callfleet-operator
+//! cargo bench -p callfleet-tests --bench operator_scale -- 100 1000
+//! ```
+//! Uses the cluster named by `KUBECONFIG`, or starts a private one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use callfleet_crds::{AiPipeline, CallCluster};
+use callfleet_tests::cluster::{Cluster, TestNamespace};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, CustomResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const CHILD_KINDS: &[(&str, &str, &str)] = &[
+    ("apps", "v1", "Deployment"),
+    ("apps", "v1", "StatefulSet"),
+    ("", "v1", "Service"),
+    ("", "v1", "ConfigMap"),
+    ("", "v1", "Secret"),
+    ("autoscaling", "v2", "HorizontalPodAutoscaler"),
+    ("policy", "v1", "PodDisruptionBudget"),
+];
+const LABEL: &str = "callfleet.dev/callcluster";
+const BOUND: Duration = Duration::from_secs(600);
+
+enum Seen {
+    Child { cluster: String, key: String },
+    Ready { cluster: String },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() { vec![100] } else { sizes };
+    let cluster = Cluster::shared()?;
+    let client = cluster.client().await?;
+    install_crds(&client).await?;
+    let expected = expected_children()?;
+    println!("children per CallCluster (from `callfleet-operator render`): {expected}");
+    for n in sizes {
+        run(cluster, n, expected).await?;
+    }
+    Ok(())
+}
+
+async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
+    let ns = cluster.namespace(&format!("bench-{n}")).await?;
+    let client = ns.client();
+    create_pipeline(&ns).await?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for &(group, version, kind) in CHILD_KINDS {
+        let api = Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            ns.name(),
+            &ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind)),
+        );
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let cfg = watcher::Config::default().labels(LABEL);
+            let mut stream = watcher(api, cfg).applied_objects().boxed();
+            while let Ok(Some(obj)) = stream.try_next().await {
+                let cluster = obj
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL))
+                    .cloned();
+                if let (Some(cluster), Some(name)) = (cluster, obj.metadata.name) {
+                    let key = format!("{kind}/{name}");
+                    if tx.send(Seen::Child { cluster, key }).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    {
+        let api = Api::<CallCluster>::namespaced(client.clone(), ns.name());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Ok(Some(cc)) = stream.try_next().await {
+                let ready = cc.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+                if let (true, Some(name)) = (ready, cc.metadata.name) {
+                    if tx.send(Seen::Ready { cluster: name }).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut operator = start_operator(cluster, ns.name())?;
+    // Let the operator start and sync its caches, so the measurement starts from a warm
+    // operator with an empty namespace ("cold" = no CallCluster reconciled yet).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let api = Api::<CallCluster>::namespaced(client.clone(), ns.name());
+    let mut created_at: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let start = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("cc-{i:05}")).collect();
+    let results: Vec<(String, Instant)> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let cc = call_cluster(&name)?;
+                let at = Instant::now();
+                api.create(&PostParams::default(), &cc).await?;
+                anyhow::Ok((name, at))
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await?;
+    created_at.extend(results);
+    let created_all = start.elapsed();
+
+    let mut children: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut complete: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut ready: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut all_children_at = None;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while ready.len() < n || complete.len() < n {
+        let seen = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(seen)) => seen,
+            Ok(None) => bail!("watchers ended"),
+            Err(_) => {
+                eprintln!(
+                    "bound of {BOUND:?} reached: {}/{n} complete, {}/{n} ready",
+                    complete.len(),
+                    ready.len()
+                );
+                break;
+            }
+        };
+        match seen {
+            Seen::Child { cluster, key } => {
+                let set = children.entry(cluster.clone()).or_default();
+                set.insert(key);
+                if set.len() >= expected && !complete.contains_key(&cluster) {
+                    if let Some(t0) = created_at.get(&cluster) {
+                        complete.insert(cluster, t0.elapsed());
+                        if complete.len() == n {
+                            all_children_at = Some(start.elapsed());
+                        }
+                    }
+                }
+            }
+            Seen::Ready { cluster } => {
+                if !ready.contains_key(&cluster) {
+                    if let Some(t0) = created_at.get(&cluster) {
+                        ready.insert(cluster, t0.elapsed());
+                    }
+                }
+            }
+        }
+    }
+    let all_ready_at = (ready.len() == n).then(|| start.elapsed());
+    let rss = peak_rss_kib(&operator).unwrap_or(0);
+    let _ = operator.kill();
+    let _ = operator.wait();
+
+    let mut per: Vec<Duration> = complete.values().copied().collect();
+    per.sort();
+    println!("\n== N = {n} CallClusters");
+    println!("created all in {:.2?}", created_all);
+    println!(
+        "apply → all children exist: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
+        pct(&per, 50.0),
+        pct(&per, 90.0),
+        pct(&per, 99.0),
+        per.last()
+    );
+    println!("all {n} have every child: {all_children_at:?} after the first create");
+    println!("all {n} Ready: {all_ready_at:?} after the first create");
+    println!("operator peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    ns.delete_and_wait(Duration::from_secs(300)).await.ok();
+    Ok(())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted.get(idx).copied()
+}
+
+fn call_cluster(name: &str) -> Result<CallCluster> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "callfleet.dev/v1alpha1",
+        "kind": "CallCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "pipelineRef": {"name": "bench"},
+            "workers": {"minReplicas": 1, "maxReplicas": 4},
+            "media": {"replicas": 1},
+            "sip": {"replicas": 1}
+        }
+    }))?)
+}
+
+async fn create_pipeline(ns: &TestNamespace) -> Result<()> {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "bench-openai"},
+        "stringData": {"api-key": "sk-bench"}
+    }))?;
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let pipeline: AiPipeline = serde_json::from_value(json!({
+        "apiVersion": "callfleet.dev/v1alpha1",
+        "kind": "AiPipeline",
+        "metadata": {"name": "bench"},
+        "spec": {"provider": {"apiKeySecretRef": {"name": "bench-openai"}}}
+    }))?;
+    ns.api::<AiPipeline>()
+        .create(&PostParams::default(), &pipeline)
+        .await?;
+    Ok(())
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let api = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
+    let pp = PatchParams::apply("callfleet-bench").force();
+    for crd in [CallCluster::crd(), AiPipeline::crd()] {
+        let name = crd.metadata.name.clone().context("CRD without name")?;
+        api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+    }
+    // Established before anyone creates objects of the kinds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+fn release_dir() -> Result<PathBuf> {
+    // target/release/deps/operator_scale-<hash> → target/release
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("unexpected bench location")?
+        .to_path_buf())
+}
+
+fn operator_bin() -> Result<PathBuf> {
+    let bin = match std::env::var_os("CALLFLEET_OPERATOR_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => release_dir()?.join("callfleet-operator"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release -p callfleet-operator` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Children per CallCluster as the operator itself renders them (offline).
+fn expected_children() -> Result<usize> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("cc.yaml");
+    let doc = serde_yaml::to_string(&call_cluster("probe")?)?;
+    std::fs::write(&file, doc)?;
+    let out = Command::new(operator_bin()?)
+        .args(["render", "-f"])
+        .arg(&file)
+        .output()?;
+    if !out.status.success() {
+        bail!("render failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("kind: "))
+        .filter(|l| {
+            !matches!(
+                l.trim_start_matches("kind: ").trim(),
+                "CallCluster" | "AiPipeline"
+            )
+        })
+        .count())
+}
+
+fn start_operator(cluster: &Cluster, namespace: &str) -> Result<Child> {
+    Ok(Command::new(operator_bin()?)
+        .args([
+            "run",
+            "--leader-election",
+            "off",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--namespace", namespace])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+/// Peak resident set size (VmHWM) of the operator process, in KiB.
+fn peak_rss_kib(child: &Child) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
