@@ -5,8 +5,10 @@
 
 pub mod admission;
 pub mod config;
+pub mod context;
 pub mod media;
 pub mod metrics;
 pub mod protocols;
 pub mod providers;
+pub mod server;
 pub mod session;

@@ -146,7 +146,10 @@ mod tests {
         for s in (0..=i16::MAX).step_by(7) {
             let d = decode_sample(encode_sample(s));
             assert!(d >= last, "{s}: {d} < {last}");
-            assert!((d as i32 - s as i32).abs() <= 1024, "error too large at {s}");
+            assert!(
+                (d as i32 - s as i32).abs() <= 1024,
+                "error too large at {s}"
+            );
             last = d;
         }
     }

@@ -27,8 +27,12 @@ pub enum VadEvent {
 enum State {
     Quiet,
     /// Loud frames seen, not yet `min_speech_ms` of them.
-    Candidate { speech_ms: u32 },
-    Speaking { silence_ms: u32 },
+    Candidate {
+        speech_ms: u32,
+    },
+    Speaking {
+        silence_ms: u32,
+    },
 }
 
 /// Per-call VAD state. Feed it every inbound frame in order.

@@ -8,3 +8,7 @@ pub mod sentences;
 pub mod store;
 
 pub use store::{InMemorySessionStore, SessionStore};
+pub mod call;
+pub mod channels;
+pub mod connection;
+pub mod turn;

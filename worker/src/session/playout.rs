@@ -104,6 +104,11 @@ impl Playout {
         self.enqueued
     }
 
+    /// Samples of the reply handed to the carrier so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Adds reply samples for the current sentence.
     pub fn push(&mut self, samples: &[i16]) {
         self.queue.extend(samples.iter().copied());

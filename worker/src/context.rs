@@ -1,0 +1,70 @@
+//! What every call task shares with the worker: limits, admission, pipeline, metrics, store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::admission::{CapacityGate, ConnectionRateLimiter, TokenSecret};
+use crate::config::PipelineSource;
+use crate::metrics::Metrics;
+use crate::session::SessionStore;
+
+/// Per-call time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    pub max_call: Duration,
+    pub idle: Duration,
+    /// How long a connection may stay open before announcing its call.
+    pub start: Duration,
+}
+
+/// Shared worker state, one per process.
+pub struct WorkerContext {
+    pub limits: CallLimits,
+    pub pipelines: Arc<PipelineSource>,
+    pub secret: TokenSecret,
+    pub capacity: Arc<CapacityGate>,
+    pub rate_limiter: Arc<dyn ConnectionRateLimiter>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn SessionStore>,
+    pub started_at: Instant,
+    draining: AtomicBool,
+}
+
+impl WorkerContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        limits: CallLimits,
+        pipelines: Arc<PipelineSource>,
+        secret: TokenSecret,
+        capacity: Arc<CapacityGate>,
+        rate_limiter: Arc<dyn ConnectionRateLimiter>,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn SessionStore>,
+    ) -> Self {
+        Self {
+            limits,
+            pipelines,
+            secret,
+            capacity,
+            rate_limiter,
+            metrics,
+            store,
+            started_at: Instant::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Stop admitting calls (SIGTERM).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.capacity.active()
+    }
+}

@@ -1,0 +1,109 @@
+//! Starting and stopping a worker: used by `main` and, in-process, by the tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admission::{CapacityGate, GcraLimiter, TokenSecret};
+use crate::config::{PipelineSource, ServeArgs};
+use crate::context::{CallLimits, WorkerContext};
+use crate::metrics::Metrics;
+use crate::providers::openai::ProviderHttp;
+use crate::session::InMemorySessionStore;
+
+/// How long a dropped call's history is kept for a reconnect.
+const RESUME_WINDOW: Duration = Duration::from_secs(600);
+/// How long a connection may take to announce its call.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the shared state from settings (loads the token secret and the first pipeline).
+pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
+    let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
+    let metrics = Arc::new(Metrics::new());
+    let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
+    let http = ProviderHttp::new(limit)?;
+    let pipelines = Arc::new(PipelineSource::new(
+        args.pipeline_file.clone(),
+        args.provider_api_key_file.clone(),
+        args.openai_api_key.clone(),
+        http,
+        metrics.clone(),
+    ));
+    pipelines.reload();
+    Ok(Arc::new(WorkerContext::new(
+        CallLimits {
+            max_call: args.max_call_duration(),
+            idle: args.idle_timeout(),
+            start: START_TIMEOUT.min(args.idle_timeout()),
+        },
+        pipelines,
+        secret,
+        CapacityGate::new(args.max_calls),
+        Arc::new(GcraLimiter::new(args.rate_limit_per_minute)),
+        metrics,
+        Arc::new(InMemorySessionStore::new(RESUME_WINDOW)),
+    )))
+}
+
+/// A worker serving on a bound address.
+pub struct RunningWorker {
+    pub addr: SocketAddr,
+    pub ctx: Arc<WorkerContext>,
+    server: JoinHandle<std::io::Result<()>>,
+    watcher: JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// Binds and serves `args` in the current runtime.
+pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
+    let ctx = build_context(args)?;
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let watcher = tokio::spawn(ctx.pipelines.clone().watch(args.pipeline_poll()));
+    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+    let app =
+        crate::server::router(ctx.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "worker listening");
+    Ok(RunningWorker {
+        addr,
+        ctx,
+        server,
+        watcher,
+        shutdown,
+    })
+}
+
+impl RunningWorker {
+    /// Graceful drain: stop admitting (`/ready` turns 503, new connections are refused), wait
+    /// up to `timeout` for live calls to end, then stop serving.
+    pub async fn drain(self, timeout: Duration) {
+        self.ctx.start_draining();
+        let deadline = Instant::now() + timeout;
+        while self.ctx.active_calls() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.ctx.active_calls();
+        if left > 0 {
+            tracing::warn!(calls = left, "drain timeout: cutting remaining calls");
+        }
+        self.stop().await;
+    }
+
+    /// Stops serving now.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.watcher.abort();
+        // Live WebSocket calls keep the server future alive; don't wait for them past a beat.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.server).await;
+    }
+}

@@ -1,0 +1,841 @@
+//! The call task: admission of the announced call, then the media loop that owns every piece of
+//! call state. Nothing here is shared with other calls except through `WorkerContext`'s
+//! atomics, so the media path takes no locks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::sleep_until;
+
+use super::channels::{ReaderEvent, WriterCommand, close_code};
+use super::history::{History, SpokenSentence, heard_text};
+use super::playout::{Playout, PlayoutItem};
+use super::turn::{TurnInput, TurnOutput, run_turn};
+use crate::admission::{CallPermit, TokenError, verify_token};
+use crate::config::PipelineVersion;
+use crate::context::WorkerContext;
+use crate::media::{AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
+use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Protocol};
+use crate::providers::{
+    ChatMessage, ChatRole, RealtimeEvent, RealtimeOptions, RealtimeSession, ServerVad, Utterance,
+};
+use callfleet_crds::PipelineMode;
+
+/// Longest utterance kept for STT; longer speech is cut into turns of this length.
+const MAX_UTTERANCE: Duration = Duration::from_secs(30);
+/// Audio kept from before the VAD fired, so the first syllable reaches STT.
+const PREROLL: Duration = Duration::from_millis(300);
+
+/// Runs one connection's call from the first frame to the close.
+pub async fn run_call(
+    ctx: Arc<WorkerContext>,
+    protocol: Protocol,
+    presented_token: Option<String>,
+    permit: CallPermit,
+    mut inbound: mpsc::Receiver<ReaderEvent>,
+    writer: mpsc::Sender<WriterCommand>,
+) {
+    let early = Encoder::before_start(protocol);
+    let Some(start) = await_start(&ctx, &early, &mut inbound, &writer).await else {
+        return;
+    };
+    let token = start.token.clone().or(presented_token);
+    let now_unix = unix_now();
+    let verdict = match token.as_deref() {
+        None => Err(TokenError::Missing),
+        Some(token) => verify_token(&ctx.secret, token, &start.call_id, now_unix),
+    };
+    if let Err(err) = verdict {
+        tracing::info!(call_id = %start.call_id, error = %err, "call refused");
+        ctx.metrics.error(ErrorCode::Unauthorized);
+        reject(
+            &early,
+            &writer,
+            ErrorCode::Unauthorized,
+            &err.to_string(),
+            close_code::POLICY,
+        )
+        .await;
+        return;
+    }
+    let Some(pipeline) = ctx.pipelines.current() else {
+        ctx.metrics.error(ErrorCode::InternalError);
+        reject(
+            &early,
+            &writer,
+            ErrorCode::InternalError,
+            "no pipeline is configured on this worker",
+            close_code::INTERNAL,
+        )
+        .await;
+        return;
+    };
+    ctx.metrics.call_started();
+    let earlier = ctx.store.load(&start.call_id).await;
+    let session = CallSession::new(ctx.clone(), protocol, start, pipeline, earlier, writer);
+    tracing::info!(call_id = %session.call_id, protocol = protocol.as_str(), "call started");
+    session.run(inbound).await;
+    drop(permit);
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Waits for the protocol's start message, answering bad frames with error frames.
+async fn await_start(
+    ctx: &WorkerContext,
+    encoder: &Encoder,
+    inbound: &mut mpsc::Receiver<ReaderEvent>,
+    writer: &mpsc::Sender<WriterCommand>,
+) -> Option<CallStart> {
+    let deadline = tokio::time::Instant::now() + ctx.limits.start;
+    loop {
+        let event = tokio::select! {
+            event = inbound.recv() => event,
+            _ = sleep_until(deadline) => {
+                ctx.metrics.error(ErrorCode::Timeout);
+                reject(encoder, writer, ErrorCode::Timeout, "no call was started in time", close_code::POLICY).await;
+                return None;
+            }
+        };
+        match event {
+            Some(ReaderEvent::Event(InboundEvent::Start(start))) => return Some(start),
+            Some(ReaderEvent::Event(InboundEvent::End)) | Some(ReaderEvent::Closed) | None => {
+                return None;
+            }
+            Some(ReaderEvent::Event(_)) => {}
+            Some(ReaderEvent::Invalid(err)) => {
+                ctx.metrics.error(err.code());
+                send_error(encoder, writer, err.code(), &err.to_string()).await;
+            }
+        }
+    }
+}
+
+async fn send_error(
+    encoder: &Encoder,
+    writer: &mpsc::Sender<WriterCommand>,
+    code: ErrorCode,
+    message: &str,
+) {
+    if let Some(frame) = encoder.encode(Outbound::Error { code, message }) {
+        let _ = writer.send(WriterCommand::Frame(frame)).await;
+    }
+}
+
+/// Error frame, then close: the answer to a connection that may not have a call.
+async fn reject(
+    encoder: &Encoder,
+    writer: &mpsc::Sender<WriterCommand>,
+    code: ErrorCode,
+    message: &str,
+    close: u16,
+) {
+    send_error(encoder, writer, code, message).await;
+    let _ = writer
+        .send(WriterCommand::Close {
+            code: close,
+            reason: code.as_str().to_owned(),
+        })
+        .await;
+}
+
+/// A reply turn running in its own task.
+struct ActiveTurn {
+    handle: JoinHandle<()>,
+    output: mpsc::Receiver<TurnOutput>,
+}
+
+impl Drop for ActiveTurn {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// The reply being played: its sentences and where they sit in the audio.
+#[derive(Default)]
+struct Reply {
+    id: u32,
+    sentences: Vec<SpokenSentence>,
+    /// Sentence texts waiting for their first frame (sample offset, text).
+    captions: VecDeque<(u64, String)>,
+    /// Realtime mode: the provider's item being played.
+    item_id: Option<String>,
+}
+
+/// How a call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The caller or carrier ended the call: forget its history.
+    Hangup,
+    /// The socket went away: keep history so a reconnect resumes.
+    Lost,
+    MaxDuration,
+    Idle,
+    ProviderLost,
+}
+
+/// All state of one call.
+struct CallSession {
+    ctx: Arc<WorkerContext>,
+    call_id: String,
+    protocol: Protocol,
+    encoder: Encoder,
+    writer: mpsc::Sender<WriterCommand>,
+    pipeline: Arc<PipelineVersion>,
+    out_format: AudioFormat,
+    vad: Vad,
+    utterance: Vec<i16>,
+    preroll: VecDeque<i16>,
+    in_rate: u32,
+    history: History,
+    playout: Playout,
+    reply: Reply,
+    turn: Option<ActiveTurn>,
+    /// Carrier acknowledges marks: trust them over the pacing estimate.
+    marks_seen: bool,
+    speech_ended_at: Option<Instant>,
+    started_at: Instant,
+    last_inbound: Instant,
+    had_error: bool,
+    realtime: Option<RealtimeSession>,
+    /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
+    to_8k: Option<StreamResampler>,
+    /// Realtime mode: provider audio to the carrier's rate, when it differs.
+    from_8k: Option<StreamResampler>,
+}
+
+impl CallSession {
+    fn new(
+        ctx: Arc<WorkerContext>,
+        protocol: Protocol,
+        start: CallStart,
+        pipeline: Arc<PipelineVersion>,
+        earlier: Vec<ChatMessage>,
+        writer: mpsc::Sender<WriterCommand>,
+    ) -> Self {
+        let spec = &pipeline.config.spec;
+        let now = Instant::now();
+        Self {
+            encoder: Encoder::new(protocol, &start),
+            vad: Vad::new(&spec.turn_detection),
+            history: History::new(spec.llm.max_history_turns, earlier),
+            playout: Playout::new(start.playback, start.outbound.sample_rate),
+            out_format: start.outbound,
+            in_rate: start.inbound.sample_rate,
+            call_id: start.call_id,
+            protocol,
+            writer,
+            utterance: Vec::new(),
+            preroll: VecDeque::new(),
+            reply: Reply::default(),
+            turn: None,
+            marks_seen: false,
+            speech_ended_at: None,
+            started_at: now,
+            last_inbound: now,
+            had_error: false,
+            realtime: None,
+            to_8k: None,
+            from_8k: None,
+            pipeline,
+            ctx,
+        }
+    }
+
+    async fn run(mut self, mut inbound: mpsc::Receiver<ReaderEvent>) {
+        self.send(Outbound::Status {
+            status: "ready",
+            message: "call started",
+        })
+        .await;
+        if self.pipeline.config.spec.mode == PipelineMode::Realtime {
+            if let Err(message) = self.open_realtime().await {
+                self.fail(ErrorCode::InternalError, &message).await;
+                self.finish(Ending::ProviderLost).await;
+                return;
+            }
+        } else if self.history.is_empty() {
+            if let Some(greeting) = self.pipeline.config.spec.greeting.clone() {
+                if !greeting.trim().is_empty() {
+                    self.start_turn(TurnInput::Say(greeting));
+                }
+            }
+        }
+        let max_end = tokio::time::Instant::from_std(self.started_at + self.ctx.limits.max_call);
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ending = loop {
+            let pace = self.playout.next_deadline();
+            tokio::select! {
+                biased;
+                event = inbound.recv() => {
+                    match event {
+                        Some(ReaderEvent::Event(event)) => {
+                            self.last_inbound = Instant::now();
+                            if let Some(ending) = self.on_inbound(event).await {
+                                break ending;
+                            }
+                        }
+                        Some(ReaderEvent::Invalid(err)) => {
+                            self.last_inbound = Instant::now();
+                            tracing::debug!(call_id = %self.call_id, error = %err, "bad frame");
+                            self.ctx.metrics.error(err.code());
+                            self.send(Outbound::Error { code: err.code(), message: &err.to_string() }).await;
+                        }
+                        Some(ReaderEvent::Closed) | None => break Ending::Lost,
+                    }
+                }
+                output = next_output(&mut self.turn) => self.on_turn_output(output).await,
+                event = next_realtime(&mut self.realtime) => {
+                    if let Some(ending) = self.on_realtime(event).await {
+                        break ending;
+                    }
+                }
+                _ = sleep_until_opt(pace), if pace.is_some() => self.send_due_frames().await,
+                _ = sleep_until(max_end) => break Ending::MaxDuration,
+                _ = housekeeping.tick() => {
+                    if self.last_inbound.elapsed() >= self.ctx.limits.idle {
+                        break Ending::Idle;
+                    }
+                    self.commit_finished_reply().await;
+                }
+            }
+        };
+        self.finish(ending).await;
+    }
+
+    async fn on_inbound(&mut self, event: InboundEvent) -> Option<Ending> {
+        match event {
+            InboundEvent::Audio { samples, format } => {
+                self.on_audio(&samples, format).await;
+                None
+            }
+            InboundEvent::Mark(name) => {
+                self.on_mark(&name);
+                None
+            }
+            InboundEvent::Dtmf(digit) => {
+                tracing::debug!(call_id = %self.call_id, %digit, "dtmf");
+                None
+            }
+            InboundEvent::End => Some(Ending::Hangup),
+            InboundEvent::Start(_) | InboundEvent::Ignored => None,
+        }
+    }
+
+    async fn on_audio(&mut self, samples: &[i16], format: AudioFormat) {
+        if self.realtime.is_some() {
+            self.forward_to_realtime(samples, format.sample_rate).await;
+            return;
+        }
+        if format.sample_rate != self.in_rate {
+            // The seed protocol fixes the format with the first audio message.
+            self.in_rate = format.sample_rate;
+            self.utterance.clear();
+            self.preroll.clear();
+        }
+        let frame = (self.in_rate / 50).max(1) as usize;
+        for chunk in samples.chunks(frame) {
+            let frame_ms = (chunk.len() as u64 * 1000 / u64::from(self.in_rate)) as u32;
+            let was_in_utterance = self.vad.in_utterance();
+            let event = self.vad.process(chunk, frame_ms.max(1));
+            if self.vad.in_utterance() || event == Some(VadEvent::TurnEnded) {
+                if !was_in_utterance {
+                    self.utterance.extend(self.preroll.drain(..));
+                }
+                self.utterance.extend_from_slice(chunk);
+            } else {
+                if was_in_utterance {
+                    // A burst too short to be speech.
+                    self.utterance.clear();
+                }
+                self.push_preroll(chunk);
+            }
+            let too_long =
+                self.utterance.len() as u64 >= MAX_UTTERANCE.as_secs() * u64::from(self.in_rate);
+            match event {
+                Some(VadEvent::SpeechStarted) => self.on_speech_started().await,
+                Some(VadEvent::TurnEnded) => self.on_turn_ended().await,
+                None if too_long => {
+                    self.vad.reset();
+                    self.on_turn_ended().await;
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn push_preroll(&mut self, chunk: &[i16]) {
+        let cap = (PREROLL.as_millis() as u64 * u64::from(self.in_rate) / 1000) as usize;
+        self.preroll.extend(chunk.iter().copied());
+        let excess = self.preroll.len().saturating_sub(cap);
+        self.preroll.drain(..excess);
+    }
+
+    async fn on_speech_started(&mut self) {
+        let busy = self.turn.is_some() || self.playout.is_active(Instant::now());
+        if busy && self.pipeline.config.spec.turn_detection.barge_in {
+            self.barge_in().await;
+        }
+    }
+
+    async fn on_turn_ended(&mut self) {
+        let samples = std::mem::take(&mut self.utterance);
+        if samples.is_empty() {
+            return;
+        }
+        // A reply still in flight is superseded by the new utterance.
+        if self.turn.is_some() || self.playout.is_active(Instant::now()) {
+            self.barge_in().await;
+        }
+        self.commit_finished_reply().await;
+        self.speech_ended_at = Some(Instant::now());
+        let prompt = self
+            .history
+            .prompt(&self.pipeline.config.spec.llm.system_prompt);
+        self.send(Outbound::Status {
+            status: "processing",
+            message: "caller turn ended",
+        })
+        .await;
+        self.start_turn(TurnInput::Speech {
+            utterance: Utterance {
+                samples,
+                sample_rate: self.in_rate,
+            },
+            prompt,
+        });
+    }
+
+    fn start_turn(&mut self, input: TurnInput) {
+        let (tx, rx) = mpsc::channel(32);
+        let handle = tokio::spawn(run_turn(
+            self.pipeline.clone(),
+            self.ctx.metrics.clone(),
+            input,
+            self.out_format.sample_rate,
+            tx,
+        ));
+        self.reply = Reply {
+            id: self.reply.id.wrapping_add(1),
+            ..Reply::default()
+        };
+        self.playout.clear();
+        self.turn = Some(ActiveTurn { handle, output: rx });
+    }
+
+    async fn on_turn_output(&mut self, output: Option<TurnOutput>) {
+        let now = Instant::now();
+        match output {
+            Some(TurnOutput::Heard(text)) => {
+                self.history.push(ChatMessage::new(ChatRole::User, text));
+            }
+            Some(TurnOutput::Sentence(text)) => {
+                let start = self.playout.enqueued();
+                self.reply.captions.push_back((start, text.clone()));
+                self.reply.sentences.push(SpokenSentence {
+                    text,
+                    start_sample: start,
+                    end_sample: None,
+                    confirmed: false,
+                });
+            }
+            Some(TurnOutput::Audio(samples)) => {
+                self.playout.push(&samples);
+                self.playout.arm(now);
+            }
+            Some(TurnOutput::SentenceDone) => {
+                let index = self.reply.sentences.len().saturating_sub(1);
+                if let Some(sentence) = self.reply.sentences.last_mut() {
+                    sentence.end_sample = Some(self.playout.enqueued());
+                }
+                let mark = format!("{}.{}", self.reply.id, index);
+                let items = self.playout.end_sentence(Some(mark), now);
+                let caption = self.reply.captions.pop_front().map(|(_, t)| t);
+                for item in items {
+                    if let PlayoutItem::Audio(samples) = item {
+                        self.send_audio(&samples, caption.as_deref()).await;
+                    }
+                }
+                self.playout.arm(now);
+            }
+            Some(TurnOutput::Done) | None => {
+                self.turn = None;
+                self.commit_finished_reply().await;
+            }
+            Some(TurnOutput::Failed(err)) => {
+                self.turn = None;
+                tracing::warn!(call_id = %self.call_id, error = %err, "provider failed");
+                let code = ErrorCode::from_provider_code(err.caller_code());
+                self.fail(code, &err.to_string()).await;
+            }
+        }
+    }
+
+    async fn fail(&mut self, code: ErrorCode, message: &str) {
+        self.had_error = true;
+        self.ctx.metrics.error(code);
+        self.send(Outbound::Error { code, message }).await;
+    }
+
+    fn on_mark(&mut self, name: &str) {
+        let Some((reply, index)) = name.split_once('.') else {
+            return;
+        };
+        if reply.parse::<u32>().ok() != Some(self.reply.id) {
+            return;
+        }
+        if let Some(sentence) = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.reply.sentences.get_mut(i))
+        {
+            sentence.confirmed = true;
+            self.marks_seen = true;
+        }
+    }
+
+    async fn send_due_frames(&mut self) {
+        let now = Instant::now();
+        while self.playout.next_deadline().is_some_and(|at| at <= now) {
+            let before = self.playout.sent();
+            for item in self.playout.pop_frame(now) {
+                match item {
+                    PlayoutItem::Audio(frame) => {
+                        let caption = match self.reply.captions.front() {
+                            Some((at, _)) if *at < before + frame.len() as u64 => {
+                                self.reply.captions.pop_front().map(|(_, t)| t)
+                            }
+                            _ => None,
+                        };
+                        self.send_audio(&frame, caption.as_deref()).await;
+                    }
+                    PlayoutItem::Mark(name) => self.send(Outbound::Mark(&name)).await,
+                }
+            }
+        }
+    }
+
+    async fn send_audio(&mut self, samples: &[i16], text: Option<&str>) {
+        if let Some(ended) = self.speech_ended_at.take() {
+            self.ctx.metrics.observe_first_audio(ended.elapsed());
+        }
+        let frame = self.encoder.encode(Outbound::Audio {
+            samples,
+            format: self.out_format,
+            text,
+        });
+        if let Some(frame) = frame {
+            // Audio is never worth stalling the call task for: a carrier that stops reading
+            // loses frames, not the call's VAD.
+            if self.writer.try_send(WriterCommand::Frame(frame)).is_err() {
+                tracing::debug!(call_id = %self.call_id, "writer full, frame dropped");
+            }
+        }
+    }
+
+    async fn send(&mut self, out: Outbound<'_>) {
+        if let Some(frame) = self.encoder.encode(out) {
+            let _ = self.writer.send(WriterCommand::Frame(frame)).await;
+        }
+    }
+
+    /// Caller speech over the reply: stop everything, flush the carrier, keep in history only
+    /// what was heard.
+    async fn barge_in(&mut self) {
+        let now = Instant::now();
+        self.turn = None;
+        let was_playing = self.playout.sent() > 0;
+        if was_playing {
+            self.send(Outbound::Clear).await;
+            self.ctx.metrics.barge_ins.inc();
+        }
+        let heard = self.heard_so_far(now);
+        if let (Some(item_id), Some(rt)) = (self.reply.item_id.take(), self.realtime.as_mut()) {
+            let played_ms =
+                (self.playout.played(now) * 1000 / u64::from(self.playout.rate().max(1))) as u32;
+            let _ = rt.commands.truncate(item_id, played_ms).await;
+        }
+        self.playout.clear();
+        self.reply.sentences.clear();
+        self.reply.captions.clear();
+        self.speech_ended_at = None;
+        if !heard.is_empty() {
+            self.history
+                .push(ChatMessage::new(ChatRole::Assistant, heard));
+            self.save_history().await;
+        }
+    }
+
+    fn heard_so_far(&mut self, now: Instant) -> String {
+        let enqueued = self.playout.enqueued();
+        for sentence in &mut self.reply.sentences {
+            if sentence.end_sample.is_none() {
+                sentence.end_sample = Some(enqueued);
+            }
+        }
+        heard_text(
+            &self.reply.sentences,
+            self.playout.played(now),
+            self.marks_seen,
+        )
+    }
+
+    /// A reply that finished playing goes into history whole.
+    async fn commit_finished_reply(&mut self) {
+        if self.turn.is_some() || self.reply.sentences.is_empty() {
+            return;
+        }
+        if self.playout.is_active(Instant::now()) {
+            return;
+        }
+        let text = self
+            .reply
+            .sentences
+            .drain(..)
+            .map(|s| s.text)
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.history
+            .push(ChatMessage::new(ChatRole::Assistant, text));
+        self.save_history().await;
+    }
+
+    async fn save_history(&mut self) {
+        let messages: Vec<ChatMessage> = self.history.messages().cloned().collect();
+        self.ctx.store.save(&self.call_id, messages).await;
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        let now = Instant::now();
+        self.turn = None;
+        if !self.reply.sentences.is_empty() {
+            let heard = self.heard_so_far(now);
+            self.history
+                .push(ChatMessage::new(ChatRole::Assistant, heard));
+        }
+        match ending {
+            Ending::Hangup => self.ctx.store.end(&self.call_id).await,
+            _ => self.save_history().await,
+        }
+        let (close, reason) = match ending {
+            Ending::MaxDuration => {
+                self.had_error = true;
+                self.ctx.metrics.error(ErrorCode::Timeout);
+                self.send(Outbound::Error {
+                    code: ErrorCode::Timeout,
+                    message: "max call duration reached",
+                })
+                .await;
+                (close_code::NORMAL, "max call duration reached")
+            }
+            Ending::Idle => {
+                self.had_error = true;
+                self.ctx.metrics.error(ErrorCode::Timeout);
+                self.send(Outbound::Error {
+                    code: ErrorCode::Timeout,
+                    message: "no audio received: idle timeout",
+                })
+                .await;
+                (close_code::NORMAL, "idle timeout")
+            }
+            Ending::ProviderLost => (close_code::INTERNAL, "provider unavailable"),
+            Ending::Hangup | Ending::Lost => (close_code::NORMAL, "call ended"),
+        };
+        if ending != Ending::Lost {
+            self.send(Outbound::Hangup).await;
+            let _ = self
+                .writer
+                .send(WriterCommand::Close {
+                    code: close,
+                    reason: reason.to_owned(),
+                })
+                .await;
+        }
+        if let Some(mut rt) = self.realtime.take() {
+            let _ = rt.commands.close().await;
+        }
+        let duration = self.started_at.elapsed();
+        self.ctx.metrics.call_ended(duration, self.had_error);
+        tracing::info!(
+            call_id = %self.call_id,
+            protocol = self.protocol.as_str(),
+            ?ending,
+            seconds = duration.as_secs_f64(),
+            "call ended"
+        );
+    }
+
+    // ---- realtime mode -------------------------------------------------------------------
+
+    async fn open_realtime(&mut self) -> Result<(), String> {
+        let spec = &self.pipeline.config.spec;
+        let options = RealtimeOptions {
+            instructions: spec.llm.system_prompt.clone(),
+            vad: ServerVad::from_spec(&spec.turn_detection),
+            input_transcription_model: Some(spec.stt.model.clone()),
+        };
+        let session = self
+            .pipeline
+            .providers
+            .realtime
+            .connect(&spec.realtime, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.realtime = Some(session);
+        if self.in_rate != 8_000 {
+            self.to_8k = StreamResampler::new(self.in_rate, 8_000).ok();
+        }
+        if self.out_format.sample_rate != 8_000 {
+            self.from_8k = StreamResampler::new(8_000, self.out_format.sample_rate).ok();
+        }
+        if let Some(greeting) = spec.greeting.clone().filter(|g| !g.trim().is_empty()) {
+            if self.history.is_empty() {
+                if let Some(rt) = self.realtime.as_mut() {
+                    let instructions = Some(format!("Say exactly: {greeting}"));
+                    let _ = rt
+                        .commands
+                        .send(crate::providers::RealtimeCommand::CreateResponse { instructions })
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward_to_realtime(&mut self, samples: &[i16], rate: u32) {
+        let mut resampled = Vec::new();
+        let samples = match self.to_8k.as_mut() {
+            Some(r) if rate != 8_000 => {
+                if r.push(samples, &mut resampled).is_err() {
+                    return;
+                }
+                &resampled[..]
+            }
+            _ => samples,
+        };
+        let mut bytes = Vec::with_capacity(samples.len());
+        mulaw::encode_into(samples, &mut bytes);
+        if let Some(rt) = self.realtime.as_mut() {
+            if let Err(err) = rt.commands.append_audio(Bytes::from(bytes)).await {
+                tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
+            }
+        }
+    }
+
+    async fn on_realtime(
+        &mut self,
+        event: Option<Result<RealtimeEvent, crate::providers::ProviderError>>,
+    ) -> Option<Ending> {
+        let now = Instant::now();
+        let event = match event {
+            Some(Ok(event)) => event,
+            Some(Err(err)) => {
+                let code = ErrorCode::from_provider_code(err.caller_code());
+                self.fail(code, &err.to_string()).await;
+                return Some(Ending::ProviderLost);
+            }
+            None => {
+                self.fail(ErrorCode::InternalError, "realtime session closed")
+                    .await;
+                return Some(Ending::ProviderLost);
+            }
+        };
+        match event {
+            RealtimeEvent::SpeechStarted { .. } => {
+                if self.playout.is_active(now) && self.pipeline.config.spec.turn_detection.barge_in
+                {
+                    self.barge_in().await;
+                }
+            }
+            RealtimeEvent::SpeechStopped { .. } => self.speech_ended_at = Some(now),
+            RealtimeEvent::InputTranscript { text, .. } => {
+                self.history.push(ChatMessage::new(ChatRole::User, text));
+            }
+            RealtimeEvent::AudioDelta { item_id, audio, .. } => {
+                if self.reply.item_id.as_deref() != Some(item_id.as_str()) {
+                    self.commit_finished_reply().await;
+                    self.reply = Reply {
+                        id: self.reply.id.wrapping_add(1),
+                        item_id: Some(item_id),
+                        ..Reply::default()
+                    };
+                    self.playout.clear();
+                    self.reply.sentences.push(SpokenSentence {
+                        text: String::new(),
+                        start_sample: 0,
+                        end_sample: None,
+                        confirmed: false,
+                    });
+                }
+                let mut pcm = Vec::with_capacity(audio.len());
+                mulaw::decode_into(&audio, &mut pcm);
+                if let Some(r) = self.from_8k.as_mut() {
+                    let mut out = Vec::new();
+                    if r.push(&pcm, &mut out).is_ok() {
+                        pcm = out;
+                    }
+                }
+                self.playout.push(&pcm);
+                self.playout.arm(now);
+            }
+            RealtimeEvent::TranscriptDelta { delta, .. } => {
+                if let Some(sentence) = self.reply.sentences.last_mut() {
+                    sentence.text.push_str(&delta);
+                }
+            }
+            RealtimeEvent::AudioDone { .. } => {
+                if let Some(sentence) = self.reply.sentences.last_mut() {
+                    sentence.end_sample = Some(self.playout.enqueued());
+                }
+                let mark = format!("{}.0", self.reply.id);
+                for item in self.playout.end_sentence(Some(mark), now) {
+                    if let PlayoutItem::Audio(samples) = item {
+                        self.send_audio(&samples, None).await;
+                    }
+                }
+                self.playout.arm(now);
+            }
+            RealtimeEvent::ServerError { code, message } => {
+                tracing::warn!(call_id = %self.call_id, ?code, %message, "realtime provider error");
+            }
+            RealtimeEvent::SessionUpdated
+            | RealtimeEvent::ResponseCreated { .. }
+            | RealtimeEvent::ResponseDone { .. }
+            | RealtimeEvent::Truncated { .. } => {}
+        }
+        None
+    }
+}
+
+async fn next_output(turn: &mut Option<ActiveTurn>) -> Option<TurnOutput> {
+    match turn {
+        Some(turn) => turn.output.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_realtime(
+    session: &mut Option<RealtimeSession>,
+) -> Option<Result<RealtimeEvent, crate::providers::ProviderError>> {
+    match session {
+        Some(session) => session.events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    if let Some(at) = at {
+        sleep_until(tokio::time::Instant::from_std(at)).await;
+    }
+}

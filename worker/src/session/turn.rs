@@ -1,0 +1,253 @@
+//! One cascade turn (utterance → STT → streamed LLM → sentence-by-sentence TTS), run as its own
+//! task so the call task stays free for media. Aborting the task drops every provider stream,
+//! which closes the HTTP requests in flight: that is how barge-in cancels LLM and TTS.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::config::PipelineVersion;
+use crate::media::{StreamResampler, l16};
+use crate::metrics::Metrics;
+use crate::providers::{ChatMessage, ProviderError, TTS_SAMPLE_RATE, Utterance};
+
+use super::sentences::SentenceSplitter;
+
+/// Sample rate the cascade sends to speech-to-text.
+pub const STT_SAMPLE_RATE: u32 = 16_000;
+
+/// What the turn asks for.
+pub enum TurnInput {
+    /// Caller speech to transcribe and answer. `prompt` is the system prompt plus history.
+    Speech {
+        utterance: Utterance,
+        prompt: Vec<ChatMessage>,
+    },
+    /// Fixed text to speak (the greeting).
+    Say(String),
+}
+
+/// Progress reported to the call task, in order.
+#[derive(Debug)]
+pub enum TurnOutput {
+    /// What the caller said (may be empty: then no reply follows).
+    Heard(String),
+    /// A new sentence of the reply begins.
+    Sentence(String),
+    /// Reply audio at the call's outbound rate.
+    Audio(Vec<i16>),
+    /// The current sentence's audio is complete.
+    SentenceDone,
+    /// The reply is complete.
+    Done,
+    /// A provider failed; the call gets an error frame and goes on.
+    Failed(ProviderError),
+}
+
+/// Runs one turn, sending progress to `out`. Returns when the reply is complete, failed, or the
+/// call task went away.
+pub async fn run_turn(
+    pipeline: Arc<PipelineVersion>,
+    metrics: Arc<Metrics>,
+    input: TurnInput,
+    out_rate: u32,
+    out: mpsc::Sender<TurnOutput>,
+) {
+    let result = match input {
+        TurnInput::Say(text) => speak(&pipeline, &metrics, vec![text], out_rate, &out).await,
+        TurnInput::Speech { utterance, prompt } => {
+            answer(&pipeline, &metrics, utterance, prompt, out_rate, &out).await
+        }
+    };
+    let last = match result {
+        Ok(()) => TurnOutput::Done,
+        Err(TurnError::Provider(err)) => TurnOutput::Failed(err),
+        Err(TurnError::CallGone) => return,
+    };
+    let _ = out.send(last).await;
+}
+
+enum TurnError {
+    Provider(ProviderError),
+    CallGone,
+}
+
+impl From<ProviderError> for TurnError {
+    fn from(err: ProviderError) -> Self {
+        TurnError::Provider(err)
+    }
+}
+
+async fn send(out: &mpsc::Sender<TurnOutput>, item: TurnOutput) -> Result<(), TurnError> {
+    out.send(item).await.map_err(|_| TurnError::CallGone)
+}
+
+async fn answer(
+    pipeline: &PipelineVersion,
+    metrics: &Metrics,
+    utterance: Utterance,
+    mut prompt: Vec<ChatMessage>,
+    out_rate: u32,
+    out: &mpsc::Sender<TurnOutput>,
+) -> Result<(), TurnError> {
+    let spec = &pipeline.config.spec;
+    let utterance = to_stt_rate(utterance);
+    let started = Instant::now();
+    let transcript = pipeline
+        .providers
+        .stt
+        .transcribe(utterance, &spec.stt)
+        .await?;
+    metrics.stt_latency.observe(started.elapsed().as_secs_f64());
+    let text = transcript.text.trim().to_owned();
+    send(out, TurnOutput::Heard(text.clone())).await?;
+    if text.is_empty() {
+        return Ok(());
+    }
+    prompt.push(ChatMessage::new(crate::providers::ChatRole::User, text));
+
+    // The LLM writes into a sentence channel while TTS reads from it, so the first sentence is
+    // spoken while the model is still writing the rest.
+    let (sentence_tx, mut sentence_rx) = mpsc::channel::<String>(16);
+    let llm = async move {
+        let started = Instant::now();
+        let mut tokens = pipeline.providers.chat.stream_chat(prompt, &spec.llm);
+        let mut splitter = SentenceSplitter::default();
+        let mut first = true;
+        while let Some(delta) = tokens.next().await {
+            let delta = delta?;
+            if first {
+                metrics
+                    .llm_first_token
+                    .observe(started.elapsed().as_secs_f64());
+                first = false;
+            }
+            for sentence in splitter.push(&delta) {
+                if sentence_tx.send(sentence).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(rest) = splitter.finish() {
+            let _ = sentence_tx.send(rest).await;
+        }
+        Ok::<(), TurnError>(())
+    };
+    let tts = async {
+        let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
+        while let Some(sentence) = sentence_rx.recv().await {
+            speaker.say(sentence, out).await?;
+        }
+        Ok::<(), TurnError>(())
+    };
+    tokio::try_join!(llm, tts)?;
+    Ok(())
+}
+
+async fn speak(
+    pipeline: &PipelineVersion,
+    metrics: &Metrics,
+    sentences: Vec<String>,
+    out_rate: u32,
+    out: &mpsc::Sender<TurnOutput>,
+) -> Result<(), TurnError> {
+    let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
+    for sentence in sentences {
+        speaker.say(sentence, out).await?;
+    }
+    Ok(())
+}
+
+/// Streams sentences through TTS and resamples the 24 kHz PCM to the call's rate.
+struct Speaker<'a> {
+    pipeline: &'a PipelineVersion,
+    metrics: &'a Metrics,
+    resampler: StreamResampler,
+    pcm: Vec<i16>,
+    resampled: Vec<i16>,
+}
+
+impl<'a> Speaker<'a> {
+    fn new(
+        pipeline: &'a PipelineVersion,
+        metrics: &'a Metrics,
+        out_rate: u32,
+    ) -> Result<Self, TurnError> {
+        let resampler = StreamResampler::new(TTS_SAMPLE_RATE, out_rate)
+            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        Ok(Self {
+            pipeline,
+            metrics,
+            resampler,
+            pcm: Vec::new(),
+            resampled: Vec::new(),
+        })
+    }
+
+    async fn say(
+        &mut self,
+        sentence: String,
+        out: &mpsc::Sender<TurnOutput>,
+    ) -> Result<(), TurnError> {
+        send(out, TurnOutput::Sentence(sentence.clone())).await?;
+        let started = Instant::now();
+        let mut audio = self
+            .pipeline
+            .providers
+            .tts
+            .stream_speech(sentence, &self.pipeline.config.spec.tts);
+        let mut first = true;
+        while let Some(chunk) = audio.next().await {
+            let chunk = chunk?;
+            if first {
+                self.metrics
+                    .tts_first_byte
+                    .observe(started.elapsed().as_secs_f64());
+                first = false;
+            }
+            self.pcm.clear();
+            l16::decode_into(&chunk, &mut self.pcm)
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            self.resampled.clear();
+            self.resampler
+                .push(&self.pcm, &mut self.resampled)
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            if !self.resampled.is_empty() {
+                send(out, TurnOutput::Audio(std::mem::take(&mut self.resampled))).await?;
+            }
+        }
+        self.resampled.clear();
+        self.resampler
+            .flush(&mut self.resampled)
+            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        if !self.resampled.is_empty() {
+            send(out, TurnOutput::Audio(std::mem::take(&mut self.resampled))).await?;
+        }
+        send(out, TurnOutput::SentenceDone).await
+    }
+}
+
+/// Resamples an utterance to the STT rate (8 kHz phone audio is upsampled; the provider's
+/// models are trained on 16 kHz).
+fn to_stt_rate(utterance: Utterance) -> Utterance {
+    if utterance.sample_rate == STT_SAMPLE_RATE {
+        return utterance;
+    }
+    let Ok(mut resampler) = StreamResampler::new(utterance.sample_rate, STT_SAMPLE_RATE) else {
+        return utterance;
+    };
+    let mut samples = Vec::with_capacity(
+        utterance.samples.len() * STT_SAMPLE_RATE as usize / utterance.sample_rate.max(1) as usize,
+    );
+    if resampler.push(&utterance.samples, &mut samples).is_err()
+        || resampler.flush(&mut samples).is_err()
+    {
+        return utterance;
+    }
+    Utterance {
+        samples,
+        sample_rate: STT_SAMPLE_RATE,
+    }
+}
