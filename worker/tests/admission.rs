@@ -1,0 +1,185 @@
+//! Admission against a real in-process worker: tokens, the call limit, the rate limit, drain.
+
+mod support;
+
+use support::*;
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+const NO_PROVIDER: &str = "http://127.0.0.1:9/v1";
+
+async fn refused_with(socket: &mut Socket, code: &str) {
+    let error = wait_for(socket, "type", "error").await;
+    assert_eq!(error["code"], code, "{error}");
+    assert_eq!(wait_closed(socket).await, Some(1008));
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_checked() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |_| {}).await;
+
+    // No token at all.
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("c1", None)).await;
+    refused_with(&mut s, "UNAUTHORIZED").await;
+
+    // A token for another call.
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("c1", Some(&token("c2")))).await;
+    refused_with(&mut s, "UNAUTHORIZED").await;
+
+    // A forged token.
+    let forged = token("c1").replace(".", ".9");
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("c1", Some(&forged))).await;
+    refused_with(&mut s, "UNAUTHORIZED").await;
+
+    // An expired token, presented in the query string.
+    let secret = callfleet_worker::admission::TokenSecret::from_bytes(SECRET.into()).unwrap();
+    let expired = callfleet_worker::admission::mint_token(&secret, "c1", 1_000);
+    let mut s = connect(&w.url(&format!("/ws/call-session?token={expired}"))).await;
+    send_text(&mut s, start_call("c1", None)).await;
+    refused_with(&mut s, "UNAUTHORIZED").await;
+
+    // Twilio: token in the custom parameters, checked against callSid.
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    let start = format!(
+        r#"{{"event":"start","streamSid":"MZ1","start":{{"streamSid":"MZ1","callSid":"CA1","customParameters":{{"token":"{}"}}}}}}"#,
+        token("CA2")
+    );
+    send_text(&mut s, start).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1008));
+
+    // FreeSWITCH: token in the metadata frame.
+    let mut s = connect(&w.url("/ws/freeswitch")).await;
+    send_text(&mut s, r#"{"callId":"u1","token":"nope"}"#).await;
+    refused_with(&mut s, "UNAUTHORIZED").await;
+
+    // A valid token (as a bearer header this time) is admitted.
+    let request = w
+        .url("/ws/call-session")
+        .into_client_request_with_bearer(&token("c1"))
+        .expect("request");
+    let (mut s, _) = connect_async(request).await.expect("connect");
+    send_text(&mut s, start_call("c1", None)).await;
+    let status = wait_for(&mut s, "type", "status").await;
+    assert_eq!(status["status"], "ready");
+    w.stop().await;
+}
+
+/// Builds a request with an `Authorization: Bearer` header.
+trait BearerRequest {
+    fn into_client_request_with_bearer(
+        self,
+        token: &str,
+    ) -> Option<tokio_tungstenite::tungstenite::handshake::client::Request>;
+}
+
+impl BearerRequest for String {
+    fn into_client_request_with_bearer(
+        self,
+        token: &str,
+    ) -> Option<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self.into_client_request().ok()?;
+        let value = format!("Bearer {token}").parse().ok()?;
+        request.headers_mut().insert("authorization", value);
+        Some(request)
+    }
+}
+
+#[tokio::test]
+async fn a_full_worker_refuses_new_calls() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |a| a.max_calls = 1).await;
+    let mut first = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut first, start_call("a", Some(&token("a")))).await;
+    wait_for(&mut first, "type", "status").await;
+
+    match connect_async(w.url("/ws/call-session")).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("WORKER_FULL"), "{body}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The admitted call is unaffected, and its slot frees when it ends.
+    send_text(&mut first, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut first).await;
+    let ctx = w.worker().ctx.clone();
+    eventually(async || ctx.active_calls() == 0).await;
+    let mut again = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut again, start_call("b", Some(&token("b")))).await;
+    wait_for(&mut again, "type", "status").await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn new_connections_are_rate_limited_per_ip() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |a| {
+        a.rate_limit_per_minute = 2
+    })
+    .await;
+    let _a = connect(&w.url("/ws/call-session")).await;
+    let _b = connect(&w.url("/ws/call-session")).await;
+    match connect_async(w.url("/ws/call-session")).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn draining_turns_ready_off_and_refuses_calls() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |_| {}).await;
+    assert_eq!(get_text(&w.http("/ready"), None).await.0, 200);
+    let (status, body) = get_text(&w.http("/health"), None).await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    for key in ["timestamp", "version", "activeCalls", "uptime"] {
+        assert!(health.get(key).is_some(), "{key} in {health}");
+    }
+
+    let mut live = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut live, start_call("live", Some(&token("live")))).await;
+    wait_for(&mut live, "type", "status").await;
+
+    w.worker().ctx.start_draining();
+    assert_eq!(get_text(&w.http("/ready"), None).await.0, 503);
+    match connect_async(w.url("/ws/twilio")).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status().as_u16(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // The live call goes on until it ends.
+    send_text(&mut live, r#"{"type":"mark","name":"x"}"#).await;
+    send_text(&mut live, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut live).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn max_call_duration_ends_the_call_cleanly() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |a| {
+        a.max_call_seconds = 1
+    })
+    .await;
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("long", Some(&token("long")))).await;
+    wait_for(&mut s, "type", "status").await;
+    let error = wait_for(&mut s, "type", "error").await;
+    assert_eq!(error["code"], "TIMEOUT");
+    assert_eq!(error["message"], "max call duration reached");
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+
+    // FreeSWITCH gets a disconnect before the close.
+    let mut s = connect(&w.url("/ws/freeswitch")).await;
+    let meta = format!(r#"{{"callId":"fs","token":"{}"}}"#, token("fs"));
+    send_text(&mut s, meta).await;
+    wait_for(&mut s, "type", "disconnect").await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}

@@ -1,0 +1,201 @@
+//! Test support: a real worker in-process on 127.0.0.1:0 and a WebSocket client for it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use callfleet_worker::admission::{TokenSecret, mint_token};
+use callfleet_worker::config::ServeArgs;
+use callfleet_worker::server::{RunningWorker, start};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123";
+
+/// Hang guard for every wait: generous, never a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A pipeline config file body for `base_url`.
+pub fn pipeline_json(base_url: &str, generation: i64, extra_spec: &str) -> String {
+    format!(
+        r#"{{"name":"test","generation":{generation},"spec":{{"provider":{{"baseUrl":"{base_url}","apiKeySecretRef":{{"name":"k"}},"timeoutSeconds":5,"maxRetries":0}}{extra_spec}}}}}"#
+    )
+}
+
+/// A worker plus the temp dir holding its pipeline file.
+pub struct TestWorker {
+    pub worker: Option<RunningWorker>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestWorker {
+    pub fn pipeline_path(&self) -> PathBuf {
+        self.dir.path().join("pipeline.json")
+    }
+
+    pub fn worker(&self) -> &RunningWorker {
+        self.worker.as_ref().expect("worker running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.worker().addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.worker().addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+}
+
+/// Starts a worker with `pipeline` as its config; `tune` adjusts the settings.
+pub async fn start_worker(pipeline: &str, tune: impl FnOnce(&mut ServeArgs)) -> TestWorker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline).expect("write pipeline");
+    let mut args = ServeArgs::local(path, SECRET);
+    args.pipeline_poll_ms = 50;
+    tune(&mut args);
+    let worker = start(&args).await.expect("worker starts");
+    TestWorker {
+        worker: Some(worker),
+        dir,
+    }
+}
+
+pub fn write_pipeline(path: &Path, body: &str) {
+    // Write then rename, as the kubelet's symlink swap is atomic too.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+pub fn token(call_id: &str) -> String {
+    let secret = TokenSecret::from_bytes(SECRET.as_bytes().to_vec()).expect("secret");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    mint_token(&secret, call_id, now + 600)
+}
+
+pub async fn connect(url: &str) -> Socket {
+    let (socket, _) = tokio::time::timeout(PATIENCE, connect_async(url))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    socket
+}
+
+pub async fn send_text(socket: &mut Socket, text: impl Into<String>) {
+    socket
+        .send(Message::Text(text.into().into()))
+        .await
+        .expect("send");
+}
+
+pub async fn send_binary(socket: &mut Socket, bytes: Vec<u8>) {
+    socket
+        .send(Message::Binary(bytes.into()))
+        .await
+        .expect("send");
+}
+
+/// What the worker sent next (pings skipped).
+#[derive(Debug)]
+pub enum Received {
+    Json(Value),
+    Binary(Vec<u8>),
+    Closed(Option<u16>),
+}
+
+pub async fn next(socket: &mut Socket) -> Received {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("worker answered in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                return Received::Json(serde_json::from_str(text.as_str()).expect("json"));
+            }
+            Some(Ok(Message::Binary(bytes))) => return Received::Binary(bytes.to_vec()),
+            Some(Ok(Message::Close(frame))) => {
+                return Received::Closed(frame.map(|f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Received::Closed(None),
+        }
+    }
+}
+
+/// Next JSON message, skipping binary frames.
+pub async fn next_json(socket: &mut Socket) -> Option<Value> {
+    loop {
+        match next(socket).await {
+            Received::Json(v) => return Some(v),
+            Received::Binary(_) => continue,
+            Received::Closed(_) => return None,
+        }
+    }
+}
+
+/// Waits for a JSON message whose `key` equals `value`, skipping others.
+pub async fn wait_for(socket: &mut Socket, key: &str, value: &str) -> Value {
+    loop {
+        let message = next_json(socket)
+            .await
+            .unwrap_or_else(|| panic!("closed before {key}={value}"));
+        if message[key] == value {
+            return message;
+        }
+    }
+}
+
+/// Reads until the socket closes; returns the close code.
+pub async fn wait_closed(socket: &mut Socket) -> Option<u16> {
+    loop {
+        if let Received::Closed(code) = next(socket).await {
+            return code;
+        }
+    }
+}
+
+pub async fn get_text(url: &str, accept: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut request = client.get(url);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("http");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// Polls `check` until true (hang-guarded).
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn start_call(call_id: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!(r#"{{"type":"start_call","callId":"{call_id}","token":"{t}"}}"#),
+        None => format!(r#"{{"type":"start_call","callId":"{call_id}"}}"#),
+    }
+}
