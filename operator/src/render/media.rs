@@ -395,3 +395,145 @@ fn writable_mount(volume: &str, path: &str) -> VolumeMount {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::super::Child;
+    use super::super::fixtures::{call_cluster, find, render, xml_is_balanced};
+
+    fn stateful_set_of(spec: Value) -> Value {
+        let children = render(&call_cluster(spec));
+        find(&children, "StatefulSet", "support-media")
+            .to_value()
+            .unwrap()
+    }
+
+    fn env_value(pod: &Value, name: &str) -> Value {
+        pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| {
+                e.get("value")
+                    .cloned()
+                    .unwrap_or_else(|| e["valueFrom"].clone())
+            })
+            .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn stateful_set_defaults() {
+        let sts = stateful_set_of(json!({}));
+        assert_eq!(sts["spec"]["replicas"], 2);
+        assert_eq!(sts["spec"]["serviceName"], "support-media");
+        assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+        let pod = &sts["spec"]["template"];
+        assert_eq!(env_value(pod, "FREESWITCH_RTP_START"), "16384");
+        assert_eq!(env_value(pod, "FREESWITCH_RTP_END"), "32767");
+        assert_eq!(env_value(pod, "CALLFLEET_MAX_SESSIONS"), "1000");
+        assert_eq!(env_value(pod, "CALLFLEET_DRAIN_SECONDS"), "330");
+        assert_eq!(
+            env_value(pod, "CALLFLEET_WORKER_URL"),
+            "ws://support-worker.calls.svc:8080/ws/freeswitch"
+        );
+        assert_eq!(
+            env_value(pod, "POD_IP"),
+            json!({"fieldRef": {"fieldPath": "status.podIP"}})
+        );
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 360);
+        assert!(pod["spec"].get("hostNetwork").is_none());
+        assert!(pod["spec"].get("affinity").is_none());
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(
+            container["lifecycle"]["preStop"]["exec"]["command"],
+            json!(["/bin/sh", "/etc/freeswitch/callfleet-drain.sh"])
+        );
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        assert!(mounts.iter().all(|m| m.get("subPath").is_none()));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == "config" && m["mountPath"] == "/etc/freeswitch")
+        );
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == "auth" && m["mountPath"] == "/etc/callfleet/auth")
+        );
+    }
+
+    #[test]
+    fn drain_timeout_sets_the_grace_period() {
+        let sts = stateful_set_of(json!({"media": {"drainTimeoutSeconds": 900}}));
+        let pod = &sts["spec"]["template"];
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 930);
+        assert_eq!(env_value(pod, "CALLFLEET_DRAIN_SECONDS"), "900");
+    }
+
+    #[test]
+    fn host_network_spreads_pods_across_nodes() {
+        let sts = stateful_set_of(json!({"media": {"hostNetwork": true, "replicas": 3}}));
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true);
+        assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+        let term = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            [0];
+        assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+        assert_eq!(
+            term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "media"
+        );
+    }
+
+    #[test]
+    fn zero_replicas_is_allowed() {
+        let sts = stateful_set_of(json!({"media": {"replicas": 0}}));
+        assert_eq!(sts["spec"]["replicas"], 0);
+    }
+
+    #[test]
+    fn headless_service_exposes_sip_on_both_transports() {
+        let children = render(&call_cluster(json!({"media": {"sipPort": 5080}})));
+        let svc = find(&children, "Service", "support-media")
+            .to_value()
+            .unwrap();
+        assert_eq!(svc["spec"]["clusterIP"], "None");
+        let ports = svc["spec"]["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 2);
+        assert!(ports.iter().all(|p| p["port"] == 5080));
+        let protocols: Vec<&Value> = ports.iter().map(|p| &p["protocol"]).collect();
+        assert_eq!(protocols, [&json!("UDP"), &json!("TCP")]);
+    }
+
+    #[test]
+    fn config_is_well_formed_and_follows_the_spec() {
+        let children = render(&call_cluster(json!({
+            "media": {"rtpPortRange": {"start": 20000, "end": 20999}, "maxSessionsPerPod": 400, "sipPort": 5080},
+        })));
+        let Child::ConfigMap(cm) = find(&children, "ConfigMap", "support-media-config") else {
+            unreachable!()
+        };
+        let data = cm.data.as_ref().unwrap();
+        let xml = &data["freeswitch.xml"];
+        assert!(xml_is_balanced(xml), "{xml}");
+        for needle in [
+            r#"<param name="rtp-start-port" value="20000"/>"#,
+            r#"<param name="rtp-end-port" value="20999"/>"#,
+            r#"<param name="max-sessions" value="400"/>"#,
+            r#"<param name="sip-port" value="5080"/>"#,
+            r#"<param name="sip-ip" value="$${local_ip_v4}"/>"#,
+            r#"<profile name="callfleet">"#,
+            r#"<load module="mod_sofia"/>"#,
+        ] {
+            assert!(xml.contains(needle), "missing {needle}");
+        }
+        let drain = &data["callfleet-drain.sh"];
+        assert!(drain.contains("fsctl pause inbound"));
+        assert!(drain.contains("show calls count"));
+        assert!(drain.contains("CALLFLEET_DRAIN_SECONDS"));
+        assert!(data["callfleet-ready.sh"].contains("pause_check inbound"));
+    }
+}

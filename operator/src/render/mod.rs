@@ -9,6 +9,8 @@
 //! only roll when the user edits the CallCluster spec (images, resources, ports).
 
 pub mod common;
+#[cfg(test)]
+mod fixtures;
 pub mod media;
 pub mod pipeline;
 pub mod sip;
@@ -194,5 +196,228 @@ impl Child {
             name: self.name().to_owned(),
             value: self.to_value()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::fixtures::{self, NAME, NAMESPACE, UID, call_cluster, find, kinds_and_names};
+    use super::*;
+
+    fn names(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, n)| ((*k).to_owned(), (*n).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_render_every_child_in_apply_order() {
+        let children = fixtures::render(&call_cluster(json!({})));
+        assert_eq!(
+            kinds_and_names(&children),
+            names(&[
+                ("ConfigMap", "support-pipeline"),
+                ("ConfigMap", "support-media-config"),
+                ("ConfigMap", "support-sip-config"),
+                ("Service", "support-worker"),
+                ("Service", "support-media"),
+                ("Service", "support-sip"),
+                ("Deployment", "support-worker"),
+                ("StatefulSet", "support-media"),
+                ("Deployment", "support-sip"),
+                ("HorizontalPodAutoscaler", "support-worker"),
+                ("PodDisruptionBudget", "support-worker"),
+                ("PodDisruptionBudget", "support-media"),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_call_cluster() {
+        let pipeline = fixtures::pipeline(1, "hi");
+        let bytes = [7u8; 32];
+        let children = render_call_cluster(
+            &call_cluster(json!({})),
+            &RenderInputs {
+                pipeline: Some(&pipeline),
+                new_token_secret: Some(&bytes),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for child in &children {
+            let value = child.to_value().unwrap();
+            let meta = &value["metadata"];
+            assert_eq!(meta["namespace"], NAMESPACE, "{}", child.name());
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{
+                    "apiVersion": "callfleet.dev/v1alpha1",
+                    "kind": "CallCluster",
+                    "name": NAME,
+                    "uid": UID,
+                    "controller": true,
+                    "blockOwnerDeletion": true,
+                }]),
+                "{} {}",
+                child.kind(),
+                child.name()
+            );
+            assert_eq!(meta["labels"]["app.kubernetes.io/instance"], NAME);
+            assert_eq!(
+                meta["labels"]["app.kubernetes.io/managed-by"],
+                "callfleet-operator"
+            );
+            assert_eq!(meta["labels"]["callfleet.dev/callcluster"], NAME);
+        }
+    }
+
+    #[test]
+    fn without_a_pipeline_workers_are_left_alone() {
+        let children =
+            render_call_cluster(&call_cluster(json!({})), &RenderInputs::default()).unwrap();
+        let rendered = kinds_and_names(&children);
+        for absent in [
+            ("ConfigMap", "support-pipeline"),
+            ("Deployment", "support-worker"),
+            ("HorizontalPodAutoscaler", "support-worker"),
+        ] {
+            assert!(
+                !rendered.contains(&(absent.0.to_owned(), absent.1.to_owned())),
+                "{absent:?} rendered without a pipeline"
+            );
+        }
+        find(&children, "StatefulSet", "support-media");
+        find(&children, "Deployment", "support-sip");
+        find(&children, "Service", "support-worker");
+    }
+
+    #[test]
+    fn token_secret_only_when_asked_and_not_user_provided() {
+        let bytes = [1u8; 32];
+        let inputs = RenderInputs {
+            new_token_secret: Some(&bytes),
+            ..Default::default()
+        };
+        let generated = render_call_cluster(&call_cluster(json!({})), &inputs).unwrap();
+        find(&generated, "Secret", "support-call-token");
+
+        let existing =
+            render_call_cluster(&call_cluster(json!({})), &RenderInputs::default()).unwrap();
+        assert!(existing.iter().all(|c| c.kind() != "Secret"));
+
+        let user = call_cluster(json!({"auth": {"tokenSecretRef": {"name": "mine"}}}));
+        let user = render_call_cluster(&user, &inputs).unwrap();
+        assert!(user.iter().all(|c| c.kind() != "Secret"));
+    }
+
+    #[test]
+    fn apply_objects_carry_api_version_kind_and_plural() {
+        let children = fixtures::render(&call_cluster(json!({})));
+        let hpa = find(&children, "HorizontalPodAutoscaler", "support-worker")
+            .to_apply_object()
+            .unwrap();
+        assert_eq!(hpa.api_resource.api_version, "autoscaling/v2");
+        assert_eq!(hpa.api_resource.plural, "horizontalpodautoscalers");
+        assert_eq!(hpa.value["apiVersion"], "autoscaling/v2");
+        assert_eq!(hpa.value["kind"], "HorizontalPodAutoscaler");
+        assert_eq!(hpa.name, "support-worker");
+        let sts = find(&children, "StatefulSet", "support-media");
+        assert_eq!(sts.api_version(), "apps/v1");
+        let pdb = find(&children, "PodDisruptionBudget", "support-media");
+        assert_eq!(pdb.api_version(), "policy/v1");
+    }
+
+    #[test]
+    fn objects_that_bypassed_the_schema_get_clear_errors() {
+        let mut cc = call_cluster(json!({}));
+        cc.metadata.uid = None;
+        assert!(matches!(
+            render_call_cluster(&cc, &RenderInputs::default()),
+            Err(RenderError::MissingMetadata("uid"))
+        ));
+
+        let mut cc = call_cluster(json!({}));
+        cc.metadata.name = Some("Support_Line".into());
+        let err = render_call_cluster(&cc, &RenderInputs::default()).unwrap_err();
+        assert!(err.to_string().contains("Support_Line"), "{err}");
+
+        let mut cc = call_cluster(json!({}));
+        cc.metadata.name = Some("a".repeat(41));
+        assert!(matches!(
+            render_call_cluster(&cc, &RenderInputs::default()),
+            Err(RenderError::InvalidName { .. })
+        ));
+
+        let cc = call_cluster(json!({"media": {"rtpPortRange": {"start": 20001, "end": 30000}}}));
+        let err = render_call_cluster(&cc, &RenderInputs::default()).unwrap_err();
+        assert!(err.to_string().contains("rtpPortRange"), "{err}");
+    }
+
+    /// A new AiPipeline generation changes the pipeline ConfigMap and nothing else: no worker
+    /// restarts, no dropped calls.
+    #[test]
+    fn pipeline_change_only_touches_the_pipeline_config_map() {
+        let cc = call_cluster(json!({}));
+        let render_with = |generation, prompt| {
+            let pipeline = fixtures::pipeline(generation, prompt);
+            render_call_cluster(
+                &cc,
+                &RenderInputs {
+                    pipeline: Some(&pipeline),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let before = render_with(7, "Be brief.");
+        let after = render_with(8, "Be very brief and polite.");
+        assert_eq!(before.len(), after.len());
+        for (old, new) in before.iter().zip(&after) {
+            if old.kind() == "ConfigMap" && old.name() == "support-pipeline" {
+                assert_ne!(old, new);
+            } else {
+                assert_eq!(old, new, "{} {} changed", old.kind(), old.name());
+            }
+        }
+    }
+
+    /// Pod templates carry nothing tied to the operator release (version labels, config hashes),
+    /// so an operator upgrade re-applies identical templates and rolls no pod with live calls.
+    #[test]
+    fn pod_templates_carry_no_release_or_hash_metadata() {
+        let children = fixtures::render(&call_cluster(json!({})));
+        for child in &children {
+            let value = child.to_value().unwrap();
+            let template = &value["spec"]["template"]["metadata"];
+            if template.is_null() {
+                continue;
+            }
+            let keys: Vec<&String> = template["labels"]
+                .as_object()
+                .into_iter()
+                .chain(template["annotations"].as_object())
+                .flat_map(|m| m.keys())
+                .collect();
+            for key in keys {
+                assert!(
+                    !key.contains("version") && !key.contains("hash") && !key.contains("checksum"),
+                    "{} {} pod template carries {key}",
+                    child.kind(),
+                    child.name()
+                );
+            }
+            let text = template.to_string();
+            assert!(!text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+        }
+    }
+
+    #[test]
+    fn paused_does_not_change_what_would_be_rendered() {
+        let running = fixtures::render(&call_cluster(json!({})));
+        let paused = fixtures::render(&call_cluster(json!({"paused": true})));
+        assert_eq!(running, paused);
     }
 }

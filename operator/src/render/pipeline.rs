@@ -38,3 +38,34 @@ pub fn config_map(ctx: &Context<'_>, pipeline: &AiPipeline) -> Result<ConfigMap,
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::fixtures::{call_cluster, pipeline};
+    use super::*;
+
+    #[test]
+    fn config_map_holds_the_worker_contract() {
+        let cc = call_cluster(json!({}));
+        let ctx = Context::new(&cc).unwrap();
+        let ai = pipeline(12, "Answer in French.");
+        let cm = config_map(&ctx, &ai).unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("support-pipeline"));
+        assert_eq!(
+            cm.metadata.annotations.unwrap()[PIPELINE_GENERATION_ANNOTATION],
+            "12"
+        );
+        let data = cm.data.unwrap();
+        assert_eq!(data.len(), 1);
+        let config: PipelineConfig = serde_json::from_str(&data[PIPELINE_CONFIG_KEY]).unwrap();
+        assert_eq!(config.name, "support-pipeline");
+        assert_eq!(config.generation, 12);
+        assert_eq!(config.spec, ai.spec);
+        assert!(
+            !data[PIPELINE_CONFIG_KEY].contains("sk-"),
+            "no key material in the ConfigMap"
+        );
+    }
+}

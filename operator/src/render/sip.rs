@@ -444,3 +444,245 @@ fn protocol(t: SipTransport) -> &'static str {
 fn port_name(t: SipTransport) -> String {
     format!("sip-{}", transport_name(t))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use serde_json::{Value, json};
+
+    use super::super::Child;
+    use super::super::fixtures::{call_cluster, find, render};
+    use super::*;
+
+    fn dest(pod: &str, ip: IpAddr) -> Destination {
+        Destination {
+            pod_name: pod.into(),
+            ip,
+            port: 5060,
+            max_load: 1000,
+        }
+    }
+
+    fn v4(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn lines(list: &str) -> Vec<&str> {
+        list.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn empty_list_is_only_comments() {
+        let list = render_dispatcher_list(&[]);
+        assert!(lines(&list).is_empty());
+        assert!(list.ends_with('\n'));
+    }
+
+    #[test]
+    fn list_is_sorted_deduplicated_and_weighted_to_100() {
+        let list = render_dispatcher_list(&[
+            dest("support-media-2", v4(12)),
+            dest("support-media-0", v4(10)),
+            dest("support-media-1", v4(11)),
+            dest("support-media-1", v4(11)),
+        ]);
+        assert_eq!(
+            lines(&list),
+            [
+                "1 sip:10.0.0.10:5060 0 0 duid=support-media-0;maxload=1000;weight=34",
+                "1 sip:10.0.0.11:5060 0 0 duid=support-media-1;maxload=1000;weight=33",
+                "1 sip:10.0.0.12:5060 0 0 duid=support-media-2;maxload=1000;weight=33",
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_bracketed() {
+        let d = dest("m-0", IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(d.address(), "[::1]:5060");
+        assert!(render_dispatcher_list(&[d]).contains("sip:[::1]:5060 "));
+    }
+
+    #[test]
+    fn many_destinations_keep_a_positive_weight() {
+        let many: Vec<Destination> = (0..150u8)
+            .map(|i| dest(&format!("m-{i:03}"), v4(i)))
+            .collect();
+        let list = render_dispatcher_list(&many);
+        assert_eq!(lines(&list).len(), 150);
+        assert!(lines(&list).iter().all(|l| !l.ends_with("weight=0")));
+    }
+
+    #[test]
+    fn destination_from_media_spec() {
+        let media = MediaSpec {
+            sip_port: 5080,
+            max_sessions_per_pod: 250,
+            ..Default::default()
+        };
+        let d = Destination::for_media_pod(&media, "support-media-0", v4(9));
+        assert_eq!(d.port, 5080);
+        assert_eq!(d.max_load, 250);
+        assert_eq!(d.address(), "10.0.0.9:5080");
+    }
+
+    fn config(spec: Value) -> (String, String) {
+        let children = render(&call_cluster(spec));
+        let Child::ConfigMap(cm) = find(&children, "ConfigMap", "support-sip-config") else {
+            unreachable!()
+        };
+        let data = cm.data.clone().unwrap();
+        (
+            data["kamailio.cfg"].clone(),
+            data["dispatcher.list"].clone(),
+        )
+    }
+
+    fn braces_balance(cfg: &str) -> bool {
+        let mut depth = 0i32;
+        for c in cfg.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            if depth < 0 {
+                return false;
+            }
+        }
+        depth == 0
+    }
+
+    #[test]
+    fn kamailio_cfg_defaults() {
+        let (cfg, list) = config(json!({}));
+        assert!(cfg.starts_with("#!KAMAILIO\n"));
+        assert!(braces_balance(&cfg));
+        assert!(cfg.contains("listen=udp:0.0.0.0:5060\n"));
+        assert!(cfg.contains("listen=tcp:0.0.0.0:5060\n"));
+        assert!(cfg.contains("disable_tcp=no"));
+        assert!(cfg.contains(r#"loadmodule "dispatcher.so""#));
+        assert!(
+            cfg.contains(r#"modparam("dispatcher", "list_file", "/etc/kamailio/dispatcher.list")"#)
+        );
+        assert!(cfg.contains(r#"modparam("dispatcher", "ds_ping_interval", 5)"#));
+        assert!(cfg.contains(r#"ds_select_dst("1", "4")"#));
+        assert!(!cfg.contains("ds_load_update"));
+        assert!(lines(&list).is_empty());
+    }
+
+    #[test]
+    fn each_algorithm_selects_its_number() {
+        for (name, number) in [
+            ("roundRobin", 4),
+            ("weight", 9),
+            ("callLoad", 10),
+            ("hashCallId", 0),
+        ] {
+            let (cfg, _) = config(json!({"sip": {"dispatchAlgorithm": name}}));
+            assert!(
+                cfg.contains(&format!(r#"ds_select_dst("1", "{number}")"#)),
+                "{name}"
+            );
+            assert!(braces_balance(&cfg), "{name}");
+        }
+    }
+
+    #[test]
+    fn call_load_tracks_calls() {
+        let (cfg, _) = config(json!({"sip": {"dispatchAlgorithm": "callLoad"}}));
+        assert!(cfg.contains(r#"modparam("dispatcher", "ds_hash_size", 9)"#));
+        assert!(cfg.contains("ds_load_update()"));
+        assert!(cfg.contains("ds_load_unset()"));
+        assert!(cfg.contains(r#"t_on_reply("DISPATCH_REPLY")"#));
+        assert!(cfg.contains("onreply_route[DISPATCH_REPLY]"));
+    }
+
+    #[test]
+    fn udp_only_disables_tcp_and_probe_interval_follows_spec() {
+        let (cfg, _) = config(json!({"sip": {
+            "probeIntervalSeconds": 2,
+            "service": {"port": 5070, "transports": ["udp"]},
+        }}));
+        assert!(cfg.contains("listen=udp:0.0.0.0:5070\n"));
+        assert!(!cfg.contains("listen=tcp"));
+        assert!(cfg.contains("disable_tcp=yes"));
+        assert!(cfg.contains(r#""ds_ping_interval", 2)"#));
+    }
+
+    #[test]
+    fn destinations_reach_the_config_map() {
+        let cc = call_cluster(json!({}));
+        let ctx = super::super::common::Context::new(&cc).unwrap();
+        let cm = config_map(&ctx, &[dest("support-media-0", v4(7))]);
+        let list = &cm.data.unwrap()["dispatcher.list"];
+        assert!(list.contains("sip:10.0.0.7:5060"));
+    }
+
+    fn service_of(spec: Value) -> Value {
+        let children = render(&call_cluster(spec));
+        find(&children, "Service", "support-sip")
+            .to_value()
+            .unwrap()
+    }
+
+    #[test]
+    fn load_balancer_service_by_default() {
+        let svc = service_of(json!({}));
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+        let ports = svc["spec"]["ports"].as_array().unwrap();
+        assert_eq!(
+            ports.iter().map(|p| p["name"].clone()).collect::<Vec<_>>(),
+            [json!("sip-udp"), json!("sip-tcp")]
+        );
+        assert!(svc["metadata"].get("annotations").is_none());
+    }
+
+    #[test]
+    fn cluster_ip_service_has_no_traffic_policy() {
+        let svc = service_of(json!({"sip": {"service": {
+            "type": "ClusterIP",
+            "annotations": {"example.com/lb": "internal"},
+        }}}));
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert!(svc["spec"].get("externalTrafficPolicy").is_none());
+        assert_eq!(svc["metadata"]["annotations"]["example.com/lb"], "internal");
+    }
+
+    #[test]
+    fn local_traffic_policy_on_node_port() {
+        let svc = service_of(
+            json!({"sip": {"service": {"type": "NodePort", "externalTrafficPolicy": "Local"}}}),
+        );
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    }
+
+    #[test]
+    fn deployment_runs_kamailio_with_the_rendered_config() {
+        let children = render(&call_cluster(json!({"sip": {"replicas": 3}})));
+        let deployment = find(&children, "Deployment", "support-sip")
+            .to_value()
+            .unwrap();
+        assert_eq!(deployment["spec"]["replicas"], 3);
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["command"],
+            json!(["kamailio", "-DD", "-E", "-f", "/etc/kamailio/kamailio.cfg"])
+        );
+        assert_eq!(
+            container["readinessProbe"]["exec"]["command"],
+            json!(["kamcmd", "-s", "unix:/tmp/kamailio_ctl", "core.uptime"])
+        );
+        assert!(
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m.get("subPath").is_none())
+        );
+        assert_eq!(pod["volumes"][0]["configMap"]["name"], "support-sip-config");
+    }
+}

@@ -371,3 +371,328 @@ pub fn ai_pipeline_status(
 fn join<'a>(parts: impl Iterator<Item = &'a str>) -> String {
     parts.collect::<Vec<_>>().join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use callfleet_crds::conditions::{find, is_true};
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    use super::super::fixtures::{call_cluster, pipeline};
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn settled(n: i32) -> Option<WorkloadState> {
+        Some(WorkloadState {
+            desired: n,
+            ready: n,
+            updated: n,
+            observed_current: true,
+        })
+    }
+
+    fn healthy<'a>() -> Observed<'a> {
+        Observed {
+            pipeline: PipelineState::Ready { generation: 7 },
+            missing_secrets: vec![],
+            workers: settled(2),
+            media: settled(2),
+            sip: settled(2),
+            active_calls: Some(12),
+            dispatcher_destinations: &[],
+            sip_ingress: None,
+            apply_error: None,
+        }
+    }
+
+    fn message(status: &CallClusterStatus, type_: &str) -> String {
+        find(&status.conditions, type_).unwrap().message.clone()
+    }
+
+    #[test]
+    fn all_tiers_ready() {
+        let cc = call_cluster(json!({}));
+        let status = call_cluster_status(&cc, &healthy(), &at(100));
+        assert!(is_true(&status.conditions, READY));
+        assert!(!is_true(&status.conditions, PROGRESSING));
+        assert!(!is_true(&status.conditions, DEGRADED));
+        assert!(!is_true(&status.conditions, RECONCILIATION_PAUSED));
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert_eq!(status.workers.ready, "2/2");
+        assert_eq!(status.active_calls, Some(12));
+        assert_eq!(status.pipeline_generation, Some(7));
+        assert_eq!(
+            status.token_secret_name.as_deref(),
+            Some("support-call-token")
+        );
+        assert_eq!(
+            status.endpoints.worker_web_socket.as_deref(),
+            Some("ws://support-worker.calls.svc:8080")
+        );
+    }
+
+    #[test]
+    fn missing_pipeline_is_degraded_and_named() {
+        let cc = call_cluster(json!({}));
+        let observed = Observed {
+            pipeline: PipelineState::Missing,
+            workers: None,
+            ..healthy()
+        };
+        let status = call_cluster_status(&cc, &observed, &at(100));
+        let degraded = find(&status.conditions, DEGRADED).unwrap();
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "PipelineNotFound");
+        assert_eq!(
+            degraded.message,
+            r#"AiPipeline "support-pipeline" not found"#
+        );
+        let ready = find(&status.conditions, READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.message, degraded.message);
+        assert_eq!(status.workers.ready, "0/2");
+        assert_eq!(status.pipeline_generation, None);
+        assert!(message(&status, PROGRESSING).contains("workers not created yet"));
+    }
+
+    #[test]
+    fn pipeline_not_ready_and_missing_secrets_are_all_named() {
+        let cc = call_cluster(json!({"redis": {"urlSecretRef": {"name": "redis"}}}));
+        let observed = Observed {
+            pipeline: PipelineState::NotReady {
+                generation: 4,
+                message: r#"Secret "openai" not found"#.into(),
+            },
+            missing_secrets: vec!["redis".into()],
+            ..healthy()
+        };
+        let status = call_cluster_status(&cc, &observed, &at(100));
+        assert_eq!(
+            message(&status, DEGRADED),
+            r#"AiPipeline "support-pipeline" is not Ready: Secret "openai" not found; Secret "redis" not found"#
+        );
+        assert_eq!(
+            find(&status.conditions, DEGRADED).unwrap().reason,
+            "PipelineNotReady"
+        );
+        assert_eq!(status.pipeline_generation, Some(4));
+    }
+
+    #[test]
+    fn rollout_in_progress() {
+        let cc = call_cluster(json!({}));
+        let observed = Observed {
+            workers: Some(WorkloadState {
+                desired: 3,
+                ready: 1,
+                updated: 3,
+                observed_current: true,
+            }),
+            ..healthy()
+        };
+        let status = call_cluster_status(&cc, &observed, &at(100));
+        assert!(is_true(&status.conditions, PROGRESSING));
+        assert_eq!(message(&status, PROGRESSING), "workers 1/3 ready");
+        let ready = find(&status.conditions, READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "TiersNotReady");
+        assert!(!is_true(&status.conditions, DEGRADED));
+        assert_eq!(status.workers.ready, "1/3");
+        assert_eq!(status.workers.replicas, 3);
+    }
+
+    #[test]
+    fn apply_errors_degrade() {
+        let cc = call_cluster(json!({}));
+        let observed = Observed {
+            apply_error: Some("admission webhook denied".into()),
+            ..healthy()
+        };
+        let status = call_cluster_status(&cc, &observed, &at(100));
+        assert_eq!(
+            find(&status.conditions, DEGRADED).unwrap().reason,
+            "ApplyFailed"
+        );
+        assert!(message(&status, DEGRADED).contains("admission webhook denied"));
+    }
+
+    #[test]
+    fn paused_says_so() {
+        let cc = call_cluster(json!({"paused": true}));
+        let status = call_cluster_status(&cc, &healthy(), &at(100));
+        let paused = find(&status.conditions, RECONCILIATION_PAUSED).unwrap();
+        assert_eq!(paused.status, "True");
+        assert_eq!(paused.reason, "Paused");
+        assert!(paused.message.contains("spec.paused"));
+    }
+
+    #[test]
+    fn transition_times_survive_unchanged_status() {
+        let mut cc = call_cluster(json!({}));
+        let first = call_cluster_status(&cc, &healthy(), &at(100));
+        cc.status = Some(first);
+        let second = call_cluster_status(&cc, &healthy(), &at(200));
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == at(100))
+        );
+        cc.status = Some(second);
+        let degraded = Observed {
+            pipeline: PipelineState::Missing,
+            ..healthy()
+        };
+        let third = call_cluster_status(&cc, &degraded, &at(300));
+        assert_eq!(
+            find(&third.conditions, READY).unwrap().last_transition_time,
+            at(300)
+        );
+        assert_eq!(
+            find(&third.conditions, RECONCILIATION_PAUSED)
+                .unwrap()
+                .last_transition_time,
+            at(100)
+        );
+    }
+
+    #[test]
+    fn endpoints_and_destinations() {
+        let destinations = [
+            Destination {
+                pod_name: "support-media-1".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 9)),
+                port: 5060,
+                max_load: 10,
+            },
+            Destination {
+                pod_name: "support-media-0".into(),
+                ip: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 8)),
+                port: 5060,
+                max_load: 10,
+            },
+        ];
+        let cc = call_cluster(json!({}));
+        let lb_pending = call_cluster_status(
+            &cc,
+            &Observed {
+                dispatcher_destinations: &destinations,
+                ..healthy()
+            },
+            &at(1),
+        );
+        assert_eq!(lb_pending.endpoints.sip, None);
+        assert_eq!(
+            lb_pending.dispatcher_destinations,
+            ["10.1.0.8:5060", "10.1.0.9:5060"]
+        );
+        let lb = call_cluster_status(
+            &cc,
+            &Observed {
+                sip_ingress: Some("203.0.113.7".into()),
+                ..healthy()
+            },
+            &at(1),
+        );
+        assert_eq!(lb.endpoints.sip.as_deref(), Some("sip:203.0.113.7:5060"));
+        let internal = call_cluster(json!({"sip": {"service": {"type": "ClusterIP"}}}));
+        let status = call_cluster_status(&internal, &healthy(), &at(1));
+        assert_eq!(
+            status.endpoints.sip.as_deref(),
+            Some("sip:support-sip.calls.svc:5060")
+        );
+    }
+
+    #[test]
+    fn workload_state_from_deployment() {
+        let mut d = Deployment {
+            metadata: ObjectMeta {
+                generation: Some(5),
+                ..Default::default()
+            },
+            spec: DeploymentSpec {
+                replicas: Some(4),
+                ..Default::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(4),
+                ready_replicas: Some(4),
+                updated_replicas: Some(4),
+                ..Default::default()
+            }),
+        };
+        let stale = WorkloadState::from_deployment(&d);
+        assert_eq!(stale.desired, 4);
+        assert!(!stale.settled(), "status of an older generation");
+        if let Some(s) = d.status.as_mut() {
+            s.observed_generation = Some(5);
+        }
+        assert!(WorkloadState::from_deployment(&d).settled());
+        d.status = None;
+        let fresh = WorkloadState::from_deployment(&d);
+        assert_eq!(fresh.ready, 0);
+        assert!(!fresh.settled());
+    }
+
+    #[test]
+    fn zero_replica_tier_counts_as_ready() {
+        let cc = call_cluster(json!({"media": {"replicas": 0}}));
+        let observed = Observed {
+            media: settled(0),
+            ..healthy()
+        };
+        let status = call_cluster_status(&cc, &observed, &at(1));
+        assert!(is_true(&status.conditions, READY));
+        assert_eq!(status.media.ready, "0/0");
+    }
+
+    #[test]
+    fn referenced_secrets_are_listed_once() {
+        let cc = call_cluster(json!({
+            "redis": {"urlSecretRef": {"name": "backends"}},
+            "callLog": {"urlSecretRef": {"name": "backends", "key": "pg"}},
+            "recordings": {"enabled": false, "credentialsSecretRef": {"name": "s3"}},
+            "auth": {"tokenSecretRef": {"name": "auth"}},
+        }));
+        assert_eq!(referenced_secrets(&cc), ["auth", "backends"]);
+    }
+
+    #[test]
+    fn ai_pipeline_ready_only_with_its_key() {
+        let ai = pipeline(2, "hi");
+        let ready = ai_pipeline_status(
+            &ai,
+            ApiKeyState::Present,
+            vec!["b".into(), "a".into(), "b".into()],
+            &at(1),
+        );
+        assert!(is_true(&ready.conditions, READY));
+        assert_eq!(ready.used_by, ["a", "b"]);
+        assert_eq!(ready.observed_generation, Some(2));
+
+        let missing = ai_pipeline_status(&ai, ApiKeyState::SecretMissing, vec![], &at(1));
+        let cond = find(&missing.conditions, READY).unwrap();
+        assert_eq!(cond.status, "False");
+        assert_eq!(cond.reason, "SecretNotFound");
+        assert_eq!(cond.message, r#"Secret "openai" not found"#);
+
+        let no_key = ai_pipeline_status(&ai, ApiKeyState::KeyMissing, vec![], &at(1));
+        assert_eq!(
+            find(&no_key.conditions, READY).unwrap().message,
+            r#"Secret "openai" has no key "token""#
+        );
+    }
+}

@@ -45,3 +45,36 @@ pub fn secret(ctx: &Context<'_>, bytes: &[u8; 32]) -> Secret {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::fixtures::call_cluster;
+    use super::*;
+
+    #[test]
+    fn generated_secret_holds_the_given_bytes() {
+        let cc = call_cluster(json!({}));
+        let ctx = Context::new(&cc).unwrap();
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let secret = secret(&ctx, &bytes);
+        assert_eq!(secret.metadata.name.as_deref(), Some("support-call-token"));
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        assert_eq!(secret.data.unwrap()[TOKEN_SECRET_KEY].0, bytes.to_vec());
+        assert_eq!(
+            secret_ref(&ctx),
+            ("support-call-token".to_owned(), "token-secret".to_owned())
+        );
+    }
+
+    #[test]
+    fn user_secret_reference_wins() {
+        let cc = call_cluster(json!({"auth": {"tokenSecretRef": {"name": "mine"}}}));
+        let ctx = Context::new(&cc).unwrap();
+        assert_eq!(
+            secret_ref(&ctx),
+            ("mine".to_owned(), "token-secret".to_owned())
+        );
+    }
+}

@@ -485,3 +485,304 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::super::Child;
+    use super::super::fixtures::{call_cluster, find, render};
+
+    fn worker_pod(spec: Value) -> Value {
+        let children = render(&call_cluster(spec));
+        let deployment = find(&children, "Deployment", "support-worker")
+            .to_value()
+            .unwrap();
+        deployment["spec"]["template"].clone()
+    }
+
+    fn env_map(pod: &Value) -> serde_json::Map<String, Value> {
+        pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let value = e
+                    .get("value")
+                    .cloned()
+                    .unwrap_or_else(|| e["valueFrom"].clone());
+                (e["name"].as_str().unwrap().to_owned(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn environment_follows_the_contract() {
+        let pod = worker_pod(json!({}));
+        let env = env_map(&pod);
+        let expected = [
+            ("CALLFLEET_LISTEN", "0.0.0.0:8080"),
+            (
+                "CALLFLEET_PIPELINE_FILE",
+                "/etc/callfleet/pipeline/pipeline.json",
+            ),
+            (
+                "CALLFLEET_PROVIDER_API_KEY_FILE",
+                "/etc/callfleet/provider/api-key",
+            ),
+            (
+                "CALLFLEET_TOKEN_SECRET_FILE",
+                "/etc/callfleet/auth/token-secret",
+            ),
+            ("CALLFLEET_MAX_CALLS", "10000"),
+            ("CALLFLEET_MAX_CALL_SECONDS", "300"),
+            ("CALLFLEET_IDLE_TIMEOUT_SECONDS", "30"),
+            ("CALLFLEET_RATE_LIMIT_PER_MINUTE", "100"),
+            ("CALLFLEET_DRAIN_SECONDS", "330"),
+            ("CALLFLEET_LOG_FORMAT", "json"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(env[name], value, "{name}");
+        }
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 360);
+        assert!(!env.contains_key("CALLFLEET_REDIS_URL"));
+        assert!(!env.contains_key("CALLFLEET_RECORDINGS_ENABLED"));
+    }
+
+    #[test]
+    fn limits_flow_into_env_and_grace_period() {
+        let pod = worker_pod(json!({
+            "limits": {"maxCallDurationSeconds": 600, "idleTimeoutSeconds": 10, "requestsPerMinutePerIp": 5},
+            "workers": {"maxCallsPerPod": 2000, "logFormat": "text"},
+        }));
+        let env = env_map(&pod);
+        assert_eq!(env["CALLFLEET_MAX_CALL_SECONDS"], "600");
+        assert_eq!(env["CALLFLEET_IDLE_TIMEOUT_SECONDS"], "10");
+        assert_eq!(env["CALLFLEET_RATE_LIMIT_PER_MINUTE"], "5");
+        assert_eq!(env["CALLFLEET_MAX_CALLS"], "2000");
+        assert_eq!(env["CALLFLEET_DRAIN_SECONDS"], "630");
+        assert_eq!(env["CALLFLEET_LOG_FORMAT"], "text");
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 660);
+    }
+
+    #[test]
+    fn config_and_secrets_are_directory_mounts() {
+        let pod = worker_pod(json!({}));
+        let container = &pod["spec"]["containers"][0];
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        for mount in mounts {
+            assert!(
+                mount.get("subPath").is_none(),
+                "subPath mounts never update: {mount}"
+            );
+        }
+        let mount_of = |volume: &str| {
+            mounts
+                .iter()
+                .find(|m| m["name"] == volume)
+                .map(|m| m["mountPath"].clone())
+                .unwrap_or(Value::Null)
+        };
+        assert_eq!(mount_of("pipeline"), "/etc/callfleet/pipeline");
+        assert_eq!(mount_of("provider"), "/etc/callfleet/provider");
+        assert_eq!(mount_of("auth"), "/etc/callfleet/auth");
+
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap().clone();
+        assert_eq!(
+            volume("pipeline")["configMap"],
+            json!({"name": "support-pipeline", "optional": true})
+        );
+        assert_eq!(
+            volume("provider")["secret"],
+            json!({"secretName": "openai", "items": [{"key": "token", "path": "api-key"}]})
+        );
+        assert_eq!(
+            volume("auth")["secret"],
+            json!({"secretName": "support-call-token", "items": [{"key": "token-secret", "path": "token-secret"}]})
+        );
+    }
+
+    #[test]
+    fn user_token_secret_is_mounted_under_the_contract_file_name() {
+        let pod =
+            worker_pod(json!({"auth": {"tokenSecretRef": {"name": "fleet-auth", "key": "hmac"}}}));
+        let auth = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "auth")
+            .unwrap()["secret"]
+            .clone();
+        assert_eq!(
+            auth,
+            json!({"secretName": "fleet-auth", "items": [{"key": "hmac", "path": "token-secret"}]})
+        );
+    }
+
+    #[test]
+    fn probes_annotations_and_no_replicas() {
+        let children = render(&call_cluster(json!({})));
+        let deployment = find(&children, "Deployment", "support-worker")
+            .to_value()
+            .unwrap();
+        assert!(
+            deployment["spec"].get("replicas").is_none(),
+            "the autoscaler owns spec.replicas"
+        );
+        assert_eq!(
+            deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            0
+        );
+        let pod = &deployment["spec"]["template"];
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(container["ports"][0]["containerPort"], 8080);
+        assert_eq!(
+            container["image"],
+            callfleet_crds::callcluster::DEFAULT_WORKER_IMAGE
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"],
+            json!({"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"})
+        );
+        assert_eq!(
+            deployment["spec"]["selector"]["matchLabels"],
+            json!({
+                "app.kubernetes.io/name": "callfleet",
+                "app.kubernetes.io/instance": "support",
+                "app.kubernetes.io/component": "worker",
+            })
+        );
+    }
+
+    #[test]
+    fn backends_come_from_secrets() {
+        let pod = worker_pod(json!({
+            "redis": {"urlSecretRef": {"name": "redis"}},
+            "callLog": {"urlSecretRef": {"name": "supabase", "key": "dsn"}},
+            "recordings": {
+                "enabled": true,
+                "endpoint": "https://s3.example.com",
+                "bucket": "calls",
+                "format": "wavMulaw",
+                "credentialsSecretRef": {"name": "s3"},
+            },
+        }));
+        let env = env_map(&pod);
+        assert_eq!(
+            env["CALLFLEET_REDIS_URL"],
+            json!({"secretKeyRef": {"name": "redis", "key": "url", "optional": false}})
+        );
+        assert_eq!(
+            env["CALLFLEET_CALL_LOG_URL"],
+            json!({"secretKeyRef": {"name": "supabase", "key": "dsn", "optional": false}})
+        );
+        assert_eq!(env["CALLFLEET_RECORDINGS_ENABLED"], "true");
+        assert_eq!(env["CALLFLEET_RECORDINGS_BUCKET"], "calls");
+        assert_eq!(
+            env["CALLFLEET_RECORDINGS_ENDPOINT"],
+            "https://s3.example.com"
+        );
+        assert_eq!(env["CALLFLEET_RECORDINGS_PREFIX"], "recordings/");
+        assert_eq!(env["CALLFLEET_RECORDINGS_FORMAT"], "wavMulaw");
+        assert_eq!(
+            env["AWS_ACCESS_KEY_ID"]["secretKeyRef"],
+            json!({"name": "s3", "key": "access-key-id", "optional": false})
+        );
+        assert_eq!(
+            env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["key"],
+            "secret-access-key"
+        );
+    }
+
+    fn hpa(spec: Value) -> Value {
+        let children = render(&call_cluster(spec));
+        let Child::HorizontalPodAutoscaler(hpa) =
+            find(&children, "HorizontalPodAutoscaler", "support-worker")
+        else {
+            unreachable!()
+        };
+        serde_json::to_value(hpa).unwrap()["spec"].clone()
+    }
+
+    #[test]
+    fn autoscaler_on_active_calls_by_default() {
+        let spec = hpa(json!({}));
+        assert_eq!(
+            spec["scaleTargetRef"],
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "support-worker"})
+        );
+        assert_eq!(spec["minReplicas"], 2);
+        assert_eq!(spec["maxReplicas"], 10);
+        assert_eq!(
+            spec["metrics"],
+            json!([{"type": "Pods", "pods": {
+                "metric": {"name": "callfleet_active_calls"},
+                "target": {"type": "AverageValue", "averageValue": "1000"},
+            }}])
+        );
+        assert_eq!(
+            spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            300
+        );
+    }
+
+    #[test]
+    fn autoscaler_on_cpu_and_external_metrics() {
+        let cpu = hpa(json!({"workers": {
+            "resources": {"requests": {"cpu": "1"}},
+            "autoscaling": {"metric": "cpu", "targetCpuUtilizationPercent": 60},
+        }}));
+        assert_eq!(
+            cpu["metrics"],
+            json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}])
+        );
+        let external = hpa(json!({"workers": {
+            "targetActiveCallsPerPod": 500,
+            "autoscaling": {"metric": "external", "external": {"metricName": "calls_in_progress", "selector": {"fleet": "support"}}},
+        }}));
+        assert_eq!(
+            external["metrics"],
+            json!([{"type": "External", "external": {
+                "metric": {"name": "calls_in_progress", "selector": {"matchLabels": {"fleet": "support"}}},
+                "target": {"type": "AverageValue", "averageValue": "500"},
+            }}])
+        );
+    }
+
+    #[test]
+    fn min_equal_max_pins_the_replica_count() {
+        let spec = hpa(json!({"workers": {"minReplicas": 3, "maxReplicas": 3}}));
+        assert_eq!(spec["minReplicas"], 3);
+        assert_eq!(spec["maxReplicas"], 3);
+    }
+
+    #[test]
+    fn disruption_budget_allows_one_voluntary_eviction() {
+        let children = render(&call_cluster(
+            json!({"workers": {"minReplicas": 1, "maxReplicas": 1}}),
+        ));
+        let pdb = find(&children, "PodDisruptionBudget", "support-worker")
+            .to_value()
+            .unwrap();
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+            "worker"
+        );
+    }
+
+    #[test]
+    fn service_targets_the_worker_port() {
+        let children = render(&call_cluster(json!({})));
+        let svc = find(&children, "Service", "support-worker")
+            .to_value()
+            .unwrap();
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    }
+}
