@@ -1,0 +1,229 @@
+//! Failure injection: rules saying which endpoint fails how, always or for the next N requests.
+//! Tests flip them at run time through the handle or `POST /admin/faults`.
+
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The stand-in's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    Transcriptions,
+    Chat,
+    Speech,
+    Realtime,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Transcriptions,
+        Endpoint::Chat,
+        Endpoint::Speech,
+        Endpoint::Realtime,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Transcriptions => "transcriptions",
+            Endpoint::Chat => "chat",
+            Endpoint::Speech => "speech",
+            Endpoint::Realtime => "realtime",
+        }
+    }
+}
+
+/// How a request fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// HTTP 429 with `retry-after-ms` (and `Retry-After` in whole seconds, rounded up).
+    RateLimit { retry_after_ms: u64 },
+    /// An HTTP 5xx error.
+    ServerError { status: u16 },
+    /// Never answer (no headers); the client must time out.
+    Stall,
+    /// Answer and send the first chunk/event, then send nothing more, without closing.
+    StallMidStream,
+    /// Answer and send the first chunk/event, then drop the connection.
+    DropMidStream,
+}
+
+/// One injected fault: for `endpoint` (all when `None`), for the next `count` requests
+/// (forever when `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRule {
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    pub fault: Fault,
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+impl FaultRule {
+    pub fn new(endpoint: Option<Endpoint>, fault: Fault, count: Option<u32>) -> Self {
+        Self {
+            endpoint,
+            fault,
+            count,
+        }
+    }
+}
+
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop>[:count]`.
+impl FromStr for FaultRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        let (endpoint, kind, count) = match parts.as_slice() {
+            [e, k] => (*e, *k, None),
+            [e, k, c] => (*e, *k, Some(*c)),
+            _ => {
+                return Err(format!(
+                    "fault {text:?}: expected <endpoint|all>:<kind>[:count]"
+                ));
+            }
+        };
+        let endpoint = match endpoint {
+            "all" => None,
+            name => Some(
+                Endpoint::ALL
+                    .into_iter()
+                    .find(|e| e.name() == name)
+                    .ok_or_else(|| format!("fault {text:?}: unknown endpoint {name:?}"))?,
+            ),
+        };
+        let fault = match kind {
+            "429" => Fault::RateLimit {
+                retry_after_ms: 1000,
+            },
+            "stall" => Fault::Stall,
+            "stall_mid_stream" => Fault::StallMidStream,
+            "drop" => Fault::DropMidStream,
+            status => match status.parse::<u16>() {
+                Ok(status @ 500..=599) => Fault::ServerError { status },
+                _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),
+            },
+        };
+        let count = count
+            .map(|c| {
+                c.parse::<u32>()
+                    .map_err(|_| format!("fault {text:?}: bad count {c:?}"))
+            })
+            .transpose()?;
+        Ok(FaultRule::new(endpoint, fault, count))
+    }
+}
+
+/// The active rules. The first rule matching an endpoint applies; counted rules expire.
+#[derive(Debug, Default)]
+pub struct FaultBook {
+    rules: Mutex<Vec<FaultRule>>,
+}
+
+impl FaultBook {
+    pub fn new(rules: Vec<FaultRule>) -> Self {
+        Self {
+            rules: Mutex::new(rules),
+        }
+    }
+
+    pub fn add(&self, rule: FaultRule) {
+        self.lock().push(rule);
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn list(&self) -> Vec<FaultRule> {
+        self.lock().clone()
+    }
+
+    /// The fault for one request to `endpoint`, consuming one use of a counted rule.
+    pub fn take(&self, endpoint: Endpoint) -> Option<Fault> {
+        let mut rules = self.lock();
+        let index = rules
+            .iter()
+            .position(|r| r.endpoint.is_none_or(|e| e == endpoint))?;
+        let rule = &mut rules[index];
+        let fault = rule.fault;
+        match &mut rule.count {
+            Some(0) | Some(1) => {
+                rules.remove(index);
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Some(fault)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<FaultRule>> {
+        // A panic while holding this lock cannot leave the list inconsistent.
+        self.rules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cli_rules() {
+        assert_eq!(
+            "chat:429:2".parse::<FaultRule>().unwrap(),
+            FaultRule::new(
+                Some(Endpoint::Chat),
+                Fault::RateLimit {
+                    retry_after_ms: 1000
+                },
+                Some(2)
+            )
+        );
+        assert_eq!(
+            "all:503".parse::<FaultRule>().unwrap(),
+            FaultRule::new(None, Fault::ServerError { status: 503 }, None)
+        );
+        assert_eq!(
+            "speech:drop".parse::<FaultRule>().unwrap().fault,
+            Fault::DropMidStream
+        );
+        assert!("speech:404".parse::<FaultRule>().is_err());
+        assert!("tts:stall".parse::<FaultRule>().is_err());
+        assert!("chat".parse::<FaultRule>().is_err());
+        assert!("chat:stall:x".parse::<FaultRule>().is_err());
+    }
+
+    #[test]
+    fn counted_rules_expire_and_endpoints_match() {
+        let book = FaultBook::default();
+        book.add(FaultRule::new(Some(Endpoint::Chat), Fault::Stall, Some(2)));
+        book.add(FaultRule::new(None, Fault::DropMidStream, None));
+        assert_eq!(book.take(Endpoint::Speech), Some(Fault::DropMidStream));
+        assert_eq!(book.take(Endpoint::Chat), Some(Fault::Stall));
+        assert_eq!(book.take(Endpoint::Chat), Some(Fault::Stall));
+        assert_eq!(book.take(Endpoint::Chat), Some(Fault::DropMidStream));
+        book.clear();
+        assert_eq!(book.take(Endpoint::Chat), None);
+    }
+
+    #[test]
+    fn json_shape() {
+        let rule: FaultRule = serde_json::from_str(
+            r#"{"endpoint":"speech","fault":{"kind":"rate_limit","retry_after_ms":50},"count":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            rule,
+            FaultRule::new(
+                Some(Endpoint::Speech),
+                Fault::RateLimit { retry_after_ms: 50 },
+                Some(1)
+            )
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! `POST /v1/audio/speech` with `response_format: "pcm"`: a tone (see `rules`) as raw s16le
+//! 24 kHz, streamed in chunks whose byte lengths are deliberately odd and even in turn, the way
+//! a real network splits a body mid-sample.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::Shared;
+use super::config::StandinConfig;
+use super::faults::Endpoint;
+use super::respond::{Gate, Piece, bad_request, gate, paced_response};
+use super::rules::speech_samples;
+
+/// The only rate of OpenAI's `pcm` format.
+pub const SPEECH_SAMPLE_RATE: u32 = 24_000;
+
+pub async fn speech(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> Response {
+    let mid_stream = match gate(&shared, Endpoint::Speech).await {
+        Gate::Serve(mid_stream) => mid_stream,
+        Gate::Refuse(response) => return response,
+    };
+    let Some(input) = request.get("input").and_then(Value::as_str) else {
+        return bad_request("'input' is a required property");
+    };
+    if request.get("model").and_then(Value::as_str).is_none() {
+        return bad_request("'model' is a required property");
+    }
+    match request.get("response_format").and_then(Value::as_str) {
+        Some("pcm") => {}
+        other => {
+            return bad_request(&format!(
+                "the stand-in only produces response_format \"pcm\", not {other:?}"
+            ));
+        }
+    }
+    let config = &shared.config;
+    let speed = request.get("speed").and_then(Value::as_f64).unwrap_or(1.0);
+    let samples = speech_samples(
+        input,
+        speed,
+        config.speech_ms_per_char,
+        config.speech_tone_hz,
+        SPEECH_SAMPLE_RATE,
+    );
+    let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let pcm = Bytes::from(pcm);
+
+    let chunk_bytes =
+        (SPEECH_SAMPLE_RATE as usize * 2 * config.speech_chunk_ms.max(1) as usize / 1000).max(2);
+    let pace = if config.speech_pace > 0.0 {
+        config.speech_pace
+    } else {
+        1.0
+    };
+    let between = StandinConfig::ms(config.speech_chunk_ms).div_f64(pace);
+    let mut pieces = Vec::new();
+    let mut offset = 0;
+    while offset < pcm.len() {
+        // odd, then even-minus-one... so sample boundaries fall inside chunks
+        let len = if pieces.len() % 2 == 0 {
+            chunk_bytes + 1
+        } else {
+            chunk_bytes - 1
+        };
+        let end = (offset + len).min(pcm.len());
+        let delay = if pieces.is_empty() {
+            StandinConfig::ms(config.speech_first_byte_ms)
+        } else {
+            between
+        };
+        pieces.push(Piece::new(delay, pcm.slice(offset..end)));
+        offset = end;
+    }
+    paced_response(&shared, Endpoint::Speech, "audio/pcm", pieces, mid_stream)
+}

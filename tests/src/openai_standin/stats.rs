@@ -1,0 +1,162 @@
+//! Request counters per endpoint, so tests can assert what the server saw (e.g. that a
+//! cancelled speech stream was really dropped, or how many retries arrived).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use super::faults::Endpoint;
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    faults: AtomicU64,
+    completed: AtomicU64,
+    aborted: AtomicU64,
+}
+
+/// Live counters, shared by all handlers.
+#[derive(Debug, Default)]
+pub struct Stats {
+    endpoints: [Counters; 4],
+    unauthorized: AtomicU64,
+    truncations: AtomicU64,
+    cancelled_responses: AtomicU64,
+}
+
+/// What one endpoint saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    /// Authorized requests (realtime: WebSocket handshakes).
+    pub requests: u64,
+    /// Requests answered with an injected fault.
+    pub faults: u64,
+    /// Responses (or realtime sessions) that ran to their end.
+    pub completed: u64,
+    /// Streamed responses the client dropped before the end (cancellation).
+    pub aborted: u64,
+}
+
+/// A copy of all counters (`GET /admin/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub transcriptions: EndpointStats,
+    pub chat: EndpointStats,
+    pub speech: EndpointStats,
+    pub realtime: EndpointStats,
+    /// Requests refused for a missing bearer token.
+    pub unauthorized: u64,
+    /// `conversation.item.truncate` accepted.
+    pub realtime_truncations: u64,
+    /// Realtime responses cancelled (barge-in or `response.cancel`).
+    pub realtime_cancelled_responses: u64,
+}
+
+impl StatsSnapshot {
+    pub fn endpoint(&self, endpoint: Endpoint) -> EndpointStats {
+        match endpoint {
+            Endpoint::Transcriptions => self.transcriptions,
+            Endpoint::Chat => self.chat,
+            Endpoint::Speech => self.speech,
+            Endpoint::Realtime => self.realtime,
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    fn of(&self, endpoint: Endpoint) -> &Counters {
+        &self.endpoints[endpoint as usize]
+    }
+    pub fn request(&self, endpoint: Endpoint) {
+        bump(&self.of(endpoint).requests);
+    }
+    pub fn fault(&self, endpoint: Endpoint) {
+        bump(&self.of(endpoint).faults);
+    }
+    pub fn completed(&self, endpoint: Endpoint) {
+        bump(&self.of(endpoint).completed);
+    }
+    pub fn aborted(&self, endpoint: Endpoint) {
+        bump(&self.of(endpoint).aborted);
+    }
+    pub fn unauthorized(&self) {
+        bump(&self.unauthorized);
+    }
+    pub fn truncation(&self) {
+        bump(&self.truncations);
+    }
+    pub fn cancelled_response(&self) {
+        bump(&self.cancelled_responses);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let endpoint = |e| {
+            let c = self.of(e);
+            EndpointStats {
+                requests: c.requests.load(Ordering::Relaxed),
+                faults: c.faults.load(Ordering::Relaxed),
+                completed: c.completed.load(Ordering::Relaxed),
+                aborted: c.aborted.load(Ordering::Relaxed),
+            }
+        };
+        StatsSnapshot {
+            transcriptions: endpoint(Endpoint::Transcriptions),
+            chat: endpoint(Endpoint::Chat),
+            speech: endpoint(Endpoint::Speech),
+            realtime: endpoint(Endpoint::Realtime),
+            unauthorized: self.unauthorized.load(Ordering::Relaxed),
+            realtime_truncations: self.truncations.load(Ordering::Relaxed),
+            realtime_cancelled_responses: self.cancelled_responses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A response body stream that records whether it ran to its end (`completed`) or was dropped
+/// before (`aborted`: the client went away).
+pub struct Tracked<S> {
+    inner: Pin<Box<S>>,
+    stats: std::sync::Arc<Stats>,
+    endpoint: Endpoint,
+    finished: bool,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, stats: std::sync::Arc<Stats>, endpoint: Endpoint) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            stats,
+            endpoint,
+            finished: false,
+        }
+    }
+}
+
+impl<S: Stream> Stream for Tracked<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(None) = polled
+            && !self.finished
+        {
+            self.finished = true;
+            self.stats.completed(self.endpoint);
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Tracked<S> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stats.aborted(self.endpoint);
+        }
+    }
+}
