@@ -461,7 +461,13 @@ impl CallSession {
                 }
                 let mark = format!("{}.{}", self.reply.id, index);
                 let items = self.playout.end_sentence(Some(mark), now);
-                let caption = self.reply.captions.pop_front().map(|(_, t)| t);
+                // Per-sentence playback sends the sentence now, with its caption; paced
+                // playback attaches captions to frames as they go out.
+                let caption = if items.is_empty() {
+                    None
+                } else {
+                    self.reply.captions.pop_front().map(|(_, t)| t)
+                };
                 for item in items {
                     if let PlayoutItem::Audio(samples) = item {
                         self.send_audio(&samples, caption.as_deref()).await;

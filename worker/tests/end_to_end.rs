@@ -1,0 +1,303 @@
+//! Speech in → reply audio out, over each protocol, against the local OpenAI stand-in (the real
+//! provider clients, the real worker): frame sizes and formats, barge-in with history
+//! truncation, provider failure.
+
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
+use callfleet_worker::media::{l16, mulaw};
+use serde_json::Value;
+use support::*;
+
+/// Faster turn detection than the defaults, to keep tests short.
+const TURNS: &str = r#","turnDetection":{"silenceMs":300,"minSpeechMs":100}"#;
+
+fn tone(hz: f64, rate: u32, ms: u32) -> Vec<i16> {
+    let n = (rate * ms / 1000) as usize;
+    (0..n)
+        .map(|i| {
+            (9000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate)).sin()) as i16
+        })
+        .collect()
+}
+
+/// A spoken "utterance": a tone, then enough silence to end the turn.
+fn utterance(hz: f64, rate: u32) -> Vec<i16> {
+    let mut samples = tone(hz, rate, 600);
+    samples.extend(vec![0i16; (rate * 500 / 1000) as usize]);
+    samples
+}
+
+fn mulaw_b64(samples: &[i16]) -> String {
+    let mut bytes = Vec::new();
+    mulaw::encode_into(samples, &mut bytes);
+    STANDARD.encode(bytes)
+}
+
+async fn setup(extra: &str) -> (callfleet_tests::openai_standin::StandinHandle, TestWorker) {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .expect("stand-in");
+    let spec = format!("{TURNS}{extra}");
+    let worker = start_worker(&pipeline_json(&standin.base_url(), 1, &spec), |a| {
+        a.openai_api_key = Some("sk-test".into())
+    })
+    .await;
+    (standin, worker)
+}
+
+#[tokio::test]
+async fn seed_protocol_speech_in_reply_out() {
+    let (_standin, w) = setup("").await;
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("seed-1", Some(&token("seed-1")))).await;
+    wait_for(&mut s, "status", "ready").await;
+    for frame in utterance(440.0, 8_000).chunks(160) {
+        let msg = format!(
+            r#"{{"type":"audio","data":"{}","format":"mulaw","sampleRate":8000}}"#,
+            mulaw_b64(frame)
+        );
+        send_text(&mut s, msg).await;
+    }
+    wait_for(&mut s, "status", "processing").await;
+    let mut texts = Vec::new();
+    let mut frames = 0;
+    let mut marks = 0;
+    while marks < 2 {
+        let m = next_json(&mut s).await.expect("reply");
+        match m["type"].as_str() {
+            Some("audio_response") => {
+                let audio = STANDARD.decode(m["audio"].as_str().unwrap()).unwrap();
+                assert_eq!(audio.len(), 160, "20 ms of µ-law 8 kHz");
+                frames += 1;
+                if let Some(t) = m["text"].as_str().filter(|t| !t.is_empty()) {
+                    texts.push(t.to_owned());
+                }
+            }
+            Some("mark") => marks += 1,
+            Some("error") => panic!("{m}"),
+            _ => {}
+        }
+    }
+    assert_eq!(texts, ["I heard tone 440.", "What else can I do for you?"]);
+    assert!(frames > 10);
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+fn twilio_start(call: &str) -> String {
+    format!(
+        r#"{{"event":"start","sequenceNumber":"1","streamSid":"MZ-{call}","start":{{"accountSid":"AC1","streamSid":"MZ-{call}","callSid":"{call}","tracks":["inbound"],"customParameters":{{"token":"{}"}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#,
+        token(call)
+    )
+}
+
+fn twilio_media(call: &str, samples: &[i16]) -> String {
+    format!(
+        r#"{{"event":"media","streamSid":"MZ-{call}","media":{{"track":"inbound","payload":"{}"}}}}"#,
+        mulaw_b64(samples)
+    )
+}
+
+async fn say_twilio(s: &mut Socket, call: &str, samples: &[i16]) {
+    for frame in samples.chunks(160) {
+        send_text(s, twilio_media(call, frame)).await;
+    }
+}
+
+#[tokio::test]
+async fn twilio_speech_in_reply_out() {
+    let (_standin, w) = setup("").await;
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(
+        &mut s,
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    )
+    .await;
+    send_text(&mut s, twilio_start("CA-e2e")).await;
+    say_twilio(&mut s, "CA-e2e", &utterance(440.0, 8_000)).await;
+    let mut frames = 0;
+    let mut marks = Vec::new();
+    while marks.len() < 2 {
+        let m = next_json(&mut s).await.expect("reply");
+        assert_eq!(m["streamSid"], "MZ-CA-e2e", "{m}");
+        match m["event"].as_str() {
+            Some("media") => {
+                let audio = STANDARD
+                    .decode(m["media"]["payload"].as_str().unwrap())
+                    .unwrap();
+                assert_eq!(audio.len(), 160);
+                frames += 1;
+            }
+            Some("mark") => marks.push(m["mark"]["name"].as_str().unwrap().to_owned()),
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    }
+    assert!(frames > 10);
+    // Twilio echoes marks when played; the history then holds the whole reply.
+    for name in &marks {
+        send_text(
+            &mut s,
+            format!(r#"{{"event":"mark","streamSid":"MZ-CA-e2e","mark":{{"name":"{name}"}}}}"#),
+        )
+        .await;
+    }
+    let store = w.worker().ctx.store.clone();
+    eventually(async || store.load("CA-e2e").await.len() == 2).await;
+    let history = store.load("CA-e2e").await;
+    assert_eq!(history[0].content, "tone 440");
+    assert_eq!(
+        history[1].content,
+        "I heard tone 440. What else can I do for you?"
+    );
+    send_text(
+        &mut s,
+        r#"{"event":"stop","streamSid":"MZ-CA-e2e","stop":{}}"#,
+    )
+    .await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn barge_in_clears_playback_and_truncates_history() {
+    let (_standin, w) = setup("").await;
+    let call = "CA-barge";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &utterance(440.0, 8_000)).await;
+    // Let part of the first sentence play, then talk over it.
+    let mut frames = 0;
+    while frames < 30 {
+        let m = next_json(&mut s).await.expect("reply");
+        if m["event"] == "media" {
+            frames += 1;
+        }
+    }
+    say_twilio(&mut s, call, &tone(880.0, 8_000, 300)).await;
+    wait_for(&mut s, "event", "clear").await;
+
+    let store = w.worker().ctx.store.clone();
+    let full = "I heard tone 440. What else can I do for you?";
+    eventually(async || store.load(call).await.len() >= 2).await;
+    let history = store.load(call).await;
+    assert_eq!(history[0].content, "tone 440");
+    let heard = &history[1].content;
+    assert!(
+        !heard.is_empty() && heard.len() < "I heard tone 440.".len(),
+        "{heard}"
+    );
+    assert!(full.starts_with(heard.as_str()), "{heard}");
+
+    // The interrupting speech is the next turn.
+    say_twilio(&mut s, call, &vec![0i16; 4_000]).await;
+    eventually(async || store.load(call).await.len() >= 3).await;
+    assert_eq!(store.load(call).await[2].content, "tone 880");
+    send_text(
+        &mut s,
+        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
+    )
+    .await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}
+
+async fn freeswitch_call(w: &TestWorker, call: &str, metadata_extra: &str) -> Socket {
+    let mut s = connect(&w.url("/ws/freeswitch")).await;
+    let meta = format!(
+        r#"{{"callId":"{call}","token":"{}","sampleRate":16000{metadata_extra}}}"#,
+        token(call)
+    );
+    send_text(&mut s, meta).await;
+    for frame in utterance(440.0, 16_000).chunks(320) {
+        let mut bytes = Vec::new();
+        l16::encode_into(frame, &mut bytes);
+        send_binary(&mut s, bytes).await;
+    }
+    s
+}
+
+#[tokio::test]
+async fn freeswitch_play_audio_and_streaming() {
+    let (_standin, w) = setup("").await;
+    let mut s = freeswitch_call(&w, "fs-play", "").await;
+    let mut sentences = Vec::new();
+    while sentences.len() < 2 {
+        let m = next_json(&mut s).await.expect("reply");
+        assert_eq!(m["type"], "playAudio", "{m}");
+        let data = &m["data"];
+        assert_eq!(data["audioContentType"], "raw");
+        assert_eq!(data["sampleRate"], 16000);
+        let audio = STANDARD
+            .decode(data["audioContent"].as_str().unwrap())
+            .unwrap();
+        assert!(audio.len() > 640 && audio.len() % 2 == 0);
+        sentences.push(data["textContent"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        sentences,
+        ["I heard tone 440.", "What else can I do for you?"]
+    );
+    send_text(&mut s, r#"{"type":"stop"}"#).await;
+    wait_for(&mut s, "type", "disconnect").await;
+
+    let mut s = freeswitch_call(
+        &w,
+        "fs-stream",
+        r#","bidirectionalAudio":{"enabled":true,"streaming":true,"sampleRate":8000}"#,
+    )
+    .await;
+    let mut frames = 0;
+    while frames < 20 {
+        match next(&mut s).await {
+            Received::Binary(bytes) => {
+                assert_eq!(bytes.len(), 320, "20 ms of L16 8 kHz");
+                frames += 1;
+            }
+            Received::Json(m) => assert_ne!(m["type"], "error", "{m}"),
+            Received::Closed(_) => panic!("closed"),
+        }
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn provider_failure_gives_a_clear_error_and_the_call_goes_on() {
+    let (standin, w) = setup("").await;
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Chat),
+        Fault::ServerError { status: 500 },
+        Some(1),
+    ));
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("fail-1", Some(&token("fail-1")))).await;
+    wait_for(&mut s, "status", "ready").await;
+    let speak = |samples: Vec<i16>| {
+        samples
+            .chunks(160)
+            .map(|f| format!(r#"{{"type":"audio","data":"{}"}}"#, mulaw_b64(f)))
+            .collect::<Vec<_>>()
+    };
+    for msg in speak(utterance(440.0, 8_000)) {
+        send_text(&mut s, msg).await;
+    }
+    let error: Value = wait_for(&mut s, "type", "error").await;
+    assert_eq!(error["code"], "INTERNAL_ERROR", "{error}");
+    // The fault was one-shot: the next turn is answered.
+    for msg in speak(utterance(550.0, 8_000)) {
+        send_text(&mut s, msg).await;
+    }
+    let reply = loop {
+        let m = wait_for(&mut s, "type", "audio_response").await;
+        if m["text"].as_str().is_some_and(|t| !t.is_empty()) {
+            break m;
+        }
+    };
+    assert_eq!(reply["text"], "I heard tone 550.");
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}
