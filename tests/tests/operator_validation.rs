@@ -1,0 +1,71 @@
+//! Invalid CallCluster specs are rejected by the API server at apply time, with messages that
+//! say what is wrong (schema types, ranges, enums and CEL rules from the CRD).
+
+mod operator_support;
+
+use anyhow::{Result, ensure};
+use operator_support::*;
+
+const PIPELINE: &str = "pipelineRef: {name: assistant}";
+
+fn call_cluster(spec: &str) -> String {
+    format!(
+        "apiVersion: callfleet.dev/v1alpha1\nkind: CallCluster\nmetadata: {{name: bad}}\nspec:\n{spec}\n"
+    )
+}
+
+#[tokio::test]
+async fn invalid_specs_are_rejected_with_clear_messages() -> Result<()> {
+    let (cluster, ns) = namespace("op-invalid").await?;
+    let cases = [
+        (
+            "workers.minReplicas > workers.maxReplicas",
+            format!("  {PIPELINE}\n  workers: {{minReplicas: 5, maxReplicas: 2}}"),
+            "minReplicas must be less than or equal to workers.maxReplicas",
+        ),
+        (
+            "RTP range start after end",
+            format!("  {PIPELINE}\n  media: {{rtpPortRange: {{start: 30000, end: 20000}}}}"),
+            "rtpPortRange.start must be less than rtpPortRange.end",
+        ),
+        (
+            "odd RTP start port",
+            format!("  {PIPELINE}\n  media: {{rtpPortRange: {{start: 20001, end: 30000}}}}"),
+            "rtpPortRange.start must be even",
+        ),
+        (
+            "port out of range",
+            format!("  {PIPELINE}\n  media: {{rtpPortRange: {{start: 80, end: 30000}}}}"),
+            "spec.media.rtpPortRange.start",
+        ),
+        (
+            "unknown dispatch algorithm",
+            format!("  {PIPELINE}\n  sip: {{dispatchAlgorithm: leastBusy}}"),
+            "spec.sip.dispatchAlgorithm: Unsupported value: \"leastBusy\"",
+        ),
+        (
+            "missing pipelineRef",
+            "  workers: {minReplicas: 1}".to_owned(),
+            "spec.pipelineRef: Required value",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, spec, expected) in &cases {
+        match kubectl_apply(cluster, &ns, &call_cluster(spec)) {
+            Ok(out) => failures.push(format!("{what}: accepted ({})", out.trim())),
+            Err(e) if e.to_string().contains(expected) => {}
+            Err(e) => failures.push(format!("{what}: expected {expected:?} in: {e}")),
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The same CallCluster with valid values is accepted.
+    kubectl_apply(
+        cluster,
+        &ns,
+        &call_cluster(&format!(
+            "  {PIPELINE}\n  workers: {{minReplicas: 2, maxReplicas: 5}}"
+        )),
+    )?;
+    Ok(())
+}
