@@ -8,7 +8,7 @@ pub struct OddLength(pub usize);
 
 /// Appends the samples in `bytes` to `out`.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<i16>) -> Result<(), OddLength> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(OddLength(bytes.len()));
     }
     out.extend(

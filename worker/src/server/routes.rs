@@ -131,10 +131,10 @@ fn refuse(
     ctx.metrics.error(code);
     let body = json!({"type": "error", "code": code.as_str(), "message": message});
     let mut response = (status, axum::Json(body)).into_response();
-    if let Some(seconds) = retry_after {
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
+    if let Some(seconds) = retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
 }

@@ -264,12 +264,10 @@ impl CallSession {
                 self.finish(Ending::ProviderLost).await;
                 return;
             }
-        } else if self.history.is_empty() {
-            if let Some(greeting) = self.pipeline.config.spec.greeting.clone() {
-                if !greeting.trim().is_empty() {
-                    self.start_turn(TurnInput::Say(greeting));
-                }
-            }
+        } else if self.history.is_empty()
+            && let Some(greeting) = self.greeting()
+        {
+            self.start_turn(TurnInput::Say(greeting));
         }
         let max_end = tokio::time::Instant::from_std(self.started_at + self.ctx.limits.max_call);
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
@@ -312,6 +310,16 @@ impl CallSession {
             }
         };
         self.finish(ending).await;
+    }
+
+    /// The pipeline's greeting, when it has one.
+    fn greeting(&self) -> Option<String> {
+        self.pipeline
+            .config
+            .spec
+            .greeting
+            .clone()
+            .filter(|g| !g.trim().is_empty())
     }
 
     async fn on_inbound(&mut self, event: InboundEvent) -> Option<Ending> {
@@ -705,16 +713,15 @@ impl CallSession {
         if self.out_format.sample_rate != 8_000 {
             self.from_8k = StreamResampler::new(8_000, self.out_format.sample_rate).ok();
         }
-        if let Some(greeting) = spec.greeting.clone().filter(|g| !g.trim().is_empty()) {
-            if self.history.is_empty() {
-                if let Some(rt) = self.realtime.as_mut() {
-                    let instructions = Some(format!("Say exactly: {greeting}"));
-                    let _ = rt
-                        .commands
-                        .send(crate::providers::RealtimeCommand::CreateResponse { instructions })
-                        .await;
-                }
-            }
+        if self.history.is_empty()
+            && let Some(greeting) = self.greeting()
+            && let Some(rt) = self.realtime.as_mut()
+        {
+            let instructions = Some(format!("Say exactly: {greeting}"));
+            let _ = rt
+                .commands
+                .send(crate::providers::RealtimeCommand::CreateResponse { instructions })
+                .await;
         }
         Ok(())
     }
@@ -732,10 +739,10 @@ impl CallSession {
         };
         let mut bytes = Vec::with_capacity(samples.len());
         mulaw::encode_into(samples, &mut bytes);
-        if let Some(rt) = self.realtime.as_mut() {
-            if let Err(err) = rt.commands.append_audio(Bytes::from(bytes)).await {
-                tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
-            }
+        if let Some(rt) = self.realtime.as_mut()
+            && let Err(err) = rt.commands.append_audio(Bytes::from(bytes)).await
+        {
+            tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
         }
     }
 

@@ -14,10 +14,7 @@ impl SentenceSplitter {
     pub fn push(&mut self, delta: &str) -> Vec<String> {
         self.pending.push_str(delta);
         let mut sentences = Vec::new();
-        loop {
-            let Some(end) = sentence_end(&self.pending) else {
-                break;
-            };
+        while let Some(end) = sentence_end(&self.pending) {
             let rest = self.pending.split_off(end);
             let sentence = std::mem::replace(&mut self.pending, rest);
             let sentence = sentence.trim();
