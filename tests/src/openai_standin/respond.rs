@@ -119,6 +119,9 @@ pub fn paced_response(
         if sent == 1 {
             match mid_stream {
                 Some(Fault::DropMidStream) => {
+                    // Let the server flush what was sent (it does while the body is pending),
+                    // so the client really sees a response break, not a refused request.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     let broken =
                         std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected drop");
                     return Some((Err(broken), (VecDeque::new(), usize::MAX)));

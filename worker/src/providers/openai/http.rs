@@ -228,12 +228,11 @@ fn request_error(e: &reqwest::Error) -> ProviderError {
     }
 }
 
-/// Classifies a failure while reading a body (the connection broke or closed early).
+/// Classifies a failure while reading a body: with no content decoding enabled, anything but a
+/// timeout means the connection broke or closed early.
 fn body_error(e: &reqwest::Error) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout("stream stalled")
-    } else if e.is_decode() {
-        ProviderError::Protocol(describe(e))
     } else {
         ProviderError::Transport(describe(e))
     }
