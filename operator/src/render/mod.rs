@@ -420,4 +420,33 @@ mod tests {
         let paused = fixtures::render(&call_cluster(json!({"paused": true})));
         assert_eq!(running, paused);
     }
+
+    /// The shipped samples parse and render: what users apply first must work.
+    #[test]
+    fn samples_render() {
+        let mut cc: CallCluster =
+            serde_yaml::from_str(include_str!("../../../config/samples/callcluster.yaml")).unwrap();
+        let pipeline: AiPipeline =
+            serde_yaml::from_str(include_str!("../../../config/samples/aipipeline.yaml")).unwrap();
+        assert_eq!(
+            cc.spec.pipeline_ref.name,
+            pipeline.metadata.name.clone().unwrap()
+        );
+        cc.metadata.namespace = Some("default".into());
+        cc.metadata.uid = Some(UID.into());
+        let media = &cc.spec.media;
+        assert!(
+            (media.rtp_port_range.end - media.rtp_port_range.start + 1) / 2
+                >= media.max_sessions_per_pod
+        );
+        let children = render_call_cluster(
+            &cc,
+            &RenderInputs {
+                pipeline: Some(&pipeline),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(children.len(), 12);
+    }
 }
