@@ -388,3 +388,47 @@ async fn concurrency_limit_holds_requests_until_a_slot_frees() {
     assert_eq!(reply, "I heard two. What else can I do for you?");
     assert_eq!(standin.stats().chat.requests, 2);
 }
+
+#[tokio::test]
+async fn faults_and_stats_over_the_admin_api() {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .unwrap();
+    let admin = reqwest::Client::new();
+    let base = format!("http://{}", standin.addr());
+    let added = admin
+        .post(format!("{base}/admin/faults"))
+        .json(&serde_json::json!({"endpoint": "chat", "fault": {"kind": "server_error", "status": 500}, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 204);
+    let openai = client(&standin, Duration::from_secs(5), 0);
+    let first = openai
+        .stream_chat(chat_messages("hi"), &LlmSpec::default())
+        .next()
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Err(ProviderError::Server { status: 500, .. })),
+        "{first:?}"
+    );
+    // the counted fault is used up
+    let second: Vec<String> = openai
+        .stream_chat(chat_messages("hi"), &LlmSpec::default())
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert!(!second.is_empty());
+    let stats: serde_json::Value = admin
+        .get(format!("{base}/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["chat"]["requests"], 2);
+    assert_eq!(stats["chat"]["faults"], 1);
+    assert_eq!(stats["chat"]["completed"], 1);
+}
