@@ -6,47 +6,11 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
-use callfleet_worker::media::{l16, mulaw};
+use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule};
+use callfleet_worker::media::l16;
 use serde_json::Value;
+use support::calls::*;
 use support::*;
-
-/// Faster turn detection than the defaults, to keep tests short.
-const TURNS: &str = r#","turnDetection":{"silenceMs":300,"minSpeechMs":100}"#;
-
-fn tone(hz: f64, rate: u32, ms: u32) -> Vec<i16> {
-    let n = (rate * ms / 1000) as usize;
-    (0..n)
-        .map(|i| {
-            (9000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate)).sin()) as i16
-        })
-        .collect()
-}
-
-/// A spoken "utterance": a tone, then enough silence to end the turn.
-fn utterance(hz: f64, rate: u32) -> Vec<i16> {
-    let mut samples = tone(hz, rate, 600);
-    samples.extend(vec![0i16; (rate * 500 / 1000) as usize]);
-    samples
-}
-
-fn mulaw_b64(samples: &[i16]) -> String {
-    let mut bytes = Vec::new();
-    mulaw::encode_into(samples, &mut bytes);
-    STANDARD.encode(bytes)
-}
-
-async fn setup(extra: &str) -> (callfleet_tests::openai_standin::StandinHandle, TestWorker) {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .expect("stand-in");
-    let spec = format!("{TURNS}{extra}");
-    let worker = start_worker(&pipeline_json(&standin.base_url(), 1, &spec), |a| {
-        a.openai_api_key = Some("sk-test".into())
-    })
-    .await;
-    (standin, worker)
-}
 
 #[tokio::test]
 async fn seed_protocol_speech_in_reply_out() {
@@ -86,26 +50,6 @@ async fn seed_protocol_speech_in_reply_out() {
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     assert_eq!(wait_closed(&mut s).await, Some(1000));
     w.stop().await;
-}
-
-fn twilio_start(call: &str) -> String {
-    format!(
-        r#"{{"event":"start","sequenceNumber":"1","streamSid":"MZ-{call}","start":{{"accountSid":"AC1","streamSid":"MZ-{call}","callSid":"{call}","tracks":["inbound"],"customParameters":{{"token":"{}"}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#,
-        token(call)
-    )
-}
-
-fn twilio_media(call: &str, samples: &[i16]) -> String {
-    format!(
-        r#"{{"event":"media","streamSid":"MZ-{call}","media":{{"track":"inbound","payload":"{}"}}}}"#,
-        mulaw_b64(samples)
-    )
-}
-
-async fn say_twilio(s: &mut Socket, call: &str, samples: &[i16]) {
-    for frame in samples.chunks(160) {
-        send_text(s, twilio_media(call, frame)).await;
-    }
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use callfleet_worker::admission::{TokenSecret, mint_token};
 use callfleet_worker::config::ServeArgs;
 use callfleet_worker::server::{RunningWorker, start};
 
+pub mod calls;
+
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 
 /// Hang guard for every wait: generous, never a timing assertion.

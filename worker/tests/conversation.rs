@@ -1,0 +1,128 @@
+//! Conversation behaviour over real calls: greeting, history cap, resume on reconnect, idle
+//! timeout, and realtime mode, against the OpenAI stand-in.
+
+mod support;
+
+use callfleet_tests::openai_standin::Endpoint;
+use support::calls::*;
+use support::*;
+
+#[tokio::test]
+async fn greeting_is_spoken_once_and_not_on_resume() {
+    let (_standin, w) = setup(r#","greeting":"Hello, this is callfleet.""#).await;
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("greet", Some(&token("greet")))).await;
+    assert_eq!(
+        seed_captions(&mut s, 1).await,
+        ["Hello, this is callfleet."]
+    );
+    // The client acknowledges playback of the greeting (the mark after its last frame), so
+    // speaking now is not a barge-in on it.
+    let mark = wait_for(&mut s, "type", "mark").await;
+    send_text(&mut s, mark.to_string()).await;
+    // Speak, get the answer, then drop the connection without end_call.
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    assert_eq!(
+        seed_captions(&mut s, 2).await,
+        ["I heard tone 440.", "What else can I do for you?"]
+    );
+    let store = w.worker().ctx.store.clone();
+    eventually(async || store.load("greet").await.len() == 3).await;
+    drop(s);
+    let ctx = w.worker().ctx.clone();
+    eventually(async || ctx.active_calls() == 0).await;
+
+    // Reconnecting with the same call id resumes: no second greeting, history kept.
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("greet", Some(&token("greet")))).await;
+    wait_for(&mut s, "status", "ready").await;
+    say_seed(&mut s, &utterance(550.0, 8_000)).await;
+    assert_eq!(seed_captions(&mut s, 1).await, ["I heard tone 550."]);
+    eventually(async || store.load("greet").await.len() == 5).await;
+    let history = store.load("greet").await;
+    assert_eq!(history[0].content, "Hello, this is callfleet.");
+    assert_eq!(history[1].content, "tone 440");
+    assert_eq!(history[3].content, "tone 550");
+
+    // A clean hang-up forgets the call.
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut s).await;
+    eventually(async || store.load("greet").await.is_empty()).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn history_is_capped_at_max_history_turns() {
+    let (_standin, w) = setup(r#","llm":{"maxHistoryTurns":1}"#).await;
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("cap", Some(&token("cap")))).await;
+    let store = w.worker().ctx.store.clone();
+    for (turn, hz) in [440.0, 550.0, 660.0].into_iter().enumerate() {
+        say_seed(&mut s, &utterance(hz, 8_000)).await;
+        seed_captions(&mut s, 2).await;
+        let expected = format!("tone {}", hz as u32);
+        eventually(async || {
+            let h = store.load("cap").await;
+            h.len() == 2 && h[0].content == expected
+        })
+        .await;
+        assert!(turn < 3);
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn idle_calls_are_ended() {
+    let (_standin, w) = setup_with("", |a| a.idle_timeout_seconds = 1).await;
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("idle", Some(&token("idle")))).await;
+    wait_for(&mut s, "status", "ready").await;
+    let error = wait_for(&mut s, "type", "error").await;
+    assert_eq!(error["code"], "TIMEOUT");
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn realtime_mode_answers_and_barge_in_truncates() {
+    let (standin, w) = setup(r#","mode":"realtime""#).await;
+    let call = "CA-rt";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &utterance(440.0, 8_000)).await;
+    let mut frames = 0;
+    while frames < 25 {
+        let m = next_json(&mut s).await.expect("reply");
+        if m["event"] == "media" {
+            let payload = m["media"]["payload"].as_str().unwrap();
+            assert_eq!(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload)
+                    .unwrap()
+                    .len(),
+                160
+            );
+            frames += 1;
+        }
+    }
+    // Talk over the reply: the provider's VAD reports speech, the worker flushes Twilio.
+    say_twilio(&mut s, call, &tone(880.0, 8_000, 400)).await;
+    wait_for(&mut s, "event", "clear").await;
+    let store = w.worker().ctx.store.clone();
+    eventually(async || store.load(call).await.len() >= 2).await;
+    let history = store.load(call).await;
+    assert_eq!(history[0].content, "tone 440");
+    let full = "I heard tone 440. What else can I do for you?";
+    assert!(
+        full.starts_with(history[1].content.as_str()) && history[1].content.len() < full.len(),
+        "{:?}",
+        history[1].content
+    );
+    assert!(standin.stats().endpoint(Endpoint::Realtime).requests >= 1);
+    send_text(
+        &mut s,
+        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
+    )
+    .await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}

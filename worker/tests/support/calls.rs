@@ -1,0 +1,102 @@
+//! Speaking to the worker like a carrier does: tones as "speech", the stand-in as provider.
+#![allow(dead_code)]
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
+use callfleet_worker::config::ServeArgs;
+use callfleet_worker::media::mulaw;
+
+use super::*;
+
+/// Faster turn detection than the defaults, to keep tests short.
+pub const TURNS: &str = r#","turnDetection":{"silenceMs":300,"minSpeechMs":100}"#;
+
+pub fn tone(hz: f64, rate: u32, ms: u32) -> Vec<i16> {
+    let n = (rate * ms / 1000) as usize;
+    (0..n)
+        .map(|i| {
+            (9000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate)).sin()) as i16
+        })
+        .collect()
+}
+
+/// A spoken "utterance": a tone, then enough silence to end the turn.
+pub fn utterance(hz: f64, rate: u32) -> Vec<i16> {
+    let mut samples = tone(hz, rate, 600);
+    samples.extend(vec![0i16; (rate * 500 / 1000) as usize]);
+    samples
+}
+
+pub fn mulaw_b64(samples: &[i16]) -> String {
+    let mut bytes = Vec::new();
+    mulaw::encode_into(samples, &mut bytes);
+    STANDARD.encode(bytes)
+}
+
+/// The stand-in (no artificial delays) and a worker using it with `extra` spec fields.
+pub async fn setup_with(
+    extra: &str,
+    tune: impl FnOnce(&mut ServeArgs),
+) -> (StandinHandle, TestWorker) {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .expect("stand-in");
+    let spec = format!("{TURNS}{extra}");
+    let worker = start_worker(&pipeline_json(&standin.base_url(), 1, &spec), |a| {
+        a.openai_api_key = Some("sk-test".into());
+        tune(a);
+    })
+    .await;
+    (standin, worker)
+}
+
+pub async fn setup(extra: &str) -> (StandinHandle, TestWorker) {
+    setup_with(extra, |_| {}).await
+}
+
+pub fn twilio_start(call: &str) -> String {
+    format!(
+        r#"{{"event":"start","sequenceNumber":"1","streamSid":"MZ-{call}","start":{{"accountSid":"AC1","streamSid":"MZ-{call}","callSid":"{call}","tracks":["inbound"],"customParameters":{{"token":"{}"}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#,
+        token(call)
+    )
+}
+
+pub fn twilio_media(call: &str, samples: &[i16]) -> String {
+    format!(
+        r#"{{"event":"media","streamSid":"MZ-{call}","media":{{"track":"inbound","payload":"{}"}}}}"#,
+        mulaw_b64(samples)
+    )
+}
+
+pub async fn say_twilio(s: &mut Socket, call: &str, samples: &[i16]) {
+    for frame in samples.chunks(160) {
+        send_text(s, twilio_media(call, frame)).await;
+    }
+}
+
+/// Seed `audio` messages of 20 ms µ-law frames.
+pub async fn say_seed(s: &mut Socket, samples: &[i16]) {
+    for frame in samples.chunks(160) {
+        let msg = format!(
+            r#"{{"type":"audio","data":"{}","format":"mulaw","sampleRate":8000}}"#,
+            mulaw_b64(frame)
+        );
+        send_text(s, msg).await;
+    }
+}
+
+/// Reads seed messages until `count` sentence captions arrived; returns them.
+pub async fn seed_captions(s: &mut Socket, count: usize) -> Vec<String> {
+    let mut texts = Vec::new();
+    while texts.len() < count {
+        let m = next_json(s).await.expect("reply");
+        assert_ne!(m["type"], "error", "{m}");
+        if m["type"] == "audio_response"
+            && let Some(t) = m["text"].as_str().filter(|t| !t.is_empty())
+        {
+            texts.push(t.to_owned());
+        }
+    }
+    texts
+}
