@@ -11,7 +11,7 @@ pub mod secrets;
 use std::{sync::Arc, time::Duration};
 
 use callfleet_crds::{AiPipeline, CallCluster};
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
@@ -40,6 +40,10 @@ const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=callfleet-operator"
 /// FreeSWITCH pods, whose readiness and IPs feed the dispatcher list.
 const MEDIA_POD_SELECTOR: &str =
     "app.kubernetes.io/managed-by=callfleet-operator,app.kubernetes.io/component=media";
+
+/// How long in-flight reconciles may run after shutdown or loss of leadership. Short: a
+/// replica that lost its lease must stop writing soon.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the controllers, from the command line.
 #[derive(Clone, Debug)]
@@ -120,17 +124,22 @@ pub async fn run(
         media_pods: pod_store.clone(),
     });
 
+    // Cancellable: if a watch never lists (CRD not installed), shutdown must not wait on it.
     let stores_ready = {
         let (cc, p, pods) = (cc_store.clone(), pipeline_store.clone(), pod_store.clone());
+        let term = term.clone();
         async move {
             let synced = future::try_join3(
                 cc.wait_until_ready(),
                 p.wait_until_ready(),
                 pods.wait_until_ready(),
             );
-            if synced.await.is_ok() {
-                tracing::info!("caches synced; reconciling");
-                readiness.set_synced();
+            tokio::select! {
+                () = term.cancelled() => {}
+                r = synced => if r.is_ok() {
+                    tracing::info!("caches synced; reconciling");
+                    readiness.set_synced();
+                },
             }
         }
     };
@@ -229,12 +238,33 @@ pub async fn run(
         // Coalesces bursts (1,000 CallClusters created at once) into few status writes, and
         // lets the CallCluster cache catch up with the event that triggered us.
         .with_config(runtime_controller::Config::default().debounce(Duration::from_millis(500)))
-        .graceful_shutdown_on(term.cancelled_owned())
+        .graceful_shutdown_on(term.clone().cancelled_owned())
         .run(aipipeline::reconcile, aipipeline::error_policy, ctx)
         .for_each(|result| async move { log_result(aipipeline::KIND, result) });
 
     tracing::info!(namespace = ns.unwrap_or("<all>"), "starting controllers");
-    tokio::join!(call_clusters, pipelines, stores_ready);
+    let all = async {
+        tokio::join!(call_clusters, pipelines, stores_ready);
+    };
+    tokio::pin!(all);
+    tokio::select! {
+        () = &mut all => {}
+        () = term.cancelled() => {
+            // kube-runtime holds a controller until its cache is synced, even through a
+            // graceful shutdown: one that never synced (CRD missing) has nothing in flight and
+            // is dropped at once; otherwise in-flight reconciles get a bounded grace period.
+            let synced = [
+                cc_store.wait_until_ready().now_or_never(),
+                pipeline_store.wait_until_ready().now_or_never(),
+                pod_store.wait_until_ready().now_or_never(),
+            ]
+            .iter()
+            .all(|r| matches!(r, Some(Ok(()))));
+            if synced && tokio::time::timeout(SHUTDOWN_GRACE, &mut all).await.is_err() {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; abandoning them");
+            }
+        }
+    }
     tracing::info!("controllers stopped");
 }
 
@@ -257,13 +287,15 @@ fn secret_meta(
     .touched_objects()
 }
 
-fn log_result<K, E, W>(
+fn log_result<K, E>(
     kind: &'static str,
-    result: Result<(ObjectRef<K>, runtime_controller::Action), runtime_controller::Error<E, W>>,
+    result: Result<
+        (ObjectRef<K>, runtime_controller::Action),
+        runtime_controller::Error<E, watcher::Error>,
+    >,
 ) where
     K: Resource,
     E: std::error::Error,
-    W: std::error::Error,
 {
     match result {
         Ok((obj, _)) => tracing::debug!(kind, object = %obj, "reconciled"),
@@ -272,6 +304,12 @@ fn log_result<K, E, W>(
         Err(runtime_controller::Error::ObjectNotFound(obj)) => {
             tracing::debug!(kind, object = %obj, "object gone before reconcile")
         }
+        Err(runtime_controller::Error::QueueError(watcher::Error::InitialListFailed(
+            kube::Error::Api(status),
+        ))) if status.code == 404 => tracing::error!(
+            kind,
+            "the {kind} controller cannot list its resources: the callfleet.dev CRDs are not installed (helm install the chart, or kubectl apply its templates/crds); retrying"
+        ),
         Err(error) => tracing::warn!(kind, %error, "controller stream error"),
     }
 }
