@@ -282,3 +282,31 @@ async fn dropped_connection_ends_the_session_with_an_error() {
     assert!(matches!(error, ProviderError::Transport(_)), "{error:?}");
     assert!(session.events.next().await.is_none());
 }
+
+/// An `https` base URL goes through TLS (rustls must be wired with a crypto provider): against
+/// a server that is not TLS the handshake fails with a typed error, never a panic.
+#[tokio::test]
+async fn tls_handshake_failure_is_a_transport_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.write_all(b"this is not TLS\r\n\r\n").await;
+        }
+    });
+    let config = ProviderConfig {
+        base_url: format!("https://{addr}/v1"),
+        api_key: "sk-test".into(),
+        timeout: Duration::from_secs(5),
+        max_retries: 0,
+    };
+    let openai = OpenAi::new(ProviderHttp::new(None).unwrap(), config);
+    let result = connect(&openai).await;
+    assert!(
+        matches!(result, Err(ProviderError::Transport(_))),
+        "{:?}",
+        result.err()
+    );
+    server.abort();
+}
