@@ -565,6 +565,43 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_observations_write_no_status() {
+        let mut cc = cc("pipelineRef: {name: p}");
+        cc.metadata.generation = Some(1);
+        let tier = |n| WorkloadState {
+            desired: n,
+            ready: n,
+            updated: n,
+            observed_current: true,
+        };
+        let observed = Observed {
+            pipeline: PipelineState::Ready { generation: 1 },
+            missing_secrets: vec![],
+            workers: Some(tier(2)),
+            media: Some(tier(2)),
+            sip: Some(tier(2)),
+            active_calls: None,
+            dispatcher_destinations: &[],
+            sip_ingress: None,
+            apply_error: None,
+        };
+        let first = call_cluster_status(&cc, &observed, &Time(Timestamp::UNIX_EPOCH));
+        cc.status = Some(first.clone());
+        let later = Time(Timestamp::from_second(3600).unwrap());
+        // The reconcile compares whole statuses: equal means no write (and no watch event).
+        assert_eq!(call_cluster_status(&cc, &observed, &later), first);
+        let degraded = Observed {
+            pipeline: PipelineState::Missing,
+            ..observed.clone()
+        };
+        let changed = call_cluster_status(&cc, &degraded, &later);
+        assert_ne!(changed, first);
+        let notices = transition_notices(&first.conditions, &changed.conditions);
+        assert_eq!(notices[0].reason, "PipelineNotFound");
+        assert!(notices[0].note.contains("\"p\""), "{}", notices[0].note);
+    }
+
+    #[test]
     fn notices_only_on_transitions() {
         let healthy = vec![
             cond(READY, true, "AllReady"),
