@@ -113,16 +113,16 @@ impl ServeArgs {
         Duration::from_millis(self.pipeline_poll_ms.max(10))
     }
 
-    /// Defaults for a worker started in-process (tests, local runs), listening on an ephemeral
-    /// loopback port.
-    pub fn local(pipeline_file: PathBuf, token_secret: &str) -> Self {
-        let mut args = Cli::parse_from(["callfleet-worker"]).serve;
+    /// Defaults (and `CALLFLEET_*` env) for a worker started in-process (tests, local runs),
+    /// listening on an ephemeral loopback port.
+    pub fn local(pipeline_file: PathBuf, token_secret: &str) -> Result<Self, clap::Error> {
+        let mut args = Cli::try_parse_from(["callfleet-worker"])?.serve;
         args.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         args.pipeline_file = pipeline_file;
         args.provider_api_key_file = PathBuf::from("/nonexistent/callfleet/api-key");
         args.token_secret_file = PathBuf::from("/nonexistent/callfleet/token-secret");
         args.token_secret = Some(token_secret.to_owned());
-        args
+        Ok(args)
     }
 }
 

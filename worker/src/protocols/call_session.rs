@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::payload::{decode_audio, encode_audio};
+use super::payload::{decode_audio_with, encode_audio};
 use super::{CallStart, InboundEvent, Incoming, Outbound, PlaybackMode, ProtocolError, WireFrame};
 use crate::media::format::is_supported_rate;
 use crate::media::{AudioEncoding, AudioFormat};
@@ -64,6 +64,7 @@ pub struct SeedDecoder {
     ended: bool,
     /// Fixed by `start_call` or by the first `audio` message.
     format: Option<AudioFormat>,
+    scratch: Vec<u8>,
 }
 
 impl SeedDecoder {
@@ -97,7 +98,7 @@ impl SeedDecoder {
                 self.format = declared;
                 self.started = true;
                 let format = declared.unwrap_or(AudioFormat::MULAW_8K);
-                Ok(InboundEvent::Start(CallStart {
+                Ok(InboundEvent::Start(Box::new(CallStart {
                     call_id,
                     token,
                     inbound: format,
@@ -105,7 +106,7 @@ impl SeedDecoder {
                     playback: PlaybackMode::Paced,
                     stream_id: None,
                     from: user_id,
-                }))
+                })))
             }
             ClientMessage::Audio {
                 data,
@@ -125,7 +126,7 @@ impl SeedDecoder {
                     }
                     _ => self.format = Some(this),
                 }
-                let samples = decode_audio(&data, this)?;
+                let samples = decode_audio_with(&data, this, &mut self.scratch)?;
                 Ok(InboundEvent::Audio {
                     samples,
                     format: this,

@@ -71,7 +71,7 @@ impl FreeSwitchDecoder {
                     .map_err(|e| ProtocolError::BadJson(e.to_string()))?;
                 let start = start_from(metadata)?;
                 self.format = Some(start.inbound);
-                Ok(InboundEvent::Start(start))
+                Ok(InboundEvent::Start(Box::new(start)))
             }
             (Incoming::Binary(_), None) => Err(ProtocolError::BeforeStart("audio")),
             (Incoming::Binary(bytes), Some(format)) => Ok(InboundEvent::Audio {

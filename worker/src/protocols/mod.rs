@@ -87,7 +87,8 @@ pub struct CallStart {
 /// One thing the carrier told us.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InboundEvent {
-    Start(CallStart),
+    /// Boxed: it is rare and large, and keeping the enum small keeps the per-call queues small.
+    Start(Box<CallStart>),
     /// Caller audio, decoded to linear samples at `format.sample_rate`.
     Audio {
         samples: Vec<i16>,

@@ -8,10 +8,21 @@ use crate::media::{AudioEncoding, AudioFormat, l16, mulaw};
 
 /// Decodes a base64 payload of `format` audio into linear samples.
 pub fn decode_audio(payload: &str, format: AudioFormat) -> Result<Vec<i16>, ProtocolError> {
-    let bytes = STANDARD
-        .decode(payload.as_bytes())
+    decode_audio_with(payload, format, &mut Vec::new())
+}
+
+/// As [`decode_audio`], reusing `scratch` for the base64 bytes (one allocation per frame
+/// instead of two on the 50-frames-a-second path).
+pub fn decode_audio_with(
+    payload: &str,
+    format: AudioFormat,
+    scratch: &mut Vec<u8>,
+) -> Result<Vec<i16>, ProtocolError> {
+    scratch.clear();
+    STANDARD
+        .decode_vec(payload.as_bytes(), scratch)
         .map_err(|_| ProtocolError::BadBase64)?;
-    decode_raw(&bytes, format)
+    decode_raw(scratch, format)
 }
 
 /// Decodes raw wire bytes of `format` audio into linear samples.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::payload::{decode_audio, encode_audio};
+use super::payload::{decode_audio_with, encode_audio};
 use super::{CallStart, InboundEvent, Incoming, Outbound, PlaybackMode, ProtocolError, WireFrame};
 use crate::media::AudioFormat;
 
@@ -74,6 +74,7 @@ pub struct DtmfPayload {
 pub struct TwilioDecoder {
     started: bool,
     ended: bool,
+    scratch: Vec<u8>,
 }
 
 impl TwilioDecoder {
@@ -105,7 +106,8 @@ impl TwilioDecoder {
                 if media.track.as_deref().is_some_and(|t| t == "outbound") {
                     return Ok(InboundEvent::Ignored);
                 }
-                let samples = decode_audio(&media.payload, AudioFormat::MULAW_8K)?;
+                let samples =
+                    decode_audio_with(&media.payload, AudioFormat::MULAW_8K, &mut self.scratch)?;
                 Ok(InboundEvent::Audio {
                     samples,
                     format: AudioFormat::MULAW_8K,
@@ -141,7 +143,7 @@ fn start_event(start: StartPayload) -> Result<InboundEvent, ProtocolError> {
         return Err(ProtocolError::MissingField("start.callSid"));
     }
     let mut params = start.custom_parameters;
-    Ok(InboundEvent::Start(CallStart {
+    Ok(InboundEvent::Start(Box::new(CallStart {
         call_id: start.call_sid,
         token: params.remove("token"),
         inbound: AudioFormat::MULAW_8K,
@@ -149,7 +151,7 @@ fn start_event(start: StartPayload) -> Result<InboundEvent, ProtocolError> {
         playback: PlaybackMode::Paced,
         stream_id: Some(start.stream_sid),
         from: params.remove("from"),
-    }))
+    })))
 }
 
 #[derive(Serialize)]

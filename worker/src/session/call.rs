@@ -28,6 +28,9 @@ use callfleet_crds::PipelineMode;
 
 /// Longest utterance kept for STT; longer speech is cut into turns of this length.
 const MAX_UTTERANCE: Duration = Duration::from_secs(30);
+/// How often a call checks its idle timeout and commits a finished reply: coarse, so 10,000
+/// idle calls cost few wake-ups.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Audio kept from before the VAD fired, so the first syllable reaches STT.
 const PREROLL: Duration = Duration::from_millis(300);
 
@@ -108,7 +111,7 @@ async fn await_start(
             }
         };
         match event {
-            Some(ReaderEvent::Event(InboundEvent::Start(start))) => return Some(start),
+            Some(ReaderEvent::Event(InboundEvent::Start(start))) => return Some(*start),
             Some(ReaderEvent::Event(InboundEvent::End)) | Some(ReaderEvent::Closed) | None => {
                 return None;
             }
@@ -270,7 +273,7 @@ impl CallSession {
             self.start_turn(TurnInput::Say(greeting));
         }
         let max_end = tokio::time::Instant::from_std(self.started_at + self.ctx.limits.max_call);
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ending = loop {
             let pace = self.playout.next_deadline();

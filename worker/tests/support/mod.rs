@@ -65,7 +65,7 @@ pub async fn start_worker(pipeline: &str, tune: impl FnOnce(&mut ServeArgs)) -> 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline).expect("write pipeline");
-    let mut args = ServeArgs::local(path, SECRET);
+    let mut args = ServeArgs::local(path, SECRET).expect("settings");
     args.pipeline_poll_ms = 50;
     tune(&mut args);
     let worker = start(&args).await.expect("worker starts");
