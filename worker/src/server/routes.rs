@@ -10,7 +10,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -25,48 +25,29 @@ pub const WS_READ_BUFFER: usize = 4 * 1024;
 
 pub fn router(ctx: Arc<WorkerContext>) -> Router {
     Router::new()
-        .route("/ws/call-session", get(call_session))
-        .route("/ws/twilio", get(twilio))
-        .route("/ws/freeswitch", get(freeswitch))
+        .route("/ws/call-session", websocket(Protocol::CallSession))
+        .route("/ws/twilio", websocket(Protocol::Twilio))
+        .route("/ws/freeswitch", websocket(Protocol::FreeSwitch))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(ctx)
 }
 
+/// The WebSocket endpoint of one protocol.
+fn websocket(protocol: Protocol) -> MethodRouter<Arc<WorkerContext>> {
+    get(
+        move |state: State<Arc<WorkerContext>>,
+              peer: ConnectInfo<SocketAddr>,
+              query: Query<TokenQuery>,
+              headers: HeaderMap,
+              ws: WebSocketUpgrade| upgrade(protocol, state, peer, query, headers, ws),
+    )
+}
+
 #[derive(Debug, Deserialize)]
 struct TokenQuery {
     token: Option<String>,
-}
-
-async fn call_session(
-    state: State<Arc<WorkerContext>>,
-    peer: ConnectInfo<SocketAddr>,
-    query: Query<TokenQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(Protocol::CallSession, state, peer, query, headers, ws).await
-}
-
-async fn twilio(
-    state: State<Arc<WorkerContext>>,
-    peer: ConnectInfo<SocketAddr>,
-    query: Query<TokenQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(Protocol::Twilio, state, peer, query, headers, ws).await
-}
-
-async fn freeswitch(
-    state: State<Arc<WorkerContext>>,
-    peer: ConnectInfo<SocketAddr>,
-    query: Query<TokenQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    upgrade(Protocol::FreeSwitch, state, peer, query, headers, ws).await
 }
 
 async fn upgrade(

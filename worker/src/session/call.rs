@@ -646,29 +646,15 @@ impl CallSession {
             _ => self.save_history().await,
         }
         let (close, reason) = match ending {
-            Ending::MaxDuration => {
-                self.had_error = true;
-                self.ctx.metrics.error(ErrorCode::Timeout);
-                self.send(Outbound::Error {
-                    code: ErrorCode::Timeout,
-                    message: "max call duration reached",
-                })
-                .await;
-                (close_code::NORMAL, "max call duration reached")
-            }
-            Ending::Idle => {
-                self.had_error = true;
-                self.ctx.metrics.error(ErrorCode::Timeout);
-                self.send(Outbound::Error {
-                    code: ErrorCode::Timeout,
-                    message: "no audio received: idle timeout",
-                })
-                .await;
-                (close_code::NORMAL, "idle timeout")
-            }
+            Ending::MaxDuration => (close_code::NORMAL, "max call duration reached"),
+            Ending::Idle => (close_code::NORMAL, "no audio received: idle timeout"),
             Ending::ProviderLost => (close_code::INTERNAL, "provider unavailable"),
             Ending::Hangup | Ending::Lost => (close_code::NORMAL, "call ended"),
         };
+        if matches!(ending, Ending::MaxDuration | Ending::Idle) {
+            // Time limits are the seed's TIMEOUT, told to the caller before the close.
+            self.fail(ErrorCode::Timeout, reason).await;
+        }
         if ending != Ending::Lost {
             self.send(Outbound::Hangup).await;
             let _ = self

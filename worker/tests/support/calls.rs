@@ -100,3 +100,15 @@ pub async fn seed_captions(s: &mut Socket, count: usize) -> Vec<String> {
     }
     texts
 }
+
+/// The stand-in's answer to a 440 Hz "utterance".
+pub const REPLY_440: &str = "I heard tone 440. What else can I do for you?";
+
+/// The assistant turn in history after a barge-in: some words were heard, fewer than
+/// `at_most_len` bytes, and what is kept is exactly the start of the reply.
+pub fn assert_truncated(heard: &str, at_most_len: usize) {
+    assert!(
+        !heard.is_empty() && heard.len() < at_most_len && REPLY_440.starts_with(heard),
+        "{heard:?}"
+    );
+}
