@@ -452,3 +452,39 @@ async fn paused_callcluster_is_left_alone_until_resumed() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn deleted_or_edited_children_are_restored() -> Result<()> {
+    let (cluster, ns) = namespace("op-drift").await?;
+    let op = Operator::start(cluster, &ns, OperatorOptions::default())?;
+    kubectl_apply(cluster, &ns, &sample("fleet", "assistant", "openai"))?;
+    let ccs = ns.api::<CallCluster>();
+    wait_condition(&ccs, "fleet", "Ready", "True", &op).await?;
+
+    let hpas = ns.api::<HorizontalPodAutoscaler>();
+    let old_uid = hpas.get("fleet-worker").await?.metadata.uid;
+    hpas.delete("fleet-worker", &DeleteParams::default())
+        .await?;
+    let statefulsets = ns.api::<StatefulSet>();
+    let drift = json!({"spec": {"replicas": 5}});
+    statefulsets
+        .patch(
+            "fleet-media",
+            &PatchParams::default(),
+            &Patch::Merge(&drift),
+        )
+        .await?;
+    eventually(
+        "deleted HPA recreated and drift undone",
+        CONVERGE,
+        || async {
+            let hpa = hpas.get_opt("fleet-worker").await?;
+            let recreated = hpa.is_some_and(|h| h.metadata.uid != old_uid);
+            let replicas = statefulsets.get("fleet-media").await?.spec.replicas;
+            Ok((recreated && replicas == Some(2)).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("operator log: {}", op.log.display()))?;
+    Ok(())
+}

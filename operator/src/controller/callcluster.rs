@@ -8,13 +8,14 @@ use callfleet_crds::{
     AiPipeline, CallCluster, CallClusterStatus,
     conditions::{self, DEGRADED, READY, RECONCILIATION_PAUSED},
 };
+use futures::future;
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::{Pod, PodStatus, Secret, Service},
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time},
     jiff::Timestamp,
 };
 use kube::{
@@ -253,13 +254,31 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
             name: name.clone(),
             message: e.to_string(),
         })?;
-        for child in &rendered {
-            match apply_child(&ctx, &namespace, child, &mut children).await {
-                Ok(()) => applied += 1,
-                Err(e) => {
-                    apply_error = Some(e);
-                    break;
+        // Configuration and Secrets first (workloads mount them), then everything else; each
+        // phase in parallel, so a reconcile costs two round trips of latency, not thirteen.
+        let (config, rest): (Vec<&Child>, Vec<&Child>) = rendered
+            .iter()
+            .partition(|c| matches!(c, Child::ConfigMap(_) | Child::Secret(_)));
+        for phase in [config, rest] {
+            let results = future::join_all(
+                phase
+                    .into_iter()
+                    .map(|child| apply_child(&ctx, &namespace, child)),
+            )
+            .await;
+            for result in results {
+                match result {
+                    Ok(done) => {
+                        applied += 1;
+                        children.record(done);
+                    }
+                    Err(e) => {
+                        apply_error.get_or_insert(e);
+                    }
                 }
+            }
+            if apply_error.is_some() {
+                break;
             }
         }
     }
@@ -295,51 +314,63 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(RESYNC))
 }
 
-/// Server-side applies one child, keeping the returned workloads for status.
-async fn apply_child(
-    ctx: &Context,
-    namespace: &str,
-    child: &Child,
-    out: &mut Children,
-) -> Result<()> {
+/// An applied child as the API server returned it, when status needs it.
+enum Applied {
+    Workers(Deployment),
+    Media(StatefulSet),
+    Sip(Deployment),
+    SipService(Service),
+    Other,
+}
+
+impl Children {
+    fn record(&mut self, applied: Applied) {
+        match applied {
+            Applied::Workers(d) => self.workers = Some(d),
+            Applied::Media(s) => self.media = Some(s),
+            Applied::Sip(d) => self.sip = Some(d),
+            Applied::SipService(s) => self.sip_service = Some(s),
+            Applied::Other => {}
+        }
+    }
+}
+
+fn component(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/component"))
+        .map(String::as_str)
+}
+
+/// Server-side applies one child.
+async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Result<Applied> {
     let client = &ctx.client;
-    match child {
-        Child::ConfigMap(o) => apply(client, namespace, o).await.map(drop),
-        Child::Secret(o) => apply(client, namespace, o).await.map(drop),
+    Ok(match child {
+        Child::ConfigMap(o) => apply(client, namespace, o).await.map(|_| Applied::Other)?,
+        Child::Secret(o) => apply(client, namespace, o).await.map(|_| Applied::Other)?,
         Child::Service(o) => {
             let svc = apply(client, namespace, o).await?;
-            if o.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("app.kubernetes.io/component"))
-                == Some(&"sip".to_owned())
-            {
-                out.sip_service = Some(svc);
+            match component(&o.metadata) {
+                Some("sip") => Applied::SipService(svc),
+                _ => Applied::Other,
             }
-            Ok(())
         }
         Child::Deployment(o) => {
             let d = apply(client, namespace, o).await?;
-            match o
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("app.kubernetes.io/component"))
-                .map(String::as_str)
-            {
-                Some("worker") => out.workers = Some(d),
-                Some("sip") => out.sip = Some(d),
-                _ => {}
+            match component(&o.metadata) {
+                Some("worker") => Applied::Workers(d),
+                Some("sip") => Applied::Sip(d),
+                _ => Applied::Other,
             }
-            Ok(())
         }
-        Child::StatefulSet(o) => {
-            out.media = Some(apply(client, namespace, o).await?);
-            Ok(())
+        Child::StatefulSet(o) => Applied::Media(apply(client, namespace, o).await?),
+        Child::HorizontalPodAutoscaler(o) => {
+            apply(client, namespace, o).await.map(|_| Applied::Other)?
         }
-        Child::HorizontalPodAutoscaler(o) => apply(client, namespace, o).await.map(drop),
-        Child::PodDisruptionBudget(o) => apply(client, namespace, o).await.map(drop),
-    }
+        Child::PodDisruptionBudget(o) => {
+            apply(client, namespace, o).await.map(|_| Applied::Other)?
+        }
+    })
 }
 
 /// Server-side apply with the operator's field manager. `force` takes over fields another

@@ -7,6 +7,7 @@ pub mod callcluster;
 pub mod context;
 pub mod error;
 pub mod secrets;
+pub mod triggers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -105,8 +106,8 @@ pub async fn run(
     )
     .default_backoff()
     .modify(callcluster::trim_media_pod)
-    .reflect(pod_writer)
-    .touched_objects();
+    .reflect(pod_writer);
+    let media_pods = triggers::changes(media_pods, triggers::media_pod_state);
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -159,13 +160,27 @@ pub async fn run(
             managed.clone(),
         )
         .owns(scoped::<Service>(&client, ns), managed.clone())
-        .owns(scoped::<Deployment>(&client, ns), managed.clone())
-        .owns(scoped::<StatefulSet>(&client, ns), managed.clone())
-        .owns(
-            scoped::<HorizontalPodAutoscaler>(&client, ns),
-            managed.clone(),
-        )
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), managed.clone())
+        // Status churn of these is filtered down to what the reconcile reads.
+        .owns_stream(owned_changes::<Deployment>(
+            &client,
+            ns,
+            triggers::deployment_state,
+        ))
+        .owns_stream(owned_changes::<StatefulSet>(
+            &client,
+            ns,
+            triggers::stateful_set_state,
+        ))
+        .owns_stream(owned_changes::<HorizontalPodAutoscaler>(
+            &client,
+            ns,
+            triggers::spec_generation,
+        ))
+        .owns_stream(owned_changes::<PodDisruptionBudget>(
+            &client,
+            ns,
+            triggers::spec_generation,
+        ))
         // Any AiPipeline change (spec or Ready) re-renders the pipeline ConfigMap and status of
         // the CallClusters that use it.
         .watches(
@@ -270,6 +285,28 @@ pub async fn run(
 
 fn refs<K: Resource<DynamicType = ()>>(objects: impl Iterator<Item = Arc<K>>) -> Vec<ObjectRef<K>> {
     objects.map(|o| ObjectRef::from_obj(o.as_ref())).collect()
+}
+
+/// Operator-labelled children of one kind, reduced to changes of `fingerprint` and deletions.
+fn owned_changes<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    fingerprint: fn(&K) -> u64,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let events = watcher(
+        scoped::<K>(client, namespace),
+        watcher::Config::default().labels(MANAGED_SELECTOR),
+    )
+    .default_backoff();
+    triggers::changes(events, fingerprint)
 }
 
 /// Every Secret's metadata: referenced Secrets (API keys, URLs) belong to users and carry no
