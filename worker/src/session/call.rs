@@ -273,10 +273,25 @@ impl CallSession {
             self.start_turn(TurnInput::Say(greeting));
         }
         let max_end = tokio::time::Instant::from_std(self.started_at + self.ctx.limits.max_call);
+        // Timers are created once and re-armed, not rebuilt on every loop turn: the loop turns
+        // 50 times a second per call, and a fresh timer each time costs a timer-wheel insert.
+        let max_sleep = sleep_until(max_end);
+        tokio::pin!(max_sleep);
+        let pace_sleep = sleep_until(tokio::time::Instant::now());
+        tokio::pin!(pace_sleep);
+        let mut armed: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ending = loop {
             let pace = self.playout.next_deadline();
+            if pace != armed {
+                if let Some(at) = pace {
+                    pace_sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(at));
+                }
+                armed = pace;
+            }
             tokio::select! {
                 biased;
                 event = inbound.recv() => {
@@ -302,8 +317,11 @@ impl CallSession {
                         break ending;
                     }
                 }
-                _ = sleep_until_opt(pace), if pace.is_some() => self.send_due_frames().await,
-                _ = sleep_until(max_end) => break Ending::MaxDuration,
+                _ = &mut pace_sleep, if pace.is_some() => {
+                    armed = None;
+                    self.send_due_frames().await;
+                }
+                _ = &mut max_sleep => break Ending::MaxDuration,
                 _ = housekeeping.tick() => {
                     if self.last_inbound.elapsed() >= self.ctx.limits.idle {
                         break Ending::Idle;
@@ -833,11 +851,5 @@ async fn next_realtime(
     match session {
         Some(session) => session.events.next().await,
         None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    if let Some(at) = at {
-        sleep_until(tokio::time::Instant::from_std(at)).await;
     }
 }
