@@ -183,3 +183,25 @@ async fn max_call_duration_ends_the_call_cleanly() {
     assert_eq!(wait_closed(&mut s).await, Some(1000));
     w.stop().await;
 }
+
+#[tokio::test]
+async fn authenticated_connections_bypass_the_ip_rate_limit() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |a| {
+        a.rate_limit_per_minute = 1
+    })
+    .await;
+    let _anonymous = connect(&w.url("/ws/freeswitch")).await;
+    // One carrier address, many calls: each presents its own token in the URL.
+    for i in 0..5 {
+        let call = format!("fs-{i}");
+        let mut s = connect(&w.url(&format!("/ws/freeswitch?token={}", token(&call)))).await;
+        send_text(&mut s, format!(r#"{{"callId":"{call}"}}"#)).await;
+        send_text(&mut s, r#"{"type":"stop"}"#).await;
+        wait_for(&mut s, "type", "disconnect").await;
+    }
+    match connect_async(w.url("/ws/freeswitch?token=forged.1.x")).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status().as_u16(), 429),
+        other => panic!("expected 429 for a bad token, got {other:?}"),
+    }
+    w.stop().await;
+}

@@ -8,6 +8,6 @@ pub mod secret;
 pub mod token;
 
 pub use capacity::{CallPermit, CapacityGate};
-pub use rate_limit::{ConnectionRateLimiter, GcraLimiter, RateDecision};
+pub use rate_limit::{ConnectionRateLimiter, GcraLimiter, RateDecision, Unlimited};
 pub use secret::{SecretError, TokenSecret};
-pub use token::{TokenError, mint_token, verify_token};
+pub use token::{TokenError, authentic_call_id, mint_token, verify_token};

@@ -115,6 +115,15 @@ impl ConnectionRateLimiter for GcraLimiter {
     }
 }
 
+/// No limit (`CALLFLEET_RATE_LIMIT_PER_MINUTE=0`).
+pub struct Unlimited;
+
+impl ConnectionRateLimiter for Unlimited {
+    fn check(&self, _ip: IpAddr) -> BoxFuture<'_, RateDecision> {
+        Box::pin(std::future::ready(RateDecision::Allow))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

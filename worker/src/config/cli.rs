@@ -82,7 +82,8 @@ pub struct ServeArgs {
     /// No inbound frame for this long ends the call.
     #[arg(long, env = "CALLFLEET_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
     pub idle_timeout_seconds: u64,
-    /// New connections per client IP per minute.
+    /// New connections per client IP per minute (0 = no limit). Connections that present a
+    /// valid token in the URL or an `Authorization` header are not counted.
     #[arg(long, env = "CALLFLEET_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
     pub rate_limit_per_minute: u32,
     /// On SIGTERM: stop admitting and wait this long for calls to end.

@@ -14,9 +14,10 @@ use axum::routing::{MethodRouter, get};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admission::RateDecision;
+use crate::admission::{RateDecision, authentic_call_id};
 use crate::context::WorkerContext;
 use crate::protocols::{ErrorCode, MAX_FRAME_BYTES, Protocol};
+use crate::session::call::unix_now;
 use crate::session::connection::serve_socket;
 
 /// WebSocket read buffer: tungstenite's 128 KiB default is zero-filled on every read, which
@@ -67,7 +68,13 @@ async fn upgrade(
             None,
         );
     }
-    if let RateDecision::Deny { retry_after } = ctx.rate_limiter.check(peer.ip()).await {
+    let token = query.token.or_else(|| bearer(&headers));
+    let authenticated = token
+        .as_deref()
+        .is_some_and(|t| authentic_call_id(&ctx.secret, t, unix_now()).is_ok());
+    if !authenticated
+        && let RateDecision::Deny { retry_after } = ctx.rate_limiter.check(peer.ip()).await
+    {
         return refuse(
             &ctx,
             StatusCode::TOO_MANY_REQUESTS,
@@ -85,7 +92,6 @@ async fn upgrade(
             Some(1),
         );
     };
-    let token = query.token.or_else(|| bearer(&headers));
     ws.read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_FRAME_BYTES * 2)
@@ -121,13 +127,9 @@ fn refuse(
 }
 
 async fn health(State(ctx): State<Arc<WorkerContext>>) -> Response {
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     axum::Json(json!({
         "status": "ok",
-        "timestamp": timestamp,
+        "timestamp": unix_now(),
         "version": env!("CARGO_PKG_VERSION"),
         "activeCalls": ctx.active_calls(),
         "uptime": ctx.started_at.elapsed().as_secs(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::admission::{CapacityGate, GcraLimiter, TokenSecret};
+use crate::admission::{CapacityGate, ConnectionRateLimiter, GcraLimiter, TokenSecret, Unlimited};
 use crate::config::{PipelineSource, ServeArgs};
 use crate::context::{CallLimits, WorkerContext};
 use crate::metrics::Metrics;
@@ -42,10 +42,18 @@ pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
         pipelines,
         secret,
         CapacityGate::new(args.max_calls),
-        Arc::new(GcraLimiter::new(args.rate_limit_per_minute)),
+        rate_limiter(args.rate_limit_per_minute),
         metrics,
         Arc::new(InMemorySessionStore::new(RESUME_WINDOW)),
     )))
+}
+
+fn rate_limiter(per_minute: u32) -> Arc<dyn ConnectionRateLimiter> {
+    if per_minute == 0 {
+        Arc::new(Unlimited)
+    } else {
+        Arc::new(GcraLimiter::new(per_minute))
+    }
 }
 
 /// A worker serving on a bound address.
