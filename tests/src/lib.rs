@@ -2,4 +2,5 @@
 //! (`cluster`) and a local OpenAI-compatible server (`openai_standin`).
 
 pub mod cluster;
+pub mod loadgen;
 pub mod openai_standin;

@@ -147,13 +147,15 @@ impl Args {
                 .split('.')
                 .next()
                 .filter(|id| !id.is_empty() && token.matches('.').count() == 2)
-                .ok_or_else(|| CallError::Usage("--token is not <call-id>.<expiry>.<signature>".into()))?;
-            if let Some(call_id) = &self.call_id {
-                if call_id != token_call {
-                    return Err(CallError::Usage(format!(
-                        "--call-id {call_id} differs from the token's call id {token_call}"
-                    )));
-                }
+                .ok_or_else(|| {
+                    CallError::Usage("--token is not <call-id>.<expiry>.<signature>".into())
+                })?;
+            if let Some(call_id) = &self.call_id
+                && call_id != token_call
+            {
+                return Err(CallError::Usage(format!(
+                    "--call-id {call_id} differs from the token's call id {token_call}"
+                )));
             }
             return Ok((token_call.to_owned(), token.clone()));
         }
@@ -167,11 +169,14 @@ impl Args {
                 ));
             }
         };
-        let secret = TokenSecret::from_bytes(secret).map_err(|e| CallError::Usage(e.to_string()))?;
+        let secret =
+            TokenSecret::from_bytes(secret).map_err(|e| CallError::Usage(e.to_string()))?;
         let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         let call_id = match &self.call_id {
             Some(id) if id.is_empty() || id.contains('.') => {
-                return Err(CallError::Usage("--call-id must be non-empty and without '.'".into()));
+                return Err(CallError::Usage(
+                    "--call-id must be non-empty and without '.'".into(),
+                ));
             }
             Some(id) => id.clone(),
             None => format!("smoke-{}", unix.as_millis()),
@@ -201,44 +206,91 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(args(&[]).endpoint().unwrap(), "ws://127.0.0.1:8080/ws/twilio");
+        assert_eq!(
+            args(&[]).endpoint().unwrap(),
+            "ws://127.0.0.1:8080/ws/twilio"
+        );
         let seed = args(&["--url", "wss://calls.example.com/", "--protocol", "seed"]);
-        assert_eq!(seed.endpoint().unwrap(), "wss://calls.example.com/ws/call-session");
+        assert_eq!(
+            seed.endpoint().unwrap(),
+            "wss://calls.example.com/ws/call-session"
+        );
         let custom = args(&["--url", "ws://h:1/proxy/fs", "--protocol", "freeswitch"]);
         assert_eq!(custom.endpoint().unwrap(), "ws://h:1/proxy/fs");
-        for bad in ["http://h:1", "h:1", "not a url", "ws://h:1/?token=x", "ws:///x"] {
-            assert!(matches!(args(&["--url", bad]).endpoint(), Err(CallError::BadUrl(_))), "{bad}");
+        for bad in [
+            "http://h:1",
+            "h:1",
+            "not a url",
+            "ws://h:1/?token=x",
+            "ws:///x",
+        ] {
+            assert!(
+                matches!(args(&["--url", bad]).endpoint(), Err(CallError::BadUrl(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn formats() {
-        assert_eq!(args(&["--rate", "16000"]).send_format().unwrap(), AudioFormat::MULAW_8K);
+        assert_eq!(
+            args(&["--rate", "16000"]).send_format().unwrap(),
+            AudioFormat::MULAW_8K
+        );
         let seed = |e: &[&str]| args(&[&["--protocol", "seed"], e].concat()).send_format();
         assert_eq!(seed(&[]).unwrap(), AudioFormat::MULAW_8K);
-        assert!(matches!(seed(&["--rate", "16000"]), Err(CallError::Usage(_))));
-        assert_eq!(seed(&["--rate", "16000", "--encoding", "pcm16"]).unwrap(), AudioFormat::l16(16_000));
+        assert!(matches!(
+            seed(&["--rate", "16000"]),
+            Err(CallError::Usage(_))
+        ));
+        assert_eq!(
+            seed(&["--rate", "16000", "--encoding", "pcm16"]).unwrap(),
+            AudioFormat::l16(16_000)
+        );
         let fs = args(&["--protocol", "freeswitch", "--rate", "24000"]);
         assert_eq!(fs.send_format().unwrap(), AudioFormat::l16(24_000));
-        assert!(matches!(args(&["--rate", "44100"]).send_format(), Err(CallError::Usage(_))));
+        assert!(matches!(
+            args(&["--rate", "44100"]).send_format(),
+            Err(CallError::Usage(_))
+        ));
     }
 
     #[test]
     fn credentials_minted_or_given() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let (call_id, token) = args(&["--token-secret", "s", "--call-id", "CA9"]).credentials(now).unwrap();
+        let (call_id, token) = args(&["--token-secret", "s", "--call-id", "CA9"])
+            .credentials(now)
+            .unwrap();
         assert_eq!(call_id, "CA9");
         let secret = TokenSecret::from_bytes(b"s".to_vec()).unwrap();
         assert_eq!(verify_token(&secret, &token, "CA9", 1_000), Ok(()));
-        assert_eq!(verify_token(&secret, &token, "CA9", 1_600), Err(callfleet_worker::admission::TokenError::Expired));
+        assert_eq!(
+            verify_token(&secret, &token, "CA9", 1_600),
+            Err(callfleet_worker::admission::TokenError::Expired)
+        );
         let (generated, _) = args(&["--token-secret", "s"]).credentials(now).unwrap();
         assert_eq!(generated, "smoke-1000000");
 
         let given = args(&["--token", "CA1.99.sig"]);
-        assert_eq!(given.credentials(now).unwrap(), ("CA1".into(), "CA1.99.sig".into()));
-        assert!(matches!(args(&["--token", "CA1.99.sig", "--call-id", "CA2"]).credentials(now), Err(CallError::Usage(_))));
-        assert!(matches!(args(&["--token", "garbage"]).credentials(now), Err(CallError::Usage(_))));
-        assert!(matches!(args(&["--token-secret", "s", "--call-id", "a.b"]).credentials(now), Err(CallError::Usage(_))));
-        assert!(matches!(args(&["--token-secret", ""]).credentials(now), Err(CallError::Usage(_))));
+        assert_eq!(
+            given.credentials(now).unwrap(),
+            ("CA1".into(), "CA1.99.sig".into())
+        );
+        assert!(matches!(
+            args(&["--token", "CA1.99.sig", "--call-id", "CA2"]).credentials(now),
+            Err(CallError::Usage(_))
+        ));
+        assert!(matches!(
+            args(&["--token", "garbage"]).credentials(now),
+            Err(CallError::Usage(_))
+        ));
+        assert!(matches!(
+            args(&["--token-secret", "s", "--call-id", "a.b"]).credentials(now),
+            Err(CallError::Usage(_))
+        ));
+        assert!(matches!(
+            args(&["--token-secret", ""]).credentials(now),
+            Err(CallError::Usage(_))
+        ));
     }
 }

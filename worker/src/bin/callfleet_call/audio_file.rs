@@ -120,7 +120,10 @@ fn resample_any(samples: &[i16], from: u32, to: u32) -> Result<Vec<i16>, String>
             .map_err(|e| e.to_string())?;
         out.extend_from_slice(&produced[0]);
     }
-    Ok(out[delay..delay + wanted].iter().map(|&v| to_i16(v)).collect())
+    Ok(out[delay..delay + wanted]
+        .iter()
+        .map(|&v| to_i16(v))
+        .collect())
 }
 
 /// The reply as a mono 16-bit WAV file.
@@ -135,7 +138,10 @@ mod tests {
 
     use super::*;
 
-    fn wav(spec: hound::WavSpec, write: impl FnOnce(&mut hound::WavWriter<Cursor<&mut Vec<u8>>>)) -> Vec<u8> {
+    fn wav(
+        spec: hound::WavSpec,
+        write: impl FnOnce(&mut hound::WavWriter<Cursor<&mut Vec<u8>>>),
+    ) -> Vec<u8> {
         let mut bytes = Vec::new();
         let mut writer = hound::WavWriter::new(Cursor::new(&mut bytes), spec).unwrap();
         write(&mut writer);
@@ -144,16 +150,26 @@ mod tests {
     }
 
     fn spec(channels: u16, rate: u32, bits: u16, format: hound::SampleFormat) -> hound::WavSpec {
-        hound::WavSpec { channels, sample_rate: rate, bits_per_sample: bits, sample_format: format }
+        hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: format,
+        }
     }
 
     fn sine(rate: u32, hz: f64, n: usize, amplitude: f64) -> Vec<f64> {
-        (0..n).map(|i| (TAU * hz * i as f64 / f64::from(rate)).sin() * amplitude).collect()
+        (0..n)
+            .map(|i| (TAU * hz * i as f64 / f64::from(rate)).sin() * amplitude)
+            .collect()
     }
 
     /// Frequency from zero crossings.
     fn frequency(samples: &[i16], rate: u32) -> f64 {
-        let crossings = samples.windows(2).filter(|w| (w[0] >= 0) != (w[1] >= 0)).count();
+        let crossings = samples
+            .windows(2)
+            .filter(|w| (w[0] >= 0) != (w[1] >= 0))
+            .count();
         crossings as f64 / 2.0 / (samples.len() as f64 / f64::from(rate))
     }
 
@@ -166,7 +182,13 @@ mod tests {
             }
         });
         let mono = read_wav(Cursor::new(bytes)).unwrap();
-        assert_eq!(mono, Mono { samples: vec![2000, -1000, 32767], rate: 8_000 });
+        assert_eq!(
+            mono,
+            Mono {
+                samples: vec![2000, -1000, 32767],
+                rate: 8_000
+            }
+        );
     }
 
     #[test]
@@ -189,27 +211,52 @@ mod tests {
 
     #[test]
     fn bad_files_are_errors() {
-        assert!(matches!(read_wav(Cursor::new(b"RIFF....nope".to_vec())), Err(AudioFileError::Wav(_))));
+        assert!(matches!(
+            read_wav(Cursor::new(b"RIFF....nope".to_vec())),
+            Err(AudioFileError::Wav(_))
+        ));
         let empty = wav(spec(1, 8_000, 16, hound::SampleFormat::Int), |_| {});
-        assert!(matches!(read_wav(Cursor::new(empty)), Err(AudioFileError::Empty)));
+        assert!(matches!(
+            read_wav(Cursor::new(empty)),
+            Err(AudioFileError::Empty)
+        ));
     }
 
     #[test]
     fn converts_telephony_and_studio_rates() {
-        for (from, to) in [(16_000, 8_000), (8_000, 24_000), (44_100, 8_000), (48_000, 16_000), (22_050, 24_000)] {
+        for (from, to) in [
+            (16_000, 8_000),
+            (8_000, 24_000),
+            (44_100, 8_000),
+            (48_000, 16_000),
+            (22_050, 24_000),
+        ] {
             let tone: Vec<i16> = sine(from, 440.0, from as usize, 0.5)
                 .into_iter()
                 .map(|v| (v * 32767.0) as i16)
                 .collect();
-            let out = convert(&Mono { samples: tone, rate: from }, to).unwrap();
+            let out = convert(
+                &Mono {
+                    samples: tone,
+                    rate: from,
+                },
+                to,
+            )
+            .unwrap();
             assert_eq!(out.len(), to as usize, "{from} -> {to}");
             let middle = &out[to as usize / 10..to as usize * 9 / 10];
             let hz = frequency(middle, to);
             assert!((hz - 440.0).abs() < 5.0, "{from} -> {to}: {hz} Hz");
             let peak = middle.iter().map(|s| s.unsigned_abs()).max().unwrap();
-            assert!((14_000..18_500).contains(&peak), "{from} -> {to}: peak {peak}");
+            assert!(
+                (14_000..18_500).contains(&peak),
+                "{from} -> {to}: peak {peak}"
+            );
         }
-        let same = Mono { samples: vec![1, 2, 3], rate: 8_000 };
+        let same = Mono {
+            samples: vec![1, 2, 3],
+            rate: 8_000,
+        };
         assert_eq!(convert(&same, 8_000).unwrap(), [1, 2, 3]);
     }
 
@@ -218,7 +265,10 @@ mod tests {
         let bytes = reply_wav(&[1, -1, 300], 8_000);
         assert_eq!(
             read_wav(Cursor::new(bytes)).unwrap(),
-            Mono { samples: vec![1, -1, 300], rate: 8_000 }
+            Mono {
+                samples: vec![1, -1, 300],
+                rate: 8_000
+            }
         );
     }
 }

@@ -160,7 +160,8 @@ impl Carrier {
                         channels: Some(1),
                     }),
                 };
-                let connected = json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
+                let connected =
+                    json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
                 let stream_sid = self.stream_sid();
                 let start = json!({
                     "event": "start",
@@ -176,7 +177,7 @@ impl Carrier {
                     token: setup.token.clone(),
                     sample_rate: Some(setup.format.sample_rate),
                     from: Some("callfleet-call".into()),
-                    bidirectional_audio: setup.streaming.then(|| BidirectionalAudio {
+                    bidirectional_audio: setup.streaming.then_some(BidirectionalAudio {
                         enabled: true,
                         streaming: true,
                         sample_rate: Some(setup.format.sample_rate),
@@ -434,21 +435,28 @@ mod tests {
         let mut start: Option<CallStart> = None;
         for frame in carrier.opening() {
             if let InboundEvent::Start(s) = decoder.decode(incoming(&frame)).unwrap() {
-                start = Some(s);
+                start = Some(*s);
             }
         }
         let start = start.expect("the worker saw a start");
         assert_eq!(start.call_id, "call-7");
         assert_eq!(start.token.as_deref(), Some("tok"));
         assert_eq!(start.inbound, carrier.send_format());
-        let frame: Vec<i16> = (0..carrier.send_format().samples_per_frame() as i16).map(|i| i * 50).collect();
-        let InboundEvent::Audio { samples, format } = decoder.decode(incoming(&carrier.media(&frame))).unwrap() else {
+        let frame: Vec<i16> = (0..carrier.send_format().samples_per_frame() as i16)
+            .map(|i| i * 50)
+            .collect();
+        let InboundEvent::Audio { samples, format } =
+            decoder.decode(incoming(&carrier.media(&frame))).unwrap()
+        else {
             panic!("not audio")
         };
         assert_eq!(format, carrier.send_format());
         assert_eq!(samples.len(), frame.len());
         if let Some(ack) = carrier.mark_ack("2.0") {
-            assert_eq!(decoder.decode(incoming(&ack)).unwrap(), InboundEvent::Mark("2.0".into()));
+            assert_eq!(
+                decoder.decode(incoming(&ack)).unwrap(),
+                InboundEvent::Mark("2.0".into())
+            );
         }
         if let Some(bye) = carrier.hangup() {
             assert_eq!(decoder.decode(incoming(&bye)).unwrap(), InboundEvent::End);
@@ -457,26 +465,51 @@ mod tests {
         let encoder = Encoder::new(worker_protocol(protocol), &start);
         let reply: Vec<i16> = vec![1200; start.outbound.samples_per_frame()];
         let audio = encoder
-            .encode(Outbound::Audio { samples: &reply, format: start.outbound, text: Some("Hello there.") })
+            .encode(Outbound::Audio {
+                samples: &reply,
+                format: start.outbound,
+                text: Some("Hello there."),
+            })
             .unwrap();
-        let WorkerEvent::Audio { samples, rate, text } = carrier.parse(incoming(&audio)).unwrap() else {
+        let WorkerEvent::Audio {
+            samples,
+            rate,
+            text,
+        } = carrier.parse(incoming(&audio)).unwrap()
+        else {
             panic!("not audio")
         };
         assert_eq!(rate, start.outbound.sample_rate);
         assert_eq!(samples.len(), reply.len());
-        assert!(samples.iter().all(|s| (1100..1300).contains(s)), "{protocol:?}");
+        assert!(
+            samples.iter().all(|s| (1100..1300).contains(s)),
+            "{protocol:?}"
+        );
         let expect_text = protocol.carries_text() && start.playback == PlaybackMode::PerSentence
             || protocol == CallProtocol::Seed;
-        assert_eq!(text.is_some(), expect_text, "{protocol:?} streaming={streaming}");
+        assert_eq!(
+            text.is_some(),
+            expect_text,
+            "{protocol:?} streaming={streaming}"
+        );
         let clear = encoder.encode(Outbound::Clear).unwrap();
         assert_eq!(carrier.parse(incoming(&clear)).unwrap(), WorkerEvent::Clear);
         if let Some(mark) = encoder.encode(Outbound::Mark("3.1")) {
-            assert_eq!(carrier.parse(incoming(&mark)).unwrap(), WorkerEvent::Mark("3.1".into()));
+            assert_eq!(
+                carrier.parse(incoming(&mark)).unwrap(),
+                WorkerEvent::Mark("3.1".into())
+            );
         }
-        if let Some(error) = encoder.encode(Outbound::Error { code: ErrorCode::Unauthorized, message: "no" }) {
+        if let Some(error) = encoder.encode(Outbound::Error {
+            code: ErrorCode::Unauthorized,
+            message: "no",
+        }) {
             assert_eq!(
                 carrier.parse(incoming(&error)).unwrap(),
-                WorkerEvent::Error { code: "UNAUTHORIZED".into(), message: "no".into() }
+                WorkerEvent::Error {
+                    code: "UNAUTHORIZED".into(),
+                    message: "no".into()
+                }
             );
         }
     }
@@ -492,11 +525,16 @@ mod tests {
 
     #[test]
     fn twilio_is_always_mulaw_and_counts_its_messages() {
-        let mut carrier = Carrier::new(setup(CallProtocol::Twilio, AudioFormat::l16(24_000), false));
+        let mut carrier =
+            Carrier::new(setup(CallProtocol::Twilio, AudioFormat::l16(24_000), false));
         assert_eq!(carrier.send_format(), AudioFormat::MULAW_8K);
         carrier.opening();
-        let WireFrame::Text(first) = carrier.media(&[0; 160]) else { panic!() };
-        let WireFrame::Text(second) = carrier.media(&[0; 160]) else { panic!() };
+        let WireFrame::Text(first) = carrier.media(&[0; 160]) else {
+            panic!()
+        };
+        let WireFrame::Text(second) = carrier.media(&[0; 160]) else {
+            panic!()
+        };
         let first: serde_json::Value = serde_json::from_str(&first).unwrap();
         let second: serde_json::Value = serde_json::from_str(&second).unwrap();
         assert_eq!(first["sequenceNumber"], "2");
@@ -508,15 +546,37 @@ mod tests {
 
     #[test]
     fn garbage_from_the_worker_is_an_error_not_a_panic() {
-        for protocol in [CallProtocol::Seed, CallProtocol::Twilio, CallProtocol::Freeswitch] {
+        for protocol in [
+            CallProtocol::Seed,
+            CallProtocol::Twilio,
+            CallProtocol::Freeswitch,
+        ] {
             let carrier = Carrier::new(setup(protocol, AudioFormat::l16(8_000), false));
             assert!(carrier.parse(Incoming::Text("{not json")).is_err());
-            assert!(carrier.parse(Incoming::Text(r#"{"event":"media","media":{"payload":"!!"}}"#)).is_err() || protocol != CallProtocol::Twilio);
+            assert!(
+                carrier
+                    .parse(Incoming::Text(
+                        r#"{"event":"media","media":{"payload":"!!"}}"#
+                    ))
+                    .is_err()
+                    || protocol != CallProtocol::Twilio
+            );
         }
-        let fs = Carrier::new(setup(CallProtocol::Freeswitch, AudioFormat::l16(8_000), false));
-        assert!(fs.parse(Incoming::Binary(&[1, 2, 3])).is_err(), "odd L16 length");
+        let fs = Carrier::new(setup(
+            CallProtocol::Freeswitch,
+            AudioFormat::l16(8_000),
+            false,
+        ));
+        assert!(
+            fs.parse(Incoming::Binary(&[1, 2, 3])).is_err(),
+            "odd L16 length"
+        );
         assert!(fs.parse(Incoming::Text(r#"{"type":"playAudio","data":{"audioContentType":"wav","sampleRate":8000,"audioContent":""}}"#)).is_err());
-        assert_eq!(fs.parse(Incoming::Text(r#"{"type":"disconnect"}"#)).unwrap(), WorkerEvent::Hangup);
+        assert_eq!(
+            fs.parse(Incoming::Text(r#"{"type":"disconnect"}"#))
+                .unwrap(),
+            WorkerEvent::Hangup
+        );
         let twilio = Carrier::new(setup(CallProtocol::Twilio, AudioFormat::MULAW_8K, false));
         assert!(twilio.parse(Incoming::Binary(&[0])).is_err());
     }

@@ -61,11 +61,20 @@ mod tests {
 
     #[test]
     fn refusals_by_code() {
-        assert!(matches!(CallError::refusal("WORKER_FULL", "worker is at its call limit"), CallError::WorkerFull(_)));
+        assert!(matches!(
+            CallError::refusal("WORKER_FULL", "worker is at its call limit"),
+            CallError::WorkerFull(_)
+        ));
         let token = CallError::refusal("UNAUTHORIZED", "the call token expired");
-        assert_eq!(token.to_string(), "the worker refused the call token: the call token expired (UNAUTHORIZED)");
+        assert_eq!(
+            token.to_string(),
+            "the worker refused the call token: the call token expired (UNAUTHORIZED)"
+        );
         assert_eq!(token.exit_code(), 4);
-        assert_eq!(CallError::refusal("RATE_LIMIT", "").to_string(), "the worker refused the call: RATE_LIMIT");
+        assert_eq!(
+            CallError::refusal("RATE_LIMIT", "").to_string(),
+            "the worker refused the call: RATE_LIMIT"
+        );
         assert_eq!(CallError::NoReply.exit_code(), 6);
     }
 }

@@ -147,7 +147,13 @@ mod tests {
         assert!(timeline.awaiting_reply());
         // Speech ended with frame 4, sent at 80 ms, covering audio up to 100 ms.
         let turn = timeline.reply_audio(t0 + ms(1_080)).unwrap();
-        assert_eq!(turn, TurnLatency { speech_end: ms(100), latency: ms(1_000) });
+        assert_eq!(
+            turn,
+            TurnLatency {
+                speech_end: ms(100),
+                latency: ms(1_000)
+            }
+        );
         assert!(!timeline.awaiting_reply());
         // Later frames of the same reply are not new turns.
         assert_eq!(timeline.reply_audio(t0 + ms(1_100)), None);

@@ -1,0 +1,153 @@
+//! A load run: ramp the calls up in batches, wait for them to settle, measure a steady window
+//! (calls' own counters plus `/proc` samples of the worker), stop, and merge the outcomes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use tokio::task::JoinSet;
+
+use callfleet_worker::admission::{TokenSecret, mint_token};
+
+use super::call::{CallPlan, RunShared, run_call};
+use super::config::LoadConfig;
+use super::pattern::frames_in;
+use super::procstat::{ProcSample, ProcUsage, sample};
+use super::report::Report;
+use super::stats::summarize;
+use super::wire::FrameBook;
+
+/// How long calls' tokens stay valid beyond the run.
+const TOKEN_SLACK: Duration = Duration::from_secs(600);
+
+/// Runs the load described by `config` and reports on it.
+pub async fn run(config: LoadConfig) -> Result<Report> {
+    if config.calls == 0 {
+        bail!("--calls must be at least 1");
+    }
+    let secret = load_secret(&config)?;
+    let pattern = config.pattern();
+    let shared = Arc::new(RunShared {
+        wire: config.protocol,
+        url: config.call_url(),
+        frames: FrameBook::new(config.protocol, &pattern, config.voice()),
+        pattern,
+        window_frames: frames_in(Duration::from_millis(config.turn_window_ms)),
+        late: Duration::from_millis(config.late_ms),
+        connect_timeout: Duration::from_secs(config.connect_timeout.max(1)),
+        steady: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        settled: AtomicUsize::new(0),
+    });
+    let watched = Watched::new(&config);
+    let before_ramp = watched.sample()?;
+
+    let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let expires = SystemTime::now().duration_since(UNIX_EPOCH)?
+        + config.steady_window()
+        + config.settle_time()
+        + TOKEN_SLACK;
+    let ramp_started = Instant::now();
+    let mut calls = JoinSet::new();
+    for index in 0..config.calls {
+        if index > 0 && index % config.ramp_batch.max(1) == 0 {
+            tokio::time::sleep(Duration::from_millis(config.ramp_interval_ms)).await;
+        }
+        let call_id = format!("{}-{run_id}-{index}", config.call_id_prefix);
+        let plan = CallPlan {
+            token: mint_token(&secret, &call_id, expires.as_secs()),
+            call_id,
+            lead_in: shared.pattern.lead_in(index, config.calls),
+        };
+        calls.spawn(run_call(shared.clone(), plan));
+    }
+    // Every call connected or failed (each attempt is bounded by the connect timeout).
+    while shared.settled.load(Ordering::Relaxed) < config.calls {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ramp = ramp_started.elapsed();
+    tokio::time::sleep(config.settle_time()).await;
+
+    shared.steady.store(true, Ordering::Relaxed);
+    let window_started = Instant::now();
+    let at_start = watched.sample()?;
+    tokio::time::sleep(config.steady_window()).await;
+    let at_end = watched.sample()?;
+    let window = window_started.elapsed();
+    shared.stop.store(true, Ordering::Relaxed);
+
+    let mut outcomes = Vec::with_capacity(config.calls);
+    while let Some(outcome) = calls.join_next().await {
+        outcomes.push(outcome.context("a call task panicked")?);
+    }
+    let calls = summarize(&outcomes, Duration::from_millis(config.provider_ms));
+    Ok(Report::new(
+        &config,
+        calls,
+        ramp,
+        window,
+        watched.usage(before_ramp, at_start, at_end, window),
+    ))
+}
+
+fn load_secret(config: &LoadConfig) -> Result<TokenSecret> {
+    let secret = match (&config.token_secret_file, &config.token_secret) {
+        (Some(file), _) => TokenSecret::from_bytes(
+            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+        ),
+        (None, Some(secret)) => TokenSecret::from_bytes(secret.as_bytes().to_vec()),
+        (None, None) => bail!(
+            "no token secret: pass --token-secret, --token-secret-file or CALLFLEET_TOKEN_SECRET"
+        ),
+    };
+    Ok(secret?)
+}
+
+/// The processes sampled over the run: the worker, the stand-in, and the generator itself.
+struct Watched {
+    pids: [Option<u32>; 3],
+}
+
+/// Samples of the watched processes, in `Watched::pids` order.
+type Samples = [Option<ProcSample>; 3];
+
+impl Watched {
+    fn new(config: &LoadConfig) -> Self {
+        Self {
+            pids: [
+                config.worker_pid,
+                config.standin_pid,
+                Some(std::process::id()),
+            ],
+        }
+    }
+
+    fn sample(&self) -> Result<Samples> {
+        let mut samples = [None; 3];
+        for (slot, pid) in samples.iter_mut().zip(self.pids) {
+            if let Some(pid) = pid {
+                *slot = Some(sample(pid)?);
+            }
+        }
+        Ok(samples)
+    }
+
+    fn usage(
+        &self,
+        before: Samples,
+        start: Samples,
+        end: Samples,
+        window: Duration,
+    ) -> [Option<ProcUsage>; 3] {
+        let mut usage = [None; 3];
+        for (i, slot) in usage.iter_mut().enumerate() {
+            if let (Some(pid), Some(b), Some(s), Some(e)) =
+                (self.pids[i], before[i], start[i], end[i])
+            {
+                *slot = Some(ProcUsage::between(pid, b, s, e, window));
+            }
+        }
+        usage
+    }
+}

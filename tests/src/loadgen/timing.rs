@@ -1,0 +1,167 @@
+//! The clocks of a simulated call, as pure functions of instants passed in: when each outbound
+//! frame was due, when each reply frame should arrive under the worker's pacing, and when a
+//! carrier would have finished playing what it received (to acknowledge marks).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use callfleet_worker::media::format::FRAME;
+use callfleet_worker::session::playout::LEAD_FRAMES;
+
+/// When frame `n` of a stream that started at `start` is due.
+pub fn due(start: Instant, n: u64) -> Instant {
+    start + FRAME * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// How late `actual` is against `due` (zero when early or on time).
+pub fn lateness(due: Instant, actual: Instant) -> Duration {
+    actual.saturating_duration_since(due)
+}
+
+/// Expected arrival of reply frames: the worker sends `LEAD_FRAMES` frames ahead of real time
+/// when a reply starts, so frames `0..=LEAD_FRAMES` are due on arrival of the first one, and
+/// one frame per 20 ms after that.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReplyPacing {
+    anchor: Option<Instant>,
+    frames: u64,
+}
+
+impl ReplyPacing {
+    /// Forgets the reply (a new caller turn, or a `clear`): the next frame anchors a new one.
+    pub fn restart(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Records a reply frame arriving `at`; returns how late it is against the pacing.
+    pub fn arrive(&mut self, at: Instant) -> Duration {
+        let anchor = *self.anchor.get_or_insert(at);
+        let paced = self.frames.saturating_sub(u64::from(LEAD_FRAMES));
+        self.frames += 1;
+        lateness(due(anchor, paced), at)
+    }
+
+    /// Frames of the current reply so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+}
+
+/// A carrier's playhead: received audio plays back to back from when it arrives; a mark is
+/// acknowledged once everything received before it has played, and at once on `clear` (as
+/// Twilio does).
+#[derive(Debug, Default)]
+pub struct Playhead {
+    /// When the audio received so far will have played.
+    until: Option<Instant>,
+    /// Marks waiting for their audio to play: (when, name).
+    pending: VecDeque<(Instant, String)>,
+}
+
+impl Playhead {
+    /// Audio lasting `length` arrived at `at`.
+    pub fn audio(&mut self, at: Instant, length: Duration) {
+        let start = self.until.map_or(at, |until| until.max(at));
+        self.until = Some(start + length);
+    }
+
+    /// A mark arrived at `at`: it is acknowledged when the audio before it has played.
+    pub fn mark(&mut self, at: Instant, name: String) {
+        let when = self.until.map_or(at, |until| until.max(at));
+        self.pending.push_back((when, name));
+    }
+
+    /// Playback was flushed at `at`: every pending mark is due now.
+    pub fn clear(&mut self, at: Instant) {
+        self.until = Some(at);
+        for (when, _) in &mut self.pending {
+            *when = at;
+        }
+    }
+
+    /// Marks whose audio has played by `now`, in order.
+    pub fn due_marks(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        while self.pending.front().is_some_and(|(when, _)| *when <= now) {
+            if let Some((_, name)) = self.pending.pop_front() {
+                due.push(name);
+            }
+        }
+        due
+    }
+
+    /// Whether audio is still playing at `now`.
+    pub fn playing(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| until > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn frame_schedule_and_lateness() {
+        let t0 = Instant::now();
+        assert_eq!(due(t0, 0), t0);
+        assert_eq!(due(t0, 50), t0 + Duration::from_secs(1));
+        assert_eq!(lateness(t0 + ms(20), t0 + ms(25)), ms(5));
+        assert_eq!(lateness(t0 + ms(20), t0 + ms(15)), Duration::ZERO);
+    }
+
+    #[test]
+    fn reply_pacing_allows_the_lead_burst() {
+        let t0 = Instant::now();
+        let mut pacing = ReplyPacing::default();
+        // The lead frames and the first paced frame arrive together: none is late.
+        for _ in 0..=LEAD_FRAMES {
+            assert_eq!(pacing.arrive(t0), Duration::ZERO);
+        }
+        // Then one frame per 20 ms.
+        assert_eq!(pacing.arrive(t0 + ms(20)), Duration::ZERO);
+        assert_eq!(pacing.arrive(t0 + ms(47)), ms(7));
+        // Early frames are never late.
+        assert_eq!(pacing.arrive(t0 + ms(50)), Duration::ZERO);
+        assert_eq!(pacing.frames(), u64::from(LEAD_FRAMES) + 4);
+        pacing.restart();
+        assert_eq!(pacing.arrive(t0 + ms(500)), Duration::ZERO);
+        assert_eq!(pacing.frames(), 1);
+    }
+
+    #[test]
+    fn marks_wait_for_their_audio() {
+        let t0 = Instant::now();
+        let mut head = Playhead::default();
+        // Three frames arrive at once: they play until t0 + 60 ms.
+        for _ in 0..3 {
+            head.audio(t0, FRAME);
+        }
+        head.mark(t0, "1.0".into());
+        assert!(head.due_marks(t0 + ms(59)).is_empty());
+        assert_eq!(head.due_marks(t0 + ms(60)), ["1.0"]);
+        assert!(head.due_marks(t0 + ms(60)).is_empty(), "acknowledged once");
+        // A gap: audio arriving after the playhead ran dry starts playing on arrival.
+        head.audio(t0 + ms(200), FRAME);
+        assert!(head.playing(t0 + ms(210)));
+        assert!(!head.playing(t0 + ms(220)));
+        // A mark with no audio before it is due at once.
+        head.mark(t0 + ms(300), "2.0".into());
+        assert_eq!(head.due_marks(t0 + ms(300)), ["2.0"]);
+    }
+
+    #[test]
+    fn clear_acknowledges_pending_marks() {
+        let t0 = Instant::now();
+        let mut head = Playhead::default();
+        head.audio(t0, Duration::from_secs(5));
+        head.mark(t0, "a".into());
+        head.mark(t0, "b".into());
+        head.clear(t0 + ms(100));
+        assert!(!head.playing(t0 + ms(100)));
+        assert_eq!(head.due_marks(t0 + ms(100)), ["a", "b"]);
+    }
+}
