@@ -121,3 +121,41 @@ async fn realtime_mode_answers_and_barge_in_truncates() {
     wait_closed(&mut s).await;
     w.stop().await;
 }
+
+#[tokio::test]
+async fn live_calls_keep_their_pipeline_version_new_calls_take_the_new_one() {
+    let (standin, w) = setup("").await;
+    let store = w.worker().ctx.store.clone();
+    let mut live = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut live, start_call("v1-call", Some(&token("v1-call")))).await;
+    wait_for(&mut live, "status", "ready").await;
+
+    // Version 2: a greeting and a one-turn history cap.
+    let v2 = format!(r#"{TURNS},"greeting":"Version two.","llm":{{"maxHistoryTurns":1}}"#);
+    write_pipeline(
+        &w.pipeline_path(),
+        &pipeline_json(&standin.base_url(), 2, &v2),
+    );
+    let ctx = w.worker().ctx.clone();
+    eventually(async || ctx.pipelines.current().map(|p| p.config.generation) == Some(2)).await;
+
+    // The live call keeps version 1: no cap, so two turns make four messages.
+    for hz in [440.0, 550.0] {
+        say_seed(&mut live, &utterance(hz, 8_000)).await;
+        seed_captions(&mut live, 2).await;
+        let mark = loop {
+            let m = wait_for(&mut live, "type", "mark").await;
+            if m["name"].as_str().is_some_and(|n| n.ends_with(".1")) {
+                break m;
+            }
+        };
+        send_text(&mut live, mark.to_string()).await;
+    }
+    eventually(async || store.load("v1-call").await.len() == 4).await;
+
+    // A new call takes version 2: it is greeted.
+    let mut new = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut new, start_call("v2-call", Some(&token("v2-call")))).await;
+    assert_eq!(seed_captions(&mut new, 1).await, ["Version two."]);
+    w.stop().await;
+}

@@ -49,6 +49,23 @@ async fn seed_protocol_speech_in_reply_out() {
     assert!(frames > 10);
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     assert_eq!(wait_closed(&mut s).await, Some(1000));
+    // Every stage of the turn was measured once.
+    let (_, metrics) = get_text(&w.http("/metrics"), None).await;
+    for histogram in [
+        "callfleet_turn_first_audio_seconds",
+        "callfleet_stt_latency_seconds",
+        "callfleet_llm_first_token_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("{histogram}_count 1")),
+            "{histogram} in {metrics}"
+        );
+    }
+    // One TTS request per sentence.
+    assert!(
+        metrics.contains("callfleet_tts_first_byte_seconds_count 2"),
+        "{metrics}"
+    );
     w.stop().await;
 }
 
