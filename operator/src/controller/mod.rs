@@ -183,9 +183,15 @@ pub async fn run(
         ))
         // Any AiPipeline change (spec or Ready) re-renders the pipeline ConfigMap and status of
         // the CallClusters that use it.
-        .watches(
-            scoped::<AiPipeline>(&client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            triggers::changes(
+                watcher(
+                    scoped::<AiPipeline>(&client, ns),
+                    watcher::Config::default(),
+                )
+                .default_backoff(),
+                triggers::pipeline_state,
+            ),
             move |p| {
                 let ns = p.namespace();
                 let name = p.name_any();
@@ -237,9 +243,15 @@ pub async fn run(
         // `usedBy`: a CallCluster event may add or drop a user of any pipeline in its
         // namespace (its pipelineRef may have moved), so recheck them all; cheap, as only
         // status is written and only on change.
-        .watches(
-            scoped::<CallCluster>(&client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            triggers::changes(
+                watcher(
+                    scoped::<CallCluster>(&client, ns),
+                    watcher::Config::default(),
+                )
+                .default_backoff(),
+                triggers::pipeline_ref,
+            ),
             move |cc| {
                 let ns = cc.namespace();
                 refs(

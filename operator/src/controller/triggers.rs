@@ -10,6 +10,7 @@ use std::{
     hash::{Hash, Hasher},
 };
 
+use callfleet_crds::{AiPipeline, CallCluster, conditions};
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
@@ -91,6 +92,23 @@ pub fn media_pod_state(pod: &Pod) -> u64 {
         status.and_then(|s| s.pod_ip.as_deref()),
         pod.metadata.deletion_timestamp.is_some(),
     ))
+}
+
+/// What a CallCluster reads from its AiPipeline: the spec, and whether it is Ready (and why
+/// not). `usedBy` is left out: every fleet added to a pipeline would otherwise re-reconcile
+/// every fleet using it.
+pub fn pipeline_state(p: &AiPipeline) -> u64 {
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| (c.status.as_str(), c.message.as_str()));
+    hash_of((spec_generation(p), ready))
+}
+
+/// What an AiPipeline's `usedBy` reads from a CallCluster: which pipeline it references.
+pub fn pipeline_ref(cc: &CallCluster) -> u64 {
+    hash_of(&cc.spec.pipeline_ref.name)
 }
 
 #[cfg(test)]
@@ -180,5 +198,32 @@ mod tests {
             base,
             media_pod_state(&pod(true, Some("10.0.0.2"), "Running"))
         );
+    }
+
+    #[test]
+    fn pipeline_state_ignores_used_by() {
+        let mut p: AiPipeline = serde_json::from_value(serde_json::json!({
+            "apiVersion": "callfleet.dev/v1alpha1", "kind": "AiPipeline",
+            "metadata": {"name": "assistant", "namespace": "calls", "generation": 1},
+            "spec": {"provider": {"apiKeySecretRef": {"name": "openai"}}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "SecretFound",
+                "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z"}], "usedBy": ["a"]}
+        }))
+        .unwrap();
+        let base = pipeline_state(&p);
+        if let Some(s) = p.status.as_mut() {
+            s.used_by.push("b".into());
+        }
+        assert_eq!(
+            pipeline_state(&p),
+            base,
+            "a new user must not re-reconcile every user"
+        );
+        if let Some(s) = p.status.as_mut() {
+            s.conditions[0].status = "False".into();
+        }
+        assert_ne!(pipeline_state(&p), base);
+        p.metadata.generation = Some(2);
+        assert_ne!(pipeline_state(&p), base);
     }
 }
