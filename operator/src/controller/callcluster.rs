@@ -30,6 +30,7 @@ use super::{
     context::{Context, MANAGER, namespace_of},
     error::{Error, Result},
     secrets,
+    triggers::{child_key, fleet_key},
 };
 pub use crate::render::common::CALLCLUSTER_LABEL;
 use crate::render::{
@@ -254,32 +255,24 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
             name: name.clone(),
             message: e.to_string(),
         })?;
-        // Configuration and Secrets first (workloads mount them), then everything else; each
-        // phase in parallel, so a reconcile costs two round trips of latency, not thirteen.
-        let (config, rest): (Vec<&Child>, Vec<&Child>) = rendered
-            .iter()
-            .partition(|c| matches!(c, Child::ConfigMap(_) | Child::Secret(_)));
-        for phase in [config, rest] {
-            let results = future::join_all(
-                phase
-                    .into_iter()
-                    .map(|child| apply_child(&ctx, &namespace, child)),
-            )
-            .await;
-            for result in results {
-                match result {
-                    Ok(done) => {
-                        applied += 1;
-                        children.record(done);
-                    }
-                    Err(e) => {
-                        apply_error.get_or_insert(e);
-                    }
+        let fleet = fleet_key(&namespace, &name);
+        let hash = rendered_hash(&rendered).map_err(|e| Error::Render {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        let (needs_apply, ticket) = ctx.applied.check(&fleet, hash);
+        if needs_apply {
+            let (count, error) = apply_children(&ctx, &namespace, &rendered, &mut children).await;
+            applied = count;
+            match error {
+                None => ctx.applied.applied(&fleet, hash, ticket),
+                Some(e) => {
+                    ctx.applied.forget(&fleet);
+                    apply_error = Some(e);
                 }
             }
-            if apply_error.is_some() {
-                break;
-            }
+        } else {
+            tracing::debug!("children unchanged since the last apply; reading status only");
         }
     }
     read_missing_children(&ctx, &namespace, &name, &mut children).await?;
@@ -314,6 +307,54 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(RESYNC))
 }
 
+/// Pure: one hash over every rendered child, to tell whether anything would change.
+pub fn rendered_hash(children: &[Child]) -> Result<u64, crate::render::RenderError> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for child in children {
+        std::hash::Hash::hash(&child.to_value()?.to_string(), &mut h);
+    }
+    Ok(std::hash::Hasher::finish(&h))
+}
+
+/// Configuration and Secrets first (workloads mount them), then everything else; each phase
+/// in parallel, so a reconcile costs two round trips of latency, not thirteen. Returns how
+/// many were applied and the first error (which stops before the next phase).
+async fn apply_children(
+    ctx: &Context,
+    namespace: &str,
+    rendered: &[Child],
+    children: &mut Children,
+) -> (usize, Option<Error>) {
+    let (config, rest): (Vec<&Child>, Vec<&Child>) = rendered
+        .iter()
+        .partition(|c| matches!(c, Child::ConfigMap(_) | Child::Secret(_)));
+    let mut applied = 0;
+    let mut first_error = None;
+    for phase in [config, rest] {
+        let results = future::join_all(
+            phase
+                .into_iter()
+                .map(|child| apply_child(ctx, namespace, child)),
+        )
+        .await;
+        for result in results {
+            match result {
+                Ok(done) => {
+                    applied += 1;
+                    children.record(done);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if first_error.is_some() {
+            break;
+        }
+    }
+    (applied, first_error)
+}
+
 /// An applied child as the API server returned it, when status needs it.
 enum Applied {
     Workers(Deployment),
@@ -344,38 +385,35 @@ fn component(meta: &ObjectMeta) -> Option<&str> {
 
 /// Server-side applies one child.
 async fn apply_child(ctx: &Context, namespace: &str, child: &Child) -> Result<Applied> {
-    let client = &ctx.client;
     Ok(match child {
-        Child::ConfigMap(o) => apply(client, namespace, o).await.map(|_| Applied::Other)?,
-        Child::Secret(o) => apply(client, namespace, o).await.map(|_| Applied::Other)?,
+        Child::ConfigMap(o) => apply(ctx, namespace, o).await.map(|_| Applied::Other)?,
+        Child::Secret(o) => apply(ctx, namespace, o).await.map(|_| Applied::Other)?,
         Child::Service(o) => {
-            let svc = apply(client, namespace, o).await?;
+            let svc = apply(ctx, namespace, o).await?;
             match component(&o.metadata) {
                 Some("sip") => Applied::SipService(svc),
                 _ => Applied::Other,
             }
         }
         Child::Deployment(o) => {
-            let d = apply(client, namespace, o).await?;
+            let d = apply(ctx, namespace, o).await?;
             match component(&o.metadata) {
                 Some("worker") => Applied::Workers(d),
                 Some("sip") => Applied::Sip(d),
                 _ => Applied::Other,
             }
         }
-        Child::StatefulSet(o) => Applied::Media(apply(client, namespace, o).await?),
+        Child::StatefulSet(o) => Applied::Media(apply(ctx, namespace, o).await?),
         Child::HorizontalPodAutoscaler(o) => {
-            apply(client, namespace, o).await.map(|_| Applied::Other)?
+            apply(ctx, namespace, o).await.map(|_| Applied::Other)?
         }
-        Child::PodDisruptionBudget(o) => {
-            apply(client, namespace, o).await.map(|_| Applied::Other)?
-        }
+        Child::PodDisruptionBudget(o) => apply(ctx, namespace, o).await.map(|_| Applied::Other)?,
     })
 }
 
 /// Server-side apply with the operator's field manager. `force` takes over fields another
 /// manager (a user's `kubectl edit`) changed: the CallCluster spec is the source of truth.
-async fn apply<K>(client: &kube::Client, namespace: &str, obj: &K) -> Result<K>
+async fn apply<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -384,18 +422,25 @@ where
         + Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: K::kind(&()).into_owned(),
-        name,
-        source,
-    })
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let result = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            name: name.clone(),
+            source,
+        })?;
+    // So the watch event of our own write is not mistaken for someone else's edit.
+    ctx.applied.wrote(
+        child_key(&K::kind(&()), namespace, &name),
+        result.meta().resource_version.clone(),
+    );
+    Ok(result)
 }
 
 /// Children not applied this round (paused, pipeline missing, apply stopped early) are read

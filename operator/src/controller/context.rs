@@ -13,7 +13,7 @@ use kube::{
     },
 };
 
-use super::{backoff::Backoff, error::Error};
+use super::{applied::AppliedCache, backoff::Backoff, error::Error};
 use crate::metrics::Metrics;
 
 /// The one field manager for every object and status the operator writes.
@@ -24,6 +24,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
+    /// What was last applied per fleet, to skip re-applying unchanged children.
+    pub applied: Arc<AppliedCache>,
     /// The CallCluster controller's cache (AiPipeline `usedBy`, Secret/pipeline mapping).
     pub call_clusters: Store<CallCluster>,
     /// The AiPipeline controller's cache.

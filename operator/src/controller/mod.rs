@@ -2,6 +2,7 @@
 //! watch and cache is created here and dropped when the term ends, so a standby holds nothing.
 
 pub mod aipipeline;
+pub mod applied;
 pub mod backoff;
 pub mod callcluster;
 pub mod context;
@@ -34,6 +35,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Readiness};
+use applied::AppliedCache;
 use context::{Context, MANAGER};
 
 /// Label on every child the operator renders; narrows the `.owns()` watches.
@@ -75,7 +77,6 @@ pub async fn run(
     term: CancellationToken,
 ) {
     let ns = config.namespace.as_deref();
-    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
 
     // CallClusters: the generation predicate drops our own status writes.
     let (cc_store, cc_writer) = reflector::store();
@@ -109,7 +110,9 @@ pub async fn run(
     .reflect(pod_writer);
     let media_pods = triggers::changes(media_pods, triggers::media_pod_state);
 
+    let applied = Arc::new(AppliedCache::default());
     let ctx = Arc::new(Context {
+        applied: applied.clone(),
         client: client.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -150,36 +153,56 @@ pub async fn run(
     let cc_for_secrets = cc_store.clone();
     let cc_for_pods = cc_store.clone();
     let call_clusters = Controller::for_stream(cc_trigger, cc_store.clone())
-        // Metadata only: ConfigMap and Secret contents are not needed to know they changed.
-        .owns(
-            scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
-            managed.clone(),
-        )
-        .owns(
-            scoped::<PartialObjectMeta<Secret>>(&client, ns),
-            managed.clone(),
-        )
-        .owns(scoped::<Service>(&client, ns), managed.clone())
-        // Status churn of these is filtered down to what the reconcile reads.
-        .owns_stream(owned_changes::<Deployment>(
+        // Every child kind: spec changes and deletions by others mark the fleet for re-apply;
+        // status churn is filtered down to what the reconcile reads.
+        .owns_stream(owned::<PartialObjectMeta<ConfigMap>>(
             &client,
             ns,
+            &applied,
+            triggers::any_change,
+            triggers::nothing,
+        ))
+        .owns_stream(owned::<PartialObjectMeta<Secret>>(
+            &client,
+            ns,
+            &applied,
+            triggers::any_change,
+            triggers::nothing,
+        ))
+        .owns_stream(owned::<Service>(
+            &client,
+            ns,
+            &applied,
+            triggers::any_change,
+            triggers::nothing,
+        ))
+        .owns_stream(owned::<Deployment>(
+            &client,
+            ns,
+            &applied,
+            triggers::spec_generation,
             triggers::deployment_state,
         ))
-        .owns_stream(owned_changes::<StatefulSet>(
+        .owns_stream(owned::<StatefulSet>(
             &client,
             ns,
+            &applied,
+            triggers::spec_generation,
             triggers::stateful_set_state,
         ))
-        .owns_stream(owned_changes::<HorizontalPodAutoscaler>(
+        .owns_stream(owned::<HorizontalPodAutoscaler>(
             &client,
             ns,
+            &applied,
             triggers::spec_generation,
+            triggers::nothing,
         ))
-        .owns_stream(owned_changes::<PodDisruptionBudget>(
+        .owns_stream(owned::<PodDisruptionBudget>(
             &client,
             ns,
+            &applied,
             triggers::spec_generation,
+            triggers::nothing,
         ))
         // Any AiPipeline change (spec or Ready) re-renders the pipeline ConfigMap and status of
         // the CallClusters that use it.
@@ -299,11 +322,13 @@ fn refs<K: Resource<DynamicType = ()>>(objects: impl Iterator<Item = Arc<K>>) ->
     objects.map(|o| ObjectRef::from_obj(o.as_ref())).collect()
 }
 
-/// Operator-labelled children of one kind, reduced to changes of `fingerprint` and deletions.
-fn owned_changes<K>(
+/// Operator-labelled children of one kind, reduced to spec/status changes and deletions.
+fn owned<K>(
     client: &Client,
     namespace: Option<&str>,
-    fingerprint: fn(&K) -> u64,
+    applied: &Arc<AppliedCache>,
+    spec: fn(&K) -> u64,
+    status: fn(&K) -> u64,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -318,7 +343,7 @@ where
         watcher::Config::default().labels(MANAGED_SELECTOR),
     )
     .default_backoff();
-    triggers::changes(events, fingerprint)
+    triggers::child_changes(events, spec, status, applied.clone())
 }
 
 /// Every Secret's metadata: referenced Secrets (API keys, URLs) belong to users and carry no

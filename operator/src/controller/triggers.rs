@@ -8,6 +8,7 @@
 use std::{
     collections::{HashMap, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
+    sync::Arc,
 };
 
 use callfleet_crds::{AiPipeline, CallCluster, conditions};
@@ -18,6 +19,8 @@ use k8s_openapi::api::{
 };
 use kube::{Resource, ResourceExt, runtime::watcher};
 
+use super::applied::AppliedCache;
+
 /// Passes deletions, and applied objects whose fingerprint changed since last seen.
 pub fn changes<K, S>(
     events: S,
@@ -27,17 +30,79 @@ where
     K: Resource + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
-    let mut seen: HashMap<(Option<String>, String), u64> = HashMap::new();
+    watch_changes(events, move |o| (fingerprint(o), 0), |_, _| {})
+}
+
+/// Like [`changes`] for children of CallClusters, split into what the spec says and what the
+/// status reads: both trigger, but only a deletion or someone else's spec change marks the
+/// fleet for re-apply in `applied`.
+pub fn child_changes<K, S>(
+    events: S,
+    spec: fn(&K) -> u64,
+    status: fn(&K) -> u64,
+    applied: Arc<AppliedCache>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    watch_changes(
+        events,
+        move |o| (spec(o), status(o)),
+        move |child: &K, deleted| {
+            let owner = child
+                .owner_references()
+                .iter()
+                .find(|r| r.controller == Some(true) && r.kind == CallCluster::kind(&()));
+            if let Some(owner) = owner {
+                let namespace = child.namespace().unwrap_or_default();
+                applied.child_changed(
+                    &fleet_key(&namespace, &owner.name),
+                    &child_key(&K::kind(&()), &namespace, &child.name_any()),
+                    child.resource_version().as_deref(),
+                    deleted,
+                );
+            }
+        },
+    )
+}
+
+/// `namespace/name` of a CallCluster, as [`AppliedCache`] keys fleets.
+pub fn fleet_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// `Kind/namespace/name` of a child, as [`AppliedCache`] keys children.
+pub fn child_key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
+}
+
+/// The filter: `prints` gives (spec, status) fingerprints; `on_spec_change` hears deletions
+/// and spec changes of objects seen before (not creations: those are ours or irrelevant).
+fn watch_changes<K, S>(
+    events: S,
+    prints: impl Fn(&K) -> (u64, u64) + Send + 'static,
+    mut on_spec_change: impl FnMut(&K, bool) + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let mut seen: HashMap<(Option<String>, String), (u64, u64)> = HashMap::new();
     events.filter_map(move |event| {
         let out = match event {
             Err(e) => Some(Err(e)),
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                let print = fingerprint(&obj);
-                let previous = seen.insert((obj.namespace(), obj.name_any()), print);
-                (previous != Some(print)).then_some(Ok(obj))
+                let now = prints(&obj);
+                let previous = seen.insert((obj.namespace(), obj.name_any()), now);
+                if previous.is_some_and(|p| p.0 != now.0) {
+                    on_spec_change(&obj, false);
+                }
+                (previous != Some(now)).then_some(Ok(obj))
             }
             Ok(watcher::Event::Delete(obj)) => {
                 seen.remove(&(obj.namespace(), obj.name_any()));
+                on_spec_change(&obj, true);
                 Some(Ok(obj))
             }
             Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
@@ -57,11 +122,20 @@ pub fn spec_generation<K: Resource>(obj: &K) -> u64 {
     hash_of((obj.meta().generation, obj.meta().labels.as_ref()))
 }
 
-/// What the CallCluster status reads from a Deployment.
+/// Any change at all, for kinds without `generation` or status (ConfigMap, Secret, Service).
+pub fn any_change<K: Resource>(obj: &K) -> u64 {
+    hash_of(obj.meta().resource_version.as_ref())
+}
+
+/// For kinds whose status the reconcile does not read.
+pub fn nothing<K>(_: &K) -> u64 {
+    0
+}
+
+/// What the CallCluster status reads from a Deployment's status.
 pub fn deployment_state(d: &Deployment) -> u64 {
     let s = d.status.as_ref();
     hash_of((
-        spec_generation(d),
         d.spec.replicas,
         s.and_then(|s| s.observed_generation),
         s.and_then(|s| s.ready_replicas),
@@ -69,11 +143,10 @@ pub fn deployment_state(d: &Deployment) -> u64 {
     ))
 }
 
-/// What the CallCluster status reads from a StatefulSet.
+/// What the CallCluster status reads from a StatefulSet's status.
 pub fn stateful_set_state(st: &StatefulSet) -> u64 {
     let s = st.status.as_ref();
     hash_of((
-        spec_generation(st),
         st.spec.replicas,
         s.and_then(|s| s.observed_generation),
         s.and_then(|s| s.ready_replicas),
@@ -116,12 +189,20 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::DeploymentStatus;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn deployment(generation: i64, ready: i32, available: i32) -> Deployment {
         let mut d = Deployment::default();
         d.metadata.name = Some("fleet-worker".into());
         d.metadata.namespace = Some("calls".into());
         d.metadata.generation = Some(generation);
+        d.metadata.resource_version = Some(format!("{generation}-{ready}-{available}"));
+        d.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "CallCluster".into(),
+            name: "fleet".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
         d.status = Some(DeploymentStatus {
             ready_replicas: Some(ready),
             available_replicas: Some(available),
@@ -130,9 +211,12 @@ mod tests {
         d
     }
 
-    async fn passed(events: Vec<watcher::Event<Deployment>>) -> Vec<(i64, i32)> {
+    async fn passed(
+        events: Vec<watcher::Event<Deployment>>,
+        applied: Arc<AppliedCache>,
+    ) -> Vec<(i64, i32)> {
         let stream = futures::stream::iter(events.into_iter().map(Ok));
-        changes(stream, deployment_state)
+        child_changes(stream, spec_generation, deployment_state, applied)
             .map(|r| {
                 let d = r.unwrap();
                 (
@@ -147,27 +231,51 @@ mod tests {
     #[tokio::test]
     async fn only_relevant_changes_and_deletions_pass() {
         use watcher::Event::*;
-        let out = passed(vec![
-            Init,
-            InitApply(deployment(1, 0, 0)),
-            InitDone,
-            // available replicas are not read: no reconcile
-            Apply(deployment(1, 0, 1)),
-            // readiness is: reconcile
-            Apply(deployment(1, 1, 1)),
-            // a re-list with nothing new: no reconcile
-            Init,
-            InitApply(deployment(1, 1, 1)),
-            InitDone,
-            // a user edit: reconcile to undo it
-            Apply(deployment(2, 1, 1)),
-            // deleted: reconcile to recreate it, even though nothing else changed
-            Delete(deployment(2, 1, 1)),
-            // recreated with the same state as before the delete: seen as new
-            Apply(deployment(2, 1, 1)),
-        ])
+        let applied = Arc::new(AppliedCache::default());
+        let (_, ticket) = applied.check("calls/fleet", 7);
+        applied.applied("calls/fleet", 7, ticket);
+        let out = passed(
+            vec![
+                Init,
+                InitApply(deployment(1, 0, 0)),
+                InitDone,
+                // available replicas are not read: no reconcile
+                Apply(deployment(1, 0, 1)),
+                // readiness is: reconcile
+                Apply(deployment(1, 1, 1)),
+                // a re-list with nothing new: no reconcile
+                Init,
+                InitApply(deployment(1, 1, 1)),
+                InitDone,
+            ],
+            applied.clone(),
+        )
         .await;
-        assert_eq!(out, vec![(1, 0), (1, 1), (2, 1), (2, 1), (2, 1)]);
+        assert_eq!(out, vec![(1, 0), (1, 1)]);
+        assert!(
+            !applied.check("calls/fleet", 7).0,
+            "status changes are not drift"
+        );
+
+        // A user edit: reconcile, and re-apply to undo it.
+        let out = passed(
+            vec![Apply(deployment(1, 1, 1)), Apply(deployment(2, 1, 1))],
+            applied.clone(),
+        )
+        .await;
+        assert_eq!(out, vec![(1, 1), (2, 1)]);
+        assert!(
+            applied.check("calls/fleet", 7).0,
+            "someone else's spec change is drift"
+        );
+
+        // Deleted: reconcile to recreate it.
+        let applied = Arc::new(AppliedCache::default());
+        let (_, ticket) = applied.check("calls/fleet", 7);
+        applied.applied("calls/fleet", 7, ticket);
+        let out = passed(vec![Delete(deployment(2, 1, 1))], applied.clone()).await;
+        assert_eq!(out, vec![(2, 1)]);
+        assert!(applied.check("calls/fleet", 7).0);
     }
 
     #[test]
