@@ -135,8 +135,23 @@ fn render(args: RenderArgs) -> ExitCode {
     }
 }
 
+/// The leader must stop before its lease can expire, and retry several times before that.
+fn check_lease_timings(lease: Duration, renew: Duration, retry: Duration) -> Result<(), String> {
+    if retry.is_zero() || retry >= renew || renew >= lease {
+        return Err(format!(
+            "lease timings must satisfy 0 < --retry-period ({retry:?}) < --renew-deadline ({renew:?}) < --lease-duration ({lease:?})"
+        ));
+    }
+    Ok(())
+}
+
 fn run_blocking(args: RunArgs) -> ExitCode {
     telemetry::init(args.log_format);
+    if let Err(e) = check_lease_timings(args.lease_duration, args.renew_deadline, args.retry_period)
+    {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -293,6 +308,15 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn lease_timings_are_ordered() {
+        let s = Duration::from_secs;
+        assert!(check_lease_timings(s(15), s(10), s(2)).is_ok());
+        assert!(check_lease_timings(s(10), s(10), s(2)).is_err());
+        assert!(check_lease_timings(s(15), s(10), s(10)).is_err());
+        assert!(check_lease_timings(s(15), s(10), s(0)).is_err());
     }
 
     #[test]
