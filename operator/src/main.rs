@@ -162,7 +162,11 @@ fn run_blocking(args: RunArgs) -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "operator failed");
+            // kube's errors already spell out their own causes: one level is enough.
+            match e.chain().nth(1) {
+                Some(cause) => tracing::error!(error = %e, %cause, "operator failed"),
+                None => tracing::error!(error = %e, "operator failed"),
+            }
             ExitCode::FAILURE
         }
     }
