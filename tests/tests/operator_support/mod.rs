@@ -89,6 +89,8 @@ pub struct OperatorOptions<'a> {
     pub lease_duration: &'a str,
     pub renew_deadline: &'a str,
     pub retry_period: &'a str,
+    /// Credentials other than the cluster admin's (e.g. a ServiceAccount token).
+    pub kubeconfig: Option<&'a std::path::Path>,
 }
 
 impl Default for OperatorOptions<'_> {
@@ -99,6 +101,7 @@ impl Default for OperatorOptions<'_> {
             lease_duration: "15s",
             renew_deadline: "10s",
             retry_period: "2s",
+            kubeconfig: None,
         }
     }
 }
@@ -128,7 +131,10 @@ impl Operator {
             .args(["--renew-deadline", opts.renew_deadline])
             .args(["--retry-period", opts.retry_period])
             .args(["--log-format", "json"])
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env(
+                "KUBECONFIG",
+                opts.kubeconfig.unwrap_or(cluster.kubeconfig()),
+            )
             .env("RUST_LOG", "info,callfleet_operator=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
