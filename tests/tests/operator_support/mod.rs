@@ -39,7 +39,38 @@ pub fn operator_bin() -> Result<PathBuf> {
         "{} not found: run `cargo build -p callfleet-operator` first",
         bin.display()
     );
+    // A stale binary would test yesterday's operator.
+    let built = std::fs::metadata(&bin)?.modified()?;
+    let root = callfleet_tests::cluster::repo_root();
+    for dir in ["operator/src", "crds/src"] {
+        if let Some(newer) = newest_file(&root.join(dir))?.filter(|(t, _)| *t > built) {
+            bail!(
+                "{} is older than {}: run `cargo build -p callfleet-operator` first",
+                bin.display(),
+                newer.1.display()
+            );
+        }
+    }
     Ok(bin)
+}
+
+fn newest_file(dir: &std::path::Path) -> Result<Option<(std::time::SystemTime, PathBuf)>> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let candidate = if entry.file_type()?.is_dir() {
+            newest_file(&path)?
+        } else {
+            Some((entry.metadata()?.modified()?, path))
+        };
+        if let Some(c) = candidate
+            && newest.as_ref().is_none_or(|n| c.0 > n.0)
+        {
+            newest = Some(c);
+        }
+    }
+    Ok(newest)
 }
 
 /// Server-side applies both CRDs (as generated from the Rust types, like the chart's) and
