@@ -7,7 +7,10 @@
 //! ```sh
 //! cargo build --release -p callfleet-operator
 //! cargo bench -p callfleet-tests --bench operator_scale -- 100 1000
+//! cargo bench -p callfleet-tests --bench operator_scale -- seq:20   # 20 applies, one at a time
 //! ```
+//! `N` creates N CallClusters at once (a burst); `seq:N` creates N one after another, each
+//! after the previous one has all its children (the latency of a single `kubectl apply`).
 //! Uses the cluster named by `KUBECONFIG`, or starts a private one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,23 +47,28 @@ enum Seen {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let sizes: Vec<usize> = std::env::args()
+    let mut runs: Vec<(usize, bool)> = std::env::args()
         .skip(1)
-        .filter_map(|a| a.parse().ok())
+        .filter_map(|a| match a.strip_prefix("seq:") {
+            Some(n) => n.parse().ok().map(|n| (n, true)),
+            None => a.parse().ok().map(|n| (n, false)),
+        })
         .collect();
-    let sizes = if sizes.is_empty() { vec![100] } else { sizes };
+    if runs.is_empty() {
+        runs.push((100, false));
+    }
     let cluster = Cluster::shared()?;
     let client = cluster.client().await?;
     install_crds(&client).await?;
     let expected = expected_children()?;
     println!("children per CallCluster (from `callfleet-operator render`): {expected}");
-    for n in sizes {
-        run(cluster, n, expected).await?;
+    for (n, sequential) in runs {
+        run(cluster, n, expected, sequential).await?;
     }
     Ok(())
 }
 
-async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
+async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> Result<()> {
     let ns = cluster.namespace(&format!("bench-{n}")).await?;
     let client = ns.client();
     create_pipeline(&ns).await?;
@@ -124,7 +132,32 @@ async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
     let mut created_at: HashMap<String, Instant> = HashMap::with_capacity(n);
     let start = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("cc-{i:05}")).collect();
+    let mut children: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut complete: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut ready: BTreeMap<String, Duration> = BTreeMap::new();
+    if sequential {
+        for name in &names {
+            let at = Instant::now();
+            api.create(&PostParams::default(), &call_cluster(name)?)
+                .await?;
+            created_at.insert(name.clone(), at);
+            while !complete.contains_key(name) {
+                let Ok(Some(seen)) = tokio::time::timeout(BOUND, rx.recv()).await else {
+                    bail!("{name}: children did not appear within {BOUND:?}");
+                };
+                record(
+                    seen,
+                    expected,
+                    &created_at,
+                    &mut children,
+                    &mut complete,
+                    &mut ready,
+                );
+            }
+        }
+    }
     let results: Vec<(String, Instant)> = futures::stream::iter(names.iter().cloned())
+        .filter(|name| futures::future::ready(!sequential || !created_at.contains_key(name)))
         .map(|name| {
             let api = api.clone();
             async move {
@@ -140,9 +173,6 @@ async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
     created_at.extend(results);
     let created_all = start.elapsed();
 
-    let mut children: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut complete: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut ready: BTreeMap<String, Duration> = BTreeMap::new();
     let mut all_children_at = None;
     let deadline = tokio::time::Instant::now() + BOUND;
     while ready.len() < n || complete.len() < n {
@@ -158,26 +188,16 @@ async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
                 break;
             }
         };
-        match seen {
-            Seen::Child { cluster, key } => {
-                let set = children.entry(cluster.clone()).or_default();
-                set.insert(key);
-                if set.len() >= expected && !complete.contains_key(&cluster) {
-                    if let Some(t0) = created_at.get(&cluster) {
-                        complete.insert(cluster, t0.elapsed());
-                        if complete.len() == n {
-                            all_children_at = Some(start.elapsed());
-                        }
-                    }
-                }
-            }
-            Seen::Ready { cluster } => {
-                if !ready.contains_key(&cluster) {
-                    if let Some(t0) = created_at.get(&cluster) {
-                        ready.insert(cluster, t0.elapsed());
-                    }
-                }
-            }
+        record(
+            seen,
+            expected,
+            &created_at,
+            &mut children,
+            &mut complete,
+            &mut ready,
+        );
+        if complete.len() == n && all_children_at.is_none() {
+            all_children_at = Some(start.elapsed());
         }
     }
     let all_ready_at = (ready.len() == n).then(|| start.elapsed());
@@ -187,7 +207,12 @@ async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
 
     let mut per: Vec<Duration> = complete.values().copied().collect();
     per.sort();
-    println!("\n== N = {n} CallClusters");
+    let mode = if sequential {
+        "one at a time"
+    } else {
+        "at once"
+    };
+    println!("\n== N = {n} CallClusters created {mode}");
     println!("created all in {:.2?}", created_all);
     println!(
         "apply → all children exist: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
@@ -201,6 +226,29 @@ async fn run(cluster: &Cluster, n: usize, expected: usize) -> Result<()> {
     println!("operator peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     ns.delete_and_wait(Duration::from_secs(300)).await.ok();
     Ok(())
+}
+
+/// Folds one watch observation into the per-cluster bookkeeping.
+fn record(
+    seen: Seen,
+    expected: usize,
+    created_at: &HashMap<String, Instant>,
+    children: &mut HashMap<String, HashSet<String>>,
+    complete: &mut BTreeMap<String, Duration>,
+    ready: &mut BTreeMap<String, Duration>,
+) {
+    let (cluster, done) = match seen {
+        Seen::Child { cluster, key } => {
+            let set = children.entry(cluster.clone()).or_default();
+            set.insert(key);
+            let done = set.len() >= expected;
+            (cluster, done.then_some(&mut *complete))
+        }
+        Seen::Ready { cluster } => (cluster, Some(&mut *ready)),
+    };
+    if let (Some(map), Some(t0)) = (done, created_at.get(&cluster)) {
+        map.entry(cluster).or_insert_with(|| t0.elapsed());
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Option<Duration> {
