@@ -71,6 +71,9 @@ struct RunArgs {
     /// How often the leader renews and a standby retries.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     retry_period: Duration,
+    /// CallClusters reconciled at once.
+    #[arg(long, env = "CALLFLEET_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// Log output format.
     #[arg(long, env = "CALLFLEET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -218,6 +221,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = ControllerConfig {
         namespace: args.namespace.clone(),
         identity,
+        concurrency: args.concurrency,
     };
     loop {
         tokio::select! {

@@ -275,6 +275,10 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
             tracing::debug!("children unchanged since the last apply; reading status only");
         }
     }
+    // Overload and lost connections are retried with backoff, not reported as Degraded.
+    if let Some(error) = apply_error.take_if(|e| e.is_transient()) {
+        return Err(error);
+    }
     read_missing_children(&ctx, &namespace, &name, &mut children).await?;
 
     let observed = Observed {

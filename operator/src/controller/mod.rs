@@ -55,6 +55,10 @@ pub struct ControllerConfig {
     pub namespace: Option<String>,
     /// Reported as the Events' reporting instance.
     pub identity: String,
+    /// CallClusters reconciled at once. Each applies up to ten children in parallel, so this
+    /// bounds the operator's in-flight requests (API priority and fairness sheds the excess
+    /// with 429s).
+    pub concurrency: u16,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -241,6 +245,7 @@ pub async fn run(
                 cc.namespace() == ns && owner.as_deref() == Some(cc.name_any().as_str())
             }))
         })
+        .with_config(runtime_controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(term.clone().cancelled_owned())
         .run(
             callcluster::reconcile,
