@@ -20,7 +20,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{GetParams, Patch, PatchParams},
     runtime::{controller::Action, events::EventType},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -471,6 +471,8 @@ async fn read_missing_children(
     Ok(())
 }
 
+/// Reads a child from the API server's watch cache (`resourceVersion=0`): status reads need
+/// not cost an etcd round trip, and the cache is at least as new as the event that triggered us.
 async fn get<K>(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -478,13 +480,17 @@ where
         + Clone
         + Debug,
 {
-    Api::<K>::namespaced(client.clone(), namespace)
-        .get_opt(name)
+    match Api::<K>::namespaced(client.clone(), namespace)
+        .get_with(name, &GetParams::any())
         .await
-        .map_err(|source| Error::Read {
+    {
+        Ok(obj) => Ok(Some(obj)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+        Err(source) => Err(Error::Read {
             what: format!("{} {name}", K::kind(&())),
             source,
-        })
+        }),
+    }
 }
 
 async fn patch_status(
