@@ -199,17 +199,7 @@ async fn samples_become_a_ready_fleet_of_owned_children() -> Result<()> {
     ensure!(short.contains("fleet"), "short name cc: {short}");
 
     // Events tell a human what happened.
-    let events = kubectl(
-        cluster,
-        &ns,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=CallCluster",
-        ],
-    )?;
-    ensure!(events.contains("Created"), "events:\n{events}");
+    wait_event(cluster, &ns, "CallCluster", &["Normal", "Created"]).await?;
 
     // Probes and metrics.
     ensure!(op.http_get("/healthz")?.0 == 200);
@@ -392,20 +382,7 @@ async fn missing_secrets_degrade_the_fleet_with_messages_naming_them() -> Result
         "AiPipeline Ready message: {}",
         ready.message
     );
-    let events = kubectl(
-        cluster,
-        &ns,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=CallCluster",
-        ],
-    )?;
-    ensure!(
-        events.contains("Warning") && events.contains("provider-key"),
-        "events:\n{events}"
-    );
+    wait_event(cluster, &ns, "CallCluster", &["Warning", "provider-key"]).await?;
 
     // Creating the Secrets heals the fleet without touching the CallCluster.
     kubectl_apply(

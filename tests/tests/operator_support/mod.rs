@@ -355,3 +355,34 @@ pub async fn wait_condition(
     .await
     .with_context(|| format!("operator log: {}", op.log.display()))
 }
+
+/// Waits until `kubectl get events` about objects of `kind` shows a line with every needle
+/// (Events are published after the status write a test may have seen first).
+pub async fn wait_event(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    kind: &str,
+    needles: &[&str],
+) -> Result<String> {
+    let selector = format!("involvedObject.kind={kind}");
+    let mut last = String::new();
+    eventually(&format!("an Event with {needles:?}"), CONVERGE, || {
+        let out = kubectl(
+            cluster,
+            ns,
+            &["get", "events", "--field-selector", &selector],
+        );
+        if let Ok(text) = &out {
+            last.clone_from(text);
+        }
+        async move {
+            let text = out?;
+            Ok(text
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_owned))
+        }
+    })
+    .await
+    .with_context(|| format!("events:\n{last}"))
+}
