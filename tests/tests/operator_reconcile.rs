@@ -94,20 +94,21 @@ async fn samples_become_a_ready_fleet_of_owned_children() -> Result<()> {
 
     let ccs = ns.api::<CallCluster>();
     wait_condition(&ccs, "fleet", "Ready", "True", &op).await?;
-    // Readiness comes from the workloads, destinations from the pods: wait for both.
-    let cc = eventually(
-        "both media pods in the dispatcher list",
-        CONVERGE,
-        || async {
-            let cc = ccs.get("fleet").await?;
-            let both = cc
-                .status
-                .as_ref()
-                .is_some_and(|s| s.dispatcher_destinations.len() == 2);
-            Ok(both.then_some(cc))
-        },
-    )
-    .await?;
+    // The settled fleet: Ready with every tier at its spec (the worker Deployment starts at
+    // one replica until the autoscaler applies minReplicas) and both media pods dispatched to.
+    let cc = eventually("the fleet settled at its spec", CONVERGE, || async {
+        let cc = ccs.get("fleet").await?;
+        let settled = cc.status.as_ref().is_some_and(|s| {
+            is_true(&s.conditions, "Ready")
+                && s.workers.ready == "2/2"
+                && s.media.ready == "2/2"
+                && s.sip.ready == "1/1"
+                && s.dispatcher_destinations.len() == 2
+        });
+        Ok(settled.then_some(cc))
+    })
+    .await
+    .with_context(|| format!("operator log: {}", op.log.display()))?;
     let uid = cc.metadata.uid.clone().context("no uid")?;
 
     // Every child exists, controlled by the CallCluster.
@@ -149,15 +150,8 @@ async fn samples_become_a_ready_fleet_of_owned_children() -> Result<()> {
         ensure!(running >= 1, "no Running {component} pod");
     }
 
-    // Status: replica counts per tier, endpoints, the generated token Secret, dispatcher list.
+    // Status: the generated token Secret and the pipeline version in use.
     let status = cc.status.context("no status")?;
-    ensure!(
-        status.workers.ready == "2/2",
-        "workers {:?}",
-        status.workers
-    );
-    ensure!(status.media.ready == "2/2", "media {:?}", status.media);
-    ensure!(status.sip.ready == "1/1", "sip {:?}", status.sip);
     ensure!(status.token_secret_name.as_deref() == Some("fleet-call-token"));
     ensure!(status.pipeline_generation == Some(1));
 
