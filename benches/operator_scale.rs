@@ -113,10 +113,10 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
                         .iter()
                         .any(|c| c.type_ == "Ready" && c.status == "True")
                 });
-                if let (true, Some(name)) = (ready, cc.metadata.name) {
-                    if tx.send(Seen::Ready { cluster: name }).is_err() {
-                        break;
-                    }
+                if let (true, Some(name)) = (ready, cc.metadata.name)
+                    && tx.send(Seen::Ready { cluster: name }).is_err()
+                {
+                    break;
                 }
             }
         });
