@@ -142,11 +142,10 @@ impl Operator {
     /// contend with each other.
     pub fn start(cluster: &Cluster, ns: &TestNamespace, opts: OperatorOptions<'_>) -> Result<Self> {
         let metrics_port = free_port()?;
-        let log = std::env::temp_dir().join(format!(
-            "callfleet-operator-{}-{}.log",
-            ns.name(),
-            opts.identity
-        ));
+        // Kept after the test (named in failure messages), under the build's own tmp dir.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("{}-{}.log", ns.name(), opts.identity));
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new(operator_bin()?)
             .arg("run")
