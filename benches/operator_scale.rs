@@ -273,6 +273,15 @@ fn call_cluster(name: &str) -> Result<CallCluster> {
     }))?)
 }
 
+fn pipeline_manifest() -> serde_json::Value {
+    json!({
+        "apiVersion": "callfleet.dev/v1alpha1",
+        "kind": "AiPipeline",
+        "metadata": {"name": "bench"},
+        "spec": {"provider": {"apiKeySecretRef": {"name": "bench-openai"}}}
+    })
+}
+
 async fn create_pipeline(ns: &TestNamespace) -> Result<()> {
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "metadata": {"name": "bench-openai"},
@@ -281,12 +290,7 @@ async fn create_pipeline(ns: &TestNamespace) -> Result<()> {
     ns.api::<k8s_openapi::api::core::v1::Secret>()
         .create(&PostParams::default(), &secret)
         .await?;
-    let pipeline: AiPipeline = serde_json::from_value(json!({
-        "apiVersion": "callfleet.dev/v1alpha1",
-        "kind": "AiPipeline",
-        "metadata": {"name": "bench"},
-        "spec": {"provider": {"apiKeySecretRef": {"name": "bench-openai"}}}
-    }))?;
+    let pipeline: AiPipeline = serde_json::from_value(pipeline_manifest())?;
     ns.api::<AiPipeline>()
         .create(&PostParams::default(), &pipeline)
         .await?;
@@ -333,7 +337,12 @@ fn operator_bin() -> Result<PathBuf> {
 fn expected_children() -> Result<usize> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("cc.yaml");
-    let doc = serde_yaml::to_string(&call_cluster("probe")?)?;
+    // With its AiPipeline: without one the operator renders no worker tier.
+    let doc = format!(
+        "{}---\n{}",
+        serde_yaml::to_string(&pipeline_manifest())?,
+        serde_yaml::to_string(&call_cluster("probe")?)?
+    );
     std::fs::write(&file, doc)?;
     let out = Command::new(operator_bin()?)
         .args(["render", "-f"])

@@ -164,10 +164,21 @@ pub fn call_cluster_status(
         });
     }
 
+    // The spec's count is a floor on what a tier needs: a new worker Deployment starts at one
+    // replica until the autoscaler applies minReplicas, and that moment is not "ready".
+    let at_least = |state: Option<WorkloadState>, floor: i32| {
+        state.map(|s| WorkloadState {
+            desired: s.desired.max(floor),
+            ..s
+        })
+    };
+    let workers = at_least(observed.workers, spec.workers.min_replicas);
+    let media = at_least(observed.media, spec.media.replicas);
+    let sip = at_least(observed.sip, spec.sip.replicas);
     let tiers = [
-        ("workers", observed.workers, spec.workers.min_replicas),
-        ("media", observed.media, spec.media.replicas),
-        ("sip", observed.sip, spec.sip.replicas),
+        ("workers", workers, spec.workers.min_replicas),
+        ("media", media, spec.media.replicas),
+        ("sip", sip, spec.sip.replicas),
     ];
     let pending: Vec<String> = tiers
         .iter()
@@ -288,9 +299,9 @@ pub fn call_cluster_status(
     CallClusterStatus {
         observed_generation: generation,
         conditions,
-        workers: tier(observed.workers, spec.workers.min_replicas),
-        media: tier(observed.media, spec.media.replicas),
-        sip: tier(observed.sip, spec.sip.replicas),
+        workers: tier(workers, spec.workers.min_replicas),
+        media: tier(media, spec.media.replicas),
+        sip: tier(sip, spec.sip.replicas),
         active_calls: observed.active_calls,
         dispatcher_destinations: destinations,
         endpoints: EndpointsStatus {
@@ -694,5 +705,19 @@ mod tests {
             find(&no_key.conditions, READY).unwrap().message,
             r#"Secret "openai" has no key "token""#
         );
+    }
+
+    #[test]
+    fn workers_below_min_replicas_are_not_ready() {
+        // The HPA has not yet raised a fresh Deployment from 1 replica to minReplicas (2).
+        let cc = call_cluster(json!({"workers": {"minReplicas": 3, "maxReplicas": 5}}));
+        let observed = Observed {
+            workers: settled(1),
+            ..healthy()
+        };
+        let status = call_cluster_status(&cc, &observed, &at(100));
+        assert!(!is_true(&status.conditions, READY));
+        assert_eq!(status.workers.ready, "1/3");
+        assert_eq!(message(&status, PROGRESSING), "workers 1/3 ready");
     }
 }
