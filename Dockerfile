@@ -1,25 +1,24 @@
-# One image, two binaries: callfleet-operator and callfleet-worker.
+# syntax=docker/dockerfile:1
+# One image, two binaries: callfleet-operator (the entrypoint) and callfleet-worker.
 # Build:  docker build -t callfleet:dev .
-# The chart and the operator pick the binary with the container command.
+# CallCluster worker pods run `callfleet-worker` from this same image (the operator sets the
+# container command), so operator and workers always come from one build.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits don't rebuild them.
-COPY Cargo.toml Cargo.lock ./
-COPY crds/Cargo.toml crds/
-COPY operator/Cargo.toml operator/
-COPY worker/Cargo.toml worker/
-COPY tests/Cargo.toml tests/
-RUN for c in crds operator worker tests; do mkdir -p $c/src && echo 'fn main() {}' > $c/src/main.rs && touch $c/src/lib.rs; done \
- && cargo fetch --locked
 COPY . .
-RUN cargo build --release --locked -p callfleet-operator -p callfleet-worker \
+# BuildKit caches keep the registry and the target folder between builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p callfleet-operator -p callfleet-worker \
  && install -D -m 0755 target/release/callfleet-operator /out/callfleet-operator \
- && install -D -m 0755 target/release/callfleet-worker /out/callfleet-worker
+ && install -D -m 0755 target/release/callfleet-worker /out/callfleet-worker \
+ && install -D -m 0755 target/release/callfleet-call /out/callfleet-call
 
-# distroless/cc: glibc and CA certificates, no shell; runs as uid 65532.
+# distroless/cc: glibc, libgcc and CA certificates; no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/
+# The distroless "nonroot" user.
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/callfleet-operator"]
