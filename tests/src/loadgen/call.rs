@@ -59,6 +59,8 @@ pub struct CallPlan {
     pub token: String,
     /// Silent frames before the first speech, to stagger calls.
     pub lead_in: u32,
+    /// Offset of this call's frame clock within a frame (see `timing::phase`).
+    pub phase: Duration,
 }
 
 /// Runs one call until the run stops or the call fails.
@@ -110,7 +112,7 @@ async fn stream(
     socket: &mut Socket,
     call: &mut CallMeter,
 ) -> Option<String> {
-    let start = tokio::time::Instant::now();
+    let start = tokio::time::Instant::now() + plan.phase;
     let mut ticks = tokio::time::interval_at(start, FRAME);
     // A late tick fires at once and keeps the schedule: every frame's lateness is measured
     // against its own slot.

@@ -61,6 +61,81 @@ pub fn parse_rss(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Whole-machine CPU time from the first line of `/proc/stat`, in clock ticks summed over all
+/// cores. Loopback TCP processing runs in softirq context and is charged to no process, so the
+/// per-process numbers alone understate what the calls cost the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineSample {
+    pub cores: usize,
+    /// Everything but idle and iowait.
+    pub busy: u64,
+    pub softirq: u64,
+    pub steal: u64,
+    pub total: u64,
+}
+
+/// Parses `/proc/stat`.
+pub fn parse_machine(stat: &str) -> Option<MachineSample> {
+    let mut lines = stat.lines();
+    let first = lines.next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = first
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is included in user).
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = *ticks.get(..8)? else {
+        return None;
+    };
+    let cores = lines.filter(|l| l.starts_with("cpu")).count().max(1);
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(MachineSample {
+        cores,
+        busy,
+        softirq,
+        steal,
+        total: busy + idle + iowait,
+    })
+}
+
+/// Reads `/proc/stat`.
+pub fn machine() -> Result<MachineSample, ProcError> {
+    let stat = std::fs::read_to_string("/proc/stat")
+        .map_err(|source| ProcError::Read { pid: 0, source })?;
+    parse_machine(&stat).ok_or(ProcError::Format {
+        pid: 0,
+        file: "stat",
+    })
+}
+
+/// The machine's CPU over the steady window, in percent of one core (200% = both of two cores).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MachineUsage {
+    pub cores: usize,
+    pub busy_percent_of_core: f64,
+    pub softirq_percent_of_core: f64,
+    pub steal_percent_of_core: f64,
+}
+
+impl MachineUsage {
+    pub fn between(start: MachineSample, end: MachineSample) -> Self {
+        let total = end.total.saturating_sub(start.total);
+        let share = |a: u64, b: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                b.saturating_sub(a) as f64 * 100.0 * end.cores as f64 / total as f64
+            }
+        };
+        Self {
+            cores: end.cores,
+            busy_percent_of_core: share(start.busy, end.busy),
+            softirq_percent_of_core: share(start.softirq, end.softirq),
+            steal_percent_of_core: share(start.steal, end.steal),
+        }
+    }
+}
+
 /// A process's share of the steady window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ProcUsage {
@@ -137,6 +212,24 @@ mod tests {
         let me = sample(std::process::id()).unwrap();
         assert!(me.rss_bytes > 0);
         assert!(matches!(sample(u32::MAX), Err(ProcError::Read { .. })));
+    }
+
+    #[test]
+    fn machine_usage() {
+        let stat = |user, idle, softirq| {
+            format!(
+                "cpu  {user} 0 100 {idle} 0 0 {softirq} 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\ncpu1 1 2 3 4 5 6 7 8 0 0\nintr 1\n"
+            )
+        };
+        let start = parse_machine(&stat(1_000, 10_000, 50)).unwrap();
+        assert_eq!((start.cores, start.busy, start.total), (2, 1_150, 11_150));
+        // 200 ticks over 2 cores: 100 busy (of which 20 softirq), 100 idle.
+        let end = parse_machine(&stat(1_080, 10_100, 70)).unwrap();
+        let usage = MachineUsage::between(start, end);
+        assert_eq!(usage.busy_percent_of_core, 100.0);
+        assert_eq!(usage.softirq_percent_of_core, 20.0);
+        assert_eq!(parse_machine("intr 1"), None);
+        assert!(machine().unwrap().total > 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::config::LoadConfig;
-use super::procstat::ProcUsage;
+use super::procstat::{MachineUsage, ProcUsage};
 use super::stats::{CallsSummary, Percentiles};
 
 /// What a run measured.
@@ -26,6 +26,8 @@ pub struct Report {
     pub worker: Option<WorkerUsage>,
     pub standin: Option<ProcUsage>,
     pub loadgen: Option<ProcUsage>,
+    /// The whole machine over the steady window (everything running on it).
+    pub machine: MachineUsage,
 }
 
 /// The worker's cost, per sustained call.
@@ -46,6 +48,7 @@ impl Report {
         ramp: Duration,
         window: Duration,
         [worker, standin, loadgen]: [Option<ProcUsage>; 3],
+        machine: MachineUsage,
     ) -> Self {
         let sustained = calls.sustained;
         let worker = worker.map(|process| {
@@ -76,6 +79,7 @@ impl Report {
             worker,
             standin,
             loadgen,
+            machine,
         }
     }
 }
@@ -188,6 +192,11 @@ impl fmt::Display for Report {
                 )?;
             }
         }
-        Ok(())
+        let m = &self.machine;
+        writeln!(
+            f,
+            "machine ({} cores, everything on it): {:.0}% of a core busy, of which softirq {:.0}% (loopback TCP, charged to no process), steal {:.0}%",
+            m.cores, m.busy_percent_of_core, m.softirq_percent_of_core, m.steal_percent_of_core
+        )
     }
 }

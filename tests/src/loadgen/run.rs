@@ -13,9 +13,10 @@ use callfleet_worker::admission::{TokenSecret, mint_token};
 use super::call::{CallPlan, RunShared, run_call};
 use super::config::LoadConfig;
 use super::pattern::frames_in;
-use super::procstat::{ProcSample, ProcUsage, sample};
+use super::procstat::{MachineUsage, ProcSample, ProcUsage, machine, sample};
 use super::report::Report;
 use super::stats::summarize;
+use super::timing::phase;
 use super::wire::FrameBook;
 
 /// How long calls' tokens stay valid beyond the run.
@@ -59,6 +60,7 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
             token: mint_token(&secret, &call_id, expires.as_secs()),
             call_id,
             lead_in: shared.pattern.lead_in(index, config.calls),
+            phase: phase(index, config.ramp_batch),
         };
         calls.spawn(run_call(shared.clone(), plan));
     }
@@ -72,8 +74,10 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
     shared.steady.store(true, Ordering::Relaxed);
     let window_started = Instant::now();
     let at_start = watched.sample()?;
+    let machine_start = machine()?;
     tokio::time::sleep(config.steady_window()).await;
     let at_end = watched.sample()?;
+    let machine_usage = MachineUsage::between(machine_start, machine()?);
     let window = window_started.elapsed();
     shared.stop.store(true, Ordering::Relaxed);
 
@@ -88,6 +92,7 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
         ramp,
         window,
         watched.usage(before_ramp, at_start, at_end, window),
+        machine_usage,
     ))
 }
 

@@ -13,6 +13,15 @@ pub fn due(start: Instant, n: u64) -> Instant {
     start + FRAME * u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Offset of call `index`'s frame clock within the 20 ms frame, spreading the calls of one
+/// ramp batch evenly: calls that connect together would otherwise all send in the same
+/// instant, a burst no real carrier produces.
+pub fn phase(index: usize, batch: usize) -> Duration {
+    let batch = batch.max(1);
+    let slot = (index % batch) as u64;
+    Duration::from_micros(slot * FRAME.as_micros() as u64 / batch as u64)
+}
+
 /// How late `actual` is against `due` (zero when early or on time).
 pub fn lateness(due: Instant, actual: Instant) -> Duration {
     actual.saturating_duration_since(due)
@@ -111,6 +120,15 @@ mod tests {
         assert_eq!(due(t0, 50), t0 + Duration::from_secs(1));
         assert_eq!(lateness(t0 + ms(20), t0 + ms(25)), ms(5));
         assert_eq!(lateness(t0 + ms(20), t0 + ms(15)), Duration::ZERO);
+    }
+
+    #[test]
+    fn phases_spread_a_batch_over_one_frame() {
+        let phases: Vec<Duration> = (0..4).map(|i| phase(i, 4)).collect();
+        assert_eq!(phases, [ms(0), ms(5), ms(10), ms(15)]);
+        assert_eq!(phase(4, 4), ms(0), "the next batch starts over");
+        assert!((0..1000).all(|i| phase(i, 100) < FRAME));
+        assert_eq!(phase(3, 0), ms(0));
     }
 
     #[test]
