@@ -40,9 +40,17 @@ const CHILD_KINDS: &[(&str, &str, &str)] = &[
 const LABEL: &str = "callfleet.dev/callcluster";
 const BOUND: Duration = Duration::from_secs(600);
 
+/// One watch observation, stamped when the watcher saw it (the bookkeeping may run later).
 enum Seen {
-    Child { cluster: String, key: String },
-    Ready { cluster: String },
+    Child {
+        cluster: String,
+        key: String,
+        at: Instant,
+    },
+    Ready {
+        cluster: String,
+        at: Instant,
+    },
 }
 
 #[tokio::main]
@@ -93,7 +101,14 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
                     .cloned();
                 if let (Some(cluster), Some(name)) = (cluster, obj.metadata.name) {
                     let key = format!("{kind}/{name}");
-                    if tx.send(Seen::Child { cluster, key }).is_err() {
+                    if tx
+                        .send(Seen::Child {
+                            cluster,
+                            key,
+                            at: Instant::now(),
+                        })
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -114,7 +129,12 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
                         .any(|c| c.type_ == "Ready" && c.status == "True")
                 });
                 if let (true, Some(name)) = (ready, cc.metadata.name)
-                    && tx.send(Seen::Ready { cluster: name }).is_err()
+                    && tx
+                        .send(Seen::Ready {
+                            cluster: name,
+                            at: Instant::now(),
+                        })
+                        .is_err()
                 {
                     break;
                 }
@@ -129,35 +149,25 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let api = Api::<CallCluster>::namespaced(client.clone(), ns.name());
-    let mut created_at: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut progress = Progress::new(expected);
     let start = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("cc-{i:05}")).collect();
-    let mut children: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut complete: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut ready: BTreeMap<String, Duration> = BTreeMap::new();
     if sequential {
         for name in &names {
             let at = Instant::now();
             api.create(&PostParams::default(), &call_cluster(name)?)
                 .await?;
-            created_at.insert(name.clone(), at);
-            while !complete.contains_key(name) {
+            progress.created_at.insert(name.clone(), at);
+            while !progress.complete.contains_key(name) {
                 let Ok(Some(seen)) = tokio::time::timeout(BOUND, rx.recv()).await else {
                     bail!("{name}: children did not appear within {BOUND:?}");
                 };
-                record(
-                    seen,
-                    expected,
-                    &created_at,
-                    &mut children,
-                    &mut complete,
-                    &mut ready,
-                );
+                progress.record(seen);
             }
         }
     }
     let results: Vec<(String, Instant)> = futures::stream::iter(names.iter().cloned())
-        .filter(|name| futures::future::ready(!sequential || !created_at.contains_key(name)))
+        .filter(|name| futures::future::ready(!progress.created_at.contains_key(name)))
         .map(|name| {
             let api = api.clone();
             async move {
@@ -170,42 +180,35 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
         .buffer_unordered(32)
         .try_collect()
         .await?;
-    created_at.extend(results);
+    progress.created_at.extend(results);
     let created_all = start.elapsed();
 
     let mut all_children_at = None;
     let deadline = tokio::time::Instant::now() + BOUND;
-    while ready.len() < n || complete.len() < n {
+    while progress.ready.len() < n || progress.complete.len() < n {
         let seen = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(seen)) => seen,
             Ok(None) => bail!("watchers ended"),
             Err(_) => {
                 eprintln!(
                     "bound of {BOUND:?} reached: {}/{n} complete, {}/{n} ready",
-                    complete.len(),
-                    ready.len()
+                    progress.complete.len(),
+                    progress.ready.len()
                 );
                 break;
             }
         };
-        record(
-            seen,
-            expected,
-            &created_at,
-            &mut children,
-            &mut complete,
-            &mut ready,
-        );
-        if complete.len() == n && all_children_at.is_none() {
+        progress.record(seen);
+        if progress.complete.len() == n && all_children_at.is_none() {
             all_children_at = Some(start.elapsed());
         }
     }
-    let all_ready_at = (ready.len() == n).then(|| start.elapsed());
+    let all_ready_at = (progress.ready.len() == n).then(|| start.elapsed());
     let rss = peak_rss_kib(&operator).unwrap_or(0);
     let _ = operator.kill();
     let _ = operator.wait();
 
-    let mut per: Vec<Duration> = complete.values().copied().collect();
+    let mut per: Vec<Duration> = progress.complete.values().copied().collect();
     per.sort();
     let mode = if sequential {
         "one at a time"
@@ -228,26 +231,42 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
     Ok(())
 }
 
-/// Folds one watch observation into the per-cluster bookkeeping.
-fn record(
-    seen: Seen,
+/// Per-CallCluster bookkeeping: when it was created, which children have been seen, and
+/// when it had all of them and when it became Ready (both relative to its creation).
+struct Progress {
     expected: usize,
-    created_at: &HashMap<String, Instant>,
-    children: &mut HashMap<String, HashSet<String>>,
-    complete: &mut BTreeMap<String, Duration>,
-    ready: &mut BTreeMap<String, Duration>,
-) {
-    let (cluster, done) = match seen {
-        Seen::Child { cluster, key } => {
-            let set = children.entry(cluster.clone()).or_default();
-            set.insert(key);
-            let done = set.len() >= expected;
-            (cluster, done.then_some(&mut *complete))
+    created_at: HashMap<String, Instant>,
+    children: HashMap<String, HashSet<String>>,
+    complete: BTreeMap<String, Duration>,
+    ready: BTreeMap<String, Duration>,
+}
+
+impl Progress {
+    fn new(expected: usize) -> Self {
+        Self {
+            expected,
+            created_at: HashMap::new(),
+            children: HashMap::new(),
+            complete: BTreeMap::new(),
+            ready: BTreeMap::new(),
         }
-        Seen::Ready { cluster } => (cluster, Some(&mut *ready)),
-    };
-    if let (Some(map), Some(t0)) = (done, created_at.get(&cluster)) {
-        map.entry(cluster).or_insert_with(|| t0.elapsed());
+    }
+
+    /// Folds one watch observation in.
+    fn record(&mut self, seen: Seen) {
+        let (cluster, at, done) = match seen {
+            Seen::Child { cluster, key, at } => {
+                let set = self.children.entry(cluster.clone()).or_default();
+                set.insert(key);
+                let done = set.len() >= self.expected;
+                (cluster, at, done.then_some(&mut self.complete))
+            }
+            Seen::Ready { cluster, at } => (cluster, at, Some(&mut self.ready)),
+        };
+        if let (Some(map), Some(t0)) = (done, self.created_at.get(&cluster)) {
+            map.entry(cluster)
+                .or_insert_with(|| at.saturating_duration_since(*t0));
+        }
     }
 }
 
