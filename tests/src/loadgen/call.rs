@@ -234,11 +234,15 @@ impl CallMeter {
         let steady = shared.steady();
         match reply {
             Reply::Audio { payload_len } => {
+                // The carrier's buffer ran dry before this frame: an audible gap (the first
+                // frame of a reply has nothing before it to run dry).
+                let underrun = self.pacing.frames() > 0 && !self.playhead.playing(at);
                 self.playhead.audio(at, FRAME);
                 let late = self.pacing.arrive(at);
                 if steady {
                     self.outcome.reply_frames += 1;
                     self.outcome.reply_frames_late += u64::from(late > shared.late);
+                    self.outcome.reply_underruns += u64::from(underrun);
                     self.outcome.reply_frames_misfit += u64::from(payload_len != FRAME_PAYLOAD_LEN);
                 }
                 self.first_audio(at, steady);
@@ -385,6 +389,8 @@ mod tests {
         assert_eq!(o.ttfa, [reply_at - (at(1) + Duration::from_millis(1))]);
         assert_eq!(o.after_window, [Duration::from_millis(99)]);
         assert_eq!((o.reply_frames, o.reply_frames_late), (6, 1));
+        // The playhead ran dry at +100 ms, just as the sixth frame arrived.
+        assert_eq!(o.reply_underruns, 1);
         assert_eq!(o.unprompted_replies, 0);
         assert_eq!((o.frames_sent, o.frames_late), (8, 4));
         assert_eq!(o.max_send_lateness, Duration::from_millis(30));

@@ -62,8 +62,10 @@ pub fn parse_rss(status: &str) -> Option<u64> {
 }
 
 /// Whole-machine CPU time from the first line of `/proc/stat`, in clock ticks summed over all
-/// cores. Loopback TCP processing runs in softirq context and is charged to no process, so the
-/// per-process numbers alone understate what the calls cost the machine.
+/// cores. Loopback TCP receive processing runs in softirq context; tick accounting charges it to
+/// the process it interrupted, usually the sender, so per-process numbers move the worker's
+/// receive-side kernel work to the generator (and the generator's to the worker). The machine
+/// total shows what everything together cost, other people's work on a shared machine included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MachineSample {
     pub cores: usize,

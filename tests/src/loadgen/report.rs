@@ -135,11 +135,13 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "reply frames: {}, late vs pacing (> {} ms): {} ({:.3}%), wrong size: {}",
+            "reply frames: {}, late vs pacing (> {} ms): {} ({:.3}%), playback underruns: {} ({:.3}%), wrong size: {}",
             c.reply_frames,
             self.late_ms,
             c.reply_frames_late,
             c.reply_frames_late_percent,
+            c.reply_underruns,
+            c.reply_underruns_percent,
             c.reply_frames_misfit
         )?;
         writeln!(
@@ -195,7 +197,7 @@ impl fmt::Display for Report {
         let m = &self.machine;
         writeln!(
             f,
-            "machine ({} cores, everything on it): {:.0}% of a core busy, of which softirq {:.0}% (loopback TCP, charged to no process), steal {:.0}%",
+            "machine ({} cores, everything on it): {:.0}% of a core busy, of which softirq {:.0}% (loopback TCP, mostly charged to the sending process), steal {:.0}%",
             m.cores, m.busy_percent_of_core, m.softirq_percent_of_core, m.steal_percent_of_core
         )
     }

@@ -22,6 +22,9 @@ pub struct CallOutcome {
     pub reply_frames: u64,
     /// Reply frames arriving later than the tolerance against the worker's pacing.
     pub reply_frames_late: u64,
+    /// Reply frames that arrived after the carrier had played everything before them (an
+    /// audible gap), the first frame of each reply excepted.
+    pub reply_underruns: u64,
     /// Reply frames whose payload was not one 20 ms frame.
     pub reply_frames_misfit: u64,
     /// Caller turns whose whole answer window fell in the steady window.
@@ -114,6 +117,8 @@ pub struct CallsSummary {
     pub reply_frames: u64,
     pub reply_frames_late: u64,
     pub reply_frames_late_percent: f64,
+    pub reply_underruns: u64,
+    pub reply_underruns_percent: f64,
     pub reply_frames_misfit: u64,
     pub turns: u64,
     pub turns_answered: u64,
@@ -154,6 +159,7 @@ pub fn summarize(outcomes: &[CallOutcome], provider: Duration) -> CallsSummary {
         max_lateness = max_lateness.max(o.max_send_lateness);
         s.reply_frames += o.reply_frames;
         s.reply_frames_late += o.reply_frames_late;
+        s.reply_underruns += o.reply_underruns;
         s.reply_frames_misfit += o.reply_frames_misfit;
         s.turns += o.turns;
         s.turns_answered += o.turns_answered;
@@ -167,6 +173,7 @@ pub fn summarize(outcomes: &[CallOutcome], provider: Duration) -> CallsSummary {
     s.frames_late_percent = percent(s.frames_late, s.frames_sent);
     s.max_send_lateness_ms = ms(max_lateness);
     s.reply_frames_late_percent = percent(s.reply_frames_late, s.reply_frames);
+    s.reply_underruns_percent = percent(s.reply_underruns, s.reply_frames);
     s.turns_answered_percent = percent(s.turns_answered, s.turns);
     s.ttfa = Percentiles::of(&mut ttfa);
     s.overhead = Percentiles::of(&mut overhead);
@@ -214,6 +221,7 @@ mod tests {
             max_send_lateness: ms(30),
             reply_frames: 200,
             reply_frames_late: 2,
+            reply_underruns: 1,
             turns: 4,
             turns_answered: 4,
             ttfa: vec![ms(1260), ms(1270)],
@@ -234,6 +242,7 @@ mod tests {
         assert_eq!(s.frames_late_percent, 1.0);
         assert_eq!(s.max_send_lateness_ms, 45.0);
         assert_eq!(s.reply_frames_late_percent, 1.0);
+        assert_eq!(s.reply_underruns_percent, 0.5);
         assert_eq!((s.turns, s.turns_answered), (8, 7));
         assert_eq!(s.turns_answered_percent, 87.5);
         assert_eq!(s.ttfa.count, 4);
