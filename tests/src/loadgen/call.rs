@@ -72,7 +72,7 @@ pub async fn run_call(shared: Arc<RunShared>, plan: CallPlan) -> CallOutcome {
         Ok(socket) => socket,
         Err(error) => return CallOutcome::failed(error),
     };
-    let mut call = CallMeter::new(&shared);
+    let mut call = CallMeter::default();
     call.outcome.connected = true;
     call.outcome.connect_time = Some(began.elapsed());
     let error = stream(&shared, &plan, &mut socket, &mut call).await;
@@ -172,6 +172,7 @@ struct Turn {
 }
 
 /// Per-call measurement state, updated by the call task only.
+#[derive(Default)]
 struct CallMeter {
     outcome: CallOutcome,
     turn: Option<Turn>,
@@ -182,16 +183,6 @@ struct CallMeter {
 }
 
 impl CallMeter {
-    fn new(_shared: &RunShared) -> Self {
-        Self {
-            outcome: CallOutcome::default(),
-            turn: None,
-            reply_open: false,
-            pacing: ReplyPacing::default(),
-            playhead: Playhead::default(),
-        }
-    }
-
     /// A frame for `slot`, due at `due`, finished sending at `now`.
     fn sent(&mut self, shared: &RunShared, slot: Slot, due: Instant, now: Instant) {
         let steady = shared.steady();
@@ -342,6 +333,19 @@ mod tests {
         }
     }
 
+    /// Frames `range` of the pattern, each due at `due(n)` and sent `delay` after it.
+    fn send_frames(
+        meter: &mut CallMeter,
+        shared: &RunShared,
+        range: std::ops::Range<u64>,
+        due: impl Fn(u64) -> Instant,
+        delay: Duration,
+    ) {
+        for n in range {
+            meter.sent(shared, shared.pattern.slot(n, 0), due(n), due(n) + delay);
+        }
+    }
+
     fn audio() -> Reply<'static> {
         Reply::Audio {
             payload_len: FRAME_PAYLOAD_LEN,
@@ -353,17 +357,10 @@ mod tests {
     #[test]
     fn turns_answers_and_overhead() {
         let shared = shared(2);
-        let mut meter = CallMeter::new(&shared);
+        let mut meter = CallMeter::default();
         let t0 = Instant::now();
         let at = |n: u64| t0 + FRAME * n as u32;
-        for n in 0..4 {
-            meter.sent(
-                &shared,
-                shared.pattern.slot(n, 0),
-                at(n),
-                at(n) + Duration::from_millis(1),
-            );
-        }
+        send_frames(&mut meter, &shared, 0..4, at, Duration::from_millis(1));
         // Frame 1 ended speech; frame 3 closed the 2-frame window. Reply 100 ms after frame 3.
         let reply_at = at(3) + Duration::from_millis(100);
         // The worker's pacing: the lead frames with the first, then one per 20 ms; the sixth
@@ -372,14 +369,7 @@ mod tests {
             meter.received(&shared, audio(), reply_at + Duration::from_millis(offset));
         }
         meter.received(&shared, Reply::Mark("1.0"), reply_at);
-        for n in 4..8 {
-            meter.sent(
-                &shared,
-                shared.pattern.slot(n, 0),
-                at(n),
-                at(n) + Duration::from_millis(30),
-            );
-        }
+        send_frames(&mut meter, &shared, 4..8, at, Duration::from_millis(30));
         let o = &meter.outcome;
         assert_eq!(
             (o.turns, o.turns_answered),
@@ -402,42 +392,31 @@ mod tests {
     #[test]
     fn unanswered_turns_and_unprompted_audio() {
         let shared = shared(2);
-        let mut meter = CallMeter::new(&shared);
+        let mut meter = CallMeter::default();
         let t0 = Instant::now();
         // A greeting before the caller ever spoke.
         meter.received(&shared, audio(), t0);
         assert_eq!(meter.outcome.unprompted_replies, 1);
-        for n in 0..15 {
-            meter.sent(&shared, shared.pattern.slot(n, 0), t0, t0);
-        }
+        send_frames(&mut meter, &shared, 0..15, |_| t0, Duration::ZERO);
         let o = &meter.outcome;
         assert_eq!((o.turns, o.turns_answered), (2, 0));
         assert!(o.ttfa.is_empty());
         meter.received(&shared, Reply::Error { code: "TIMEOUT" }, t0);
         meter.received(&shared, Reply::Malformed, t0);
-        assert!(!meter.outcome.sustained() || meter.outcome.error_frames.is_empty());
-        assert_eq!(meter.outcome.error_frames.len(), 2);
+        let codes: Vec<&String> = meter.outcome.error_frames.keys().collect();
+        assert_eq!(codes, ["MALFORMED_FRAME", "TIMEOUT"]);
     }
 
     #[test]
     fn nothing_is_counted_before_the_steady_window() {
         let shared = shared(2);
         shared.steady.store(false, Ordering::Relaxed);
-        let mut meter = CallMeter::new(&shared);
+        let mut meter = CallMeter::default();
         let t0 = Instant::now();
-        for n in 0..4 {
-            meter.sent(
-                &shared,
-                shared.pattern.slot(n, 0),
-                t0,
-                t0 + Duration::from_secs(1),
-            );
-        }
+        send_frames(&mut meter, &shared, 0..4, |_| t0, Duration::from_secs(1));
         shared.steady.store(true, Ordering::Relaxed);
         meter.received(&shared, audio(), t0 + Duration::from_secs(2));
-        for n in 4..8 {
-            meter.sent(&shared, shared.pattern.slot(n, 0), t0, t0);
-        }
+        send_frames(&mut meter, &shared, 4..8, |_| t0, Duration::ZERO);
         let o = &meter.outcome;
         assert_eq!(o.frames_sent, 4);
         assert_eq!(o.turns, 0, "its speech ended before the window");
