@@ -17,10 +17,11 @@ use callfleet_worker::media::format::FRAME;
 
 use super::pattern::{Pattern, Slot};
 use super::stats::CallOutcome;
-use super::timing::{Playhead, ReplyPacing, lateness};
+use super::timing::{ReplyPacing, lateness};
 use super::wire::{
     FRAME_PAYLOAD_LEN, FrameBook, Reply, Wire, closing, mark_ack, opening, parse_reply,
 };
+use callfleet_worker::protocols::carrier::CarrierPlayhead;
 
 /// Read buffer per connection: small, like the worker's (tungstenite's 128 KiB default would be
 /// zero-filled on every read and cost 128 KiB per call).
@@ -179,7 +180,7 @@ struct CallMeter {
     /// Reply audio is flowing that was already accounted for (answer or unprompted).
     reply_open: bool,
     pacing: ReplyPacing,
-    playhead: Playhead,
+    playhead: CarrierPlayhead,
 }
 
 impl CallMeter {

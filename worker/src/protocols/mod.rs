@@ -6,6 +6,7 @@
 //! load generator and the smoke-test client.
 
 pub mod call_session;
+pub mod carrier;
 pub mod error;
 pub mod freeswitch;
 pub mod payload;

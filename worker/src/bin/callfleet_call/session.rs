@@ -22,7 +22,8 @@ use super::args::{Args, TokenVia};
 use super::audio_file::{Mono, convert, read_wav};
 use super::carrier::{Carrier, CarrierSetup, WorkerEvent};
 use super::error::CallError;
-use super::timeline::{Playback, Timeline, TurnLatency};
+use super::timeline::{Timeline, TurnLatency};
+use callfleet_worker::protocols::carrier::CarrierPlayhead;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -88,7 +89,7 @@ pub async fn place_call(
     let mut frame = vec![0i16; frame_samples];
     let started = Instant::now();
     let mut timeline = Timeline::new(started);
-    let mut playback = Playback::default();
+    let mut playback = CarrierPlayhead::default();
     let mut ticks = tokio::time::interval(FRAME);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut n: u64 = 0;
@@ -103,7 +104,7 @@ pub async fn place_call(
                 n += 1;
                 let offset = FRAME * u32::try_from(n).unwrap_or(u32::MAX);
                 timeline.caller_frame(now, offset, n <= total_frames && frame_dbfs(&frame) >= args.speech_dbfs);
-                for name in playback.reached(now) {
+                for name in playback.due_marks(now) {
                     if let Some(ack) = carrier.mark_ack(&name) {
                         send(&mut socket, ack).await?;
                         report.marks_acknowledged += 1;
@@ -158,7 +159,7 @@ pub async fn place_call(
                     }
                     Ok(WorkerEvent::Mark(name)) => playback.mark(now, name),
                     Ok(WorkerEvent::Clear) => {
-                        playback.flush(now);
+                        playback.clear(now);
                         report.clears += 1;
                     }
                     Ok(WorkerEvent::Status { status, message }) => {

@@ -2,7 +2,6 @@
 //! began (per-turn latency), and when the reply "played" so marks are acknowledged the way a
 //! carrier does. Time is passed in, so this is plain unit-tested logic.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// One caller turn and how long the reply took.
@@ -78,55 +77,6 @@ impl Timeline {
     }
 }
 
-/// The carrier's playhead: reply audio plays back to back from its arrival; a mark is
-/// acknowledged when the audio before it has played, and at once on a flush.
-#[derive(Debug, Default)]
-pub struct Playback {
-    until: Option<Instant>,
-    pending: VecDeque<(Instant, String)>,
-}
-
-impl Playback {
-    /// Audio lasting `length` arrived at `at`.
-    pub fn audio(&mut self, at: Instant, length: Duration) {
-        let start = self.until.map_or(at, |u| u.max(at));
-        self.until = Some(start + length);
-    }
-
-    /// The worker asked to be told when playback reaches this point.
-    pub fn mark(&mut self, at: Instant, name: String) {
-        let when = self.until.map_or(at, |u| u.max(at));
-        self.pending.push_back((when, name));
-    }
-
-    /// Playback was flushed (barge-in): what was queued will never play.
-    pub fn flush(&mut self, at: Instant) {
-        self.until = Some(at);
-        for pending in &mut self.pending {
-            pending.0 = at;
-        }
-    }
-
-    /// Marks reached by `now`, in order.
-    pub fn reached(&mut self, now: Instant) -> Vec<String> {
-        let mut names = Vec::new();
-        while let Some((when, _)) = self.pending.front() {
-            if *when > now {
-                break;
-            }
-            if let Some((_, name)) = self.pending.pop_front() {
-                names.push(name);
-            }
-        }
-        names
-    }
-
-    /// When everything received so far will have played.
-    pub fn done_at(&self) -> Option<Instant> {
-        self.until
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,31 +123,5 @@ mod tests {
         assert_eq!(timeline.reply_audio(t0 + ms(700)), None);
         assert_eq!(timeline.greeting, Some(ms(700)));
         assert!(timeline.turns.is_empty());
-    }
-
-    #[test]
-    fn marks_are_acknowledged_after_their_audio_plays() {
-        let t0 = Instant::now();
-        let mut playback = Playback::default();
-        playback.audio(t0, FRAME);
-        playback.audio(t0, FRAME);
-        playback.mark(t0, "1.0".into());
-        playback.audio(t0 + ms(10), FRAME);
-        playback.mark(t0 + ms(10), "1.1".into());
-        assert!(playback.reached(t0 + ms(39)).is_empty());
-        assert_eq!(playback.reached(t0 + ms(40)), ["1.0"]);
-        assert_eq!(playback.reached(t0 + ms(60)), ["1.1"]);
-        assert_eq!(playback.done_at(), Some(t0 + ms(60)));
-    }
-
-    #[test]
-    fn flush_acknowledges_what_will_never_play() {
-        let t0 = Instant::now();
-        let mut playback = Playback::default();
-        playback.audio(t0, Duration::from_secs(3));
-        playback.mark(t0, "a".into());
-        playback.flush(t0 + ms(500));
-        assert_eq!(playback.reached(t0 + ms(500)), ["a"]);
-        assert_eq!(playback.done_at(), Some(t0 + ms(500)));
     }
 }
