@@ -205,6 +205,7 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
     }
     let all_ready_at = (progress.ready.len() == n).then(|| start.elapsed());
     let rss = peak_rss_kib(&operator).unwrap_or(0);
+    let cpu = cpu_seconds(&operator).unwrap_or(0.0);
     let _ = operator.kill();
     let _ = operator.wait();
 
@@ -227,6 +228,10 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
     println!("all {n} have every child: {all_children_at:?} after the first create");
     println!("all {n} Ready: {all_ready_at:?} after the first create");
     println!("operator peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!(
+        "operator CPU: {cpu:.1} s in all ({:.1} ms per CallCluster, including its start-up)",
+        cpu * 1000.0 / n as f64
+    );
     ns.delete_and_wait(Duration::from_secs(300)).await.ok();
     Ok(())
 }
@@ -398,6 +403,17 @@ fn start_operator(cluster: &Cluster, namespace: &str) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?)
+}
+
+/// CPU time (user + system) the operator process has used, in seconds.
+fn cpu_seconds(child: &Child) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
 }
 
 /// Peak resident set size (VmHWM) of the operator process, in KiB.
