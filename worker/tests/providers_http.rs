@@ -21,6 +21,15 @@ use callfleet_worker::providers::{
 /// Bound on waiting for the server to observe something (liveness, not a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// A stand-in with no latencies whose `endpoint` always answers with `fault`.
+async fn standin_with_fault(endpoint: Endpoint, fault: Fault) -> StandinHandle {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .unwrap();
+    standin.inject(FaultRule::new(Some(endpoint), fault, None));
+    standin
+}
+
 fn client(standin: &StandinHandle, timeout: Duration, max_retries: u32) -> OpenAi {
     client_with(standin, timeout, max_retries, None)
 }
@@ -265,14 +274,7 @@ async fn stalled_request_times_out() {
 
 #[tokio::test]
 async fn stall_after_the_stream_started_times_out_without_retry() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Chat),
-        Fault::StallMidStream,
-        None,
-    ));
+    let standin = standin_with_fault(Endpoint::Chat, Fault::StallMidStream).await;
     let openai = client(&standin, Duration::from_millis(300), 3);
     let items: Vec<_> = openai
         .stream_chat(chat_messages("hi"), &LlmSpec::default())
@@ -287,14 +289,7 @@ async fn stall_after_the_stream_started_times_out_without_retry() {
 
 #[tokio::test]
 async fn dropped_connection_mid_stream_is_an_error_without_retry() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Speech),
-        Fault::DropMidStream,
-        None,
-    ));
+    let standin = standin_with_fault(Endpoint::Speech, Fault::DropMidStream).await;
     let openai = client(&standin, Duration::from_secs(5), 3);
     let items: Vec<_> = openai
         .stream_speech(
@@ -318,14 +313,7 @@ async fn dropped_connection_mid_stream_is_an_error_without_retry() {
 
 #[tokio::test]
 async fn dropped_chat_stream_is_not_mistaken_for_a_complete_reply() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Chat),
-        Fault::DropMidStream,
-        None,
-    ));
+    let standin = standin_with_fault(Endpoint::Chat, Fault::DropMidStream).await;
     let openai = client(&standin, Duration::from_secs(5), 0);
     let items: Vec<_> = openai
         .stream_chat(chat_messages("hi"), &LlmSpec::default())
