@@ -6,7 +6,7 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule};
+use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
 use callfleet_worker::media::l16;
 use serde_json::Value;
 use support::calls::*;
@@ -253,6 +253,49 @@ async fn provider_failure_gives_a_clear_error_and_the_call_goes_on() {
         }
     };
     assert_eq!(reply["text"], "I heard tone 550.");
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limited_provider_is_retried_and_the_turn_is_answered() {
+    // The production retry path: the pipeline allows retries, the chat endpoint answers 429
+    // (with Retry-After) once, and the caller only ever sees the reply.
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .expect("stand-in");
+    let pipeline = pipeline_json(&standin.base_url(), 1, TURNS)
+        .replace(r#""maxRetries":0"#, r#""maxRetries":2"#);
+    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Chat),
+        Fault::RateLimit { retry_after_ms: 50 },
+        Some(1),
+    ));
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("retry-1", Some(&token("retry-1")))).await;
+    wait_for(&mut s, "status", "ready").await;
+    for frame in utterance(440.0, 8_000).chunks(160) {
+        let msg = format!(r#"{{"type":"audio","data":"{}"}}"#, mulaw_b64(frame));
+        send_text(&mut s, msg).await;
+    }
+    let reply = loop {
+        let m = next_json(&mut s).await.expect("reply");
+        match m["type"].as_str() {
+            Some("error") => panic!("the retry should hide the 429: {m}"),
+            Some("audio_response") if m["text"].as_str().is_some_and(|t| !t.is_empty()) => {
+                break m;
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(reply["text"], "I heard tone 440.");
+    let chat = standin.stats().chat;
+    assert_eq!(
+        chat.requests, 2,
+        "one refused with 429, one answered: {chat:?}"
+    );
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     wait_closed(&mut s).await;
     w.stop().await;
