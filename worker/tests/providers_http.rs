@@ -207,14 +207,8 @@ async fn rate_limit_is_retried_then_succeeds() {
 
 #[tokio::test]
 async fn rate_limit_beyond_retries_is_a_typed_error() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Speech),
-        Fault::RateLimit { retry_after_ms: 10 },
-        None,
-    ));
+    let standin =
+        standin_with_fault(Endpoint::Speech, Fault::RateLimit { retry_after_ms: 10 }).await;
     let openai = client(&standin, Duration::from_secs(5), 1);
     let first = openai
         .stream_speech("Hi.".into(), &TtsSpec::default())
@@ -235,14 +229,8 @@ async fn rate_limit_beyond_retries_is_a_typed_error() {
 
 #[tokio::test]
 async fn server_errors_exhaust_retries() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Transcriptions),
-        Fault::ServerError { status: 503 },
-        None,
-    ));
+    let standin =
+        standin_with_fault(Endpoint::Transcriptions, Fault::ServerError { status: 503 }).await;
     let openai = client(&standin, Duration::from_secs(5), 2);
     let result = openai
         .transcribe(tone_utterance(), &stt_spec("whisper-1"))
