@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::admission::{CapacityGate, ConnectionRateLimiter, TokenSecret};
 use crate::config::PipelineSource;
 use crate::metrics::Metrics;
+use crate::recording::Recordings;
 use crate::session::SessionStore;
 
 /// Per-call time limits.
@@ -27,6 +28,8 @@ pub struct WorkerContext {
     pub rate_limiter: Arc<dyn ConnectionRateLimiter>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn SessionStore>,
+    /// Call recordings, when `CALLFLEET_RECORDINGS_ENABLED`.
+    pub recordings: Option<Arc<Recordings>>,
     pub started_at: Instant,
     draining: AtomicBool,
 }
@@ -50,9 +53,16 @@ impl WorkerContext {
             rate_limiter,
             metrics,
             store,
+            recordings: None,
             started_at: Instant::now(),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Records calls with `recordings`.
+    pub fn with_recordings(mut self, recordings: Option<Arc<Recordings>>) -> Self {
+        self.recordings = recordings;
+        self
     }
 
     /// Stop admitting calls (SIGTERM).

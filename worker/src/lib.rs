@@ -10,5 +10,6 @@ pub mod media;
 pub mod metrics;
 pub mod protocols;
 pub mod providers;
+pub mod recording;
 pub mod server;
 pub mod session;

@@ -32,11 +32,65 @@ pub struct Metrics {
     pub llm_first_token: Histogram,
     pub tts_first_byte: Histogram,
     pub barge_ins: Counter,
+    pub recordings: RecordingMetrics,
     calls_ended: AtomicU64,
     call_seconds_sum_ms: AtomicU64,
     calls_with_error: AtomicU64,
     first_audio_sum_us: AtomicU64,
     first_audio_count: AtomicU64,
+}
+
+/// Recording counters (`callfleet_recording*`): kept per worker, updated per recording or per
+/// dropped frame, never per written frame.
+#[derive(Default)]
+pub struct RecordingMetrics {
+    /// Recordings the bucket has.
+    pub uploaded: Counter,
+    /// Upload attempts that failed (each is retried).
+    pub upload_failures: Counter,
+    /// WAV bytes uploaded.
+    pub uploaded_bytes: Counter,
+    /// Frames not recorded because a recorder fell behind (or could not start).
+    pub frames_dropped: Counter,
+    /// Spool failures: a recording that could not start, be written, assembled or removed.
+    pub errors: Counter,
+    /// Finished recordings in the spool waiting for upload.
+    pub backlog: Gauge,
+}
+
+impl RecordingMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "callfleet_recordings_uploaded",
+            "Call recordings uploaded to the bucket",
+            self.uploaded.clone(),
+        );
+        registry.register(
+            "callfleet_recording_upload_failures",
+            "Recording upload attempts that failed (each is retried)",
+            self.upload_failures.clone(),
+        );
+        registry.register(
+            "callfleet_recording_uploaded_bytes",
+            "WAV bytes uploaded",
+            self.uploaded_bytes.clone(),
+        );
+        registry.register(
+            "callfleet_recording_frames_dropped",
+            "Audio frames not recorded because the recorder fell behind or failed",
+            self.frames_dropped.clone(),
+        );
+        registry.register(
+            "callfleet_recording_errors",
+            "Recordings that could not be started, written, assembled or cleaned up",
+            self.errors.clone(),
+        );
+        registry.register(
+            "callfleet_recording_spool_backlog",
+            "Finished recordings in the spool waiting for upload",
+            self.backlog.clone(),
+        );
+    }
 }
 
 /// The seed's `/metrics` JSON.
@@ -118,6 +172,8 @@ impl Metrics {
             "Replies interrupted by caller speech",
             barge_ins.clone(),
         );
+        let recordings = RecordingMetrics::default();
+        recordings.register(&mut registry);
         Self {
             registry,
             active_calls,
@@ -129,6 +185,7 @@ impl Metrics {
             llm_first_token,
             tts_first_byte,
             barge_ins,
+            recordings,
             calls_ended: AtomicU64::new(0),
             call_seconds_sum_ms: AtomicU64::new(0),
             calls_with_error: AtomicU64::new(0),
@@ -218,6 +275,11 @@ mod tests {
         assert!(text.contains("callfleet_calls_total 2"));
         assert!(text.contains(r#"callfleet_errors_total{code="RATE_LIMIT"} 1"#));
         assert!(text.contains("callfleet_turn_first_audio_seconds_bucket"));
+        m.recordings.frames_dropped.inc();
+        let text = m.prometheus_text(1);
+        assert!(text.contains("callfleet_recording_frames_dropped_total 1"));
+        assert!(text.contains("callfleet_recording_spool_backlog 0"));
+        assert!(text.contains("callfleet_recordings_uploaded_total 0"));
         let s = m.summary(1);
         assert_eq!(s.total_calls, 2);
         assert_eq!(s.average_call_duration, 10.0);

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::recording::{Coding, PART_SIZE, RecordingSettings, UploadSettings};
 
 #[derive(Debug, Parser)]
 #[command(name = "callfleet-worker", version, about = "callfleet call worker")]
@@ -39,6 +41,22 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// `CALLFLEET_RECORDINGS_FORMAT`, as the operator renders it from the CallCluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecordingFormat {
+    /// 16-bit linear PCM WAV.
+    #[value(name = "wav")]
+    Wav,
+    /// G.711 µ-law WAV.
+    #[value(name = "wavMulaw")]
+    WavMulaw,
+}
+
+/// Recordings are on but cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("CALLFLEET_RECORDINGS_ENABLED is true but CALLFLEET_RECORDINGS_BUCKET is not set")]
+pub struct MissingBucket;
 
 /// Settings of a serving worker.
 #[derive(Debug, Clone, Args)]
@@ -98,6 +116,52 @@ pub struct ServeArgs {
     /// Upper bound on provider requests in flight from this worker (0 = unbounded).
     #[arg(long, env = "CALLFLEET_PROVIDER_MAX_CONCURRENCY", default_value_t = 0)]
     pub provider_max_concurrency: usize,
+    /// Record calls to S3-compatible storage (`true`/`false`).
+    #[arg(long, env = "CALLFLEET_RECORDINGS_ENABLED", action = ArgAction::Set, default_value_t = false)]
+    pub recordings_enabled: bool,
+    /// S3-compatible endpoint URL (AWS S3 when unset).
+    #[arg(long, env = "CALLFLEET_RECORDINGS_ENDPOINT")]
+    pub recordings_endpoint: Option<String>,
+    /// Region for request signing.
+    #[arg(long, env = "CALLFLEET_RECORDINGS_REGION")]
+    pub recordings_region: Option<String>,
+    /// Bucket recordings are uploaded to.
+    #[arg(long, env = "CALLFLEET_RECORDINGS_BUCKET")]
+    pub recordings_bucket: Option<String>,
+    /// Object key prefix, used as is: keys are `<prefix><YYYY>/<MM>/<DD>/<call id>-<HHMMSSmmm>.wav`.
+    #[arg(
+        long,
+        env = "CALLFLEET_RECORDINGS_PREFIX",
+        default_value = "recordings/"
+    )]
+    pub recordings_prefix: String,
+    /// Sample coding of recordings.
+    #[arg(long, env = "CALLFLEET_RECORDINGS_FORMAT", value_enum, default_value_t = RecordingFormat::Wav)]
+    pub recordings_format: RecordingFormat,
+    /// Access key id for the recordings bucket (else the usual AWS credential sources).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub aws_access_key_id: Option<String>,
+    /// Secret access key for the recordings bucket.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
+    /// Local folder recordings are written to until the bucket has them; what a previous run
+    /// left there is uploaded on start.
+    #[arg(
+        long,
+        env = "CALLFLEET_RECORDINGS_SPOOL_DIR",
+        default_value = "/var/lib/callfleet/recordings"
+    )]
+    pub recordings_spool_dir: PathBuf,
+    /// Recordings uploaded at once.
+    #[arg(long, env = "CALLFLEET_RECORDINGS_UPLOADS", default_value_t = 4)]
+    pub recordings_uploads: usize,
+    /// Longest wait between upload attempts while the bucket is unreachable, in seconds.
+    #[arg(
+        long,
+        env = "CALLFLEET_RECORDINGS_RETRY_MAX_SECONDS",
+        default_value_t = 60
+    )]
+    pub recordings_retry_max_seconds: u64,
 }
 
 impl ServeArgs {
@@ -112,6 +176,37 @@ impl ServeArgs {
     }
     pub fn pipeline_poll(&self) -> Duration {
         Duration::from_millis(self.pipeline_poll_ms.max(10))
+    }
+
+    /// The recordings settings, or `None` when recordings are off.
+    pub fn recordings(&self) -> Result<Option<RecordingSettings>, MissingBucket> {
+        if !self.recordings_enabled {
+            return Ok(None);
+        }
+        let bucket = self
+            .recordings_bucket
+            .clone()
+            .filter(|b| !b.is_empty())
+            .ok_or(MissingBucket)?;
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        Ok(Some(RecordingSettings {
+            endpoint: nonempty(&self.recordings_endpoint),
+            region: nonempty(&self.recordings_region),
+            bucket,
+            prefix: self.recordings_prefix.clone(),
+            coding: match self.recordings_format {
+                RecordingFormat::Wav => Coding::L16,
+                RecordingFormat::WavMulaw => Coding::Mulaw,
+            },
+            access_key_id: nonempty(&self.aws_access_key_id),
+            secret_access_key: nonempty(&self.aws_secret_access_key),
+            spool_dir: self.recordings_spool_dir.clone(),
+            uploads: UploadSettings {
+                workers: self.recordings_uploads.max(1),
+                retry_max: Duration::from_secs(self.recordings_retry_max_seconds.max(1)),
+                part_size: PART_SIZE,
+            },
+        }))
     }
 
     /// Defaults (and `CALLFLEET_*` env) for a worker started in-process (tests, local runs),
@@ -143,6 +238,40 @@ mod tests {
         assert_eq!(s.rate_limit_per_minute, 100);
         assert_eq!(s.drain_seconds, 330);
         assert_eq!(s.pipeline_poll(), Duration::from_secs(2));
+        assert!(!s.recordings_enabled);
+        assert!(s.recordings().unwrap().is_none());
+        assert_eq!(
+            s.recordings_spool_dir,
+            PathBuf::from("/var/lib/callfleet/recordings")
+        );
+    }
+
+    #[test]
+    fn recordings_as_the_operator_renders_them() {
+        let cli = Cli::try_parse_from([
+            "callfleet-worker",
+            "--recordings-enabled",
+            "true",
+            "--recordings-endpoint",
+            "http://127.0.0.1:9000",
+            "--recordings-bucket",
+            "calls",
+            "--recordings-prefix",
+            "acme/",
+            "--recordings-format",
+            "wavMulaw",
+        ])
+        .unwrap();
+        let r = cli.serve.recordings().unwrap().unwrap();
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(r.bucket, "calls");
+        assert_eq!(r.prefix, "acme/");
+        assert_eq!(r.coding, Coding::Mulaw);
+        assert_eq!(r.region, None);
+
+        let cli =
+            Cli::try_parse_from(["callfleet-worker", "--recordings-enabled", "true"]).unwrap();
+        assert!(cli.serve.recordings().is_err(), "no bucket");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::config::{PipelineSource, ServeArgs};
 use crate::context::{CallLimits, WorkerContext};
 use crate::metrics::Metrics;
 use crate::providers::openai::ProviderHttp;
+use crate::recording::Recordings;
 use crate::session::InMemorySessionStore;
 
 /// How long a dropped call's history is kept for a reconnect.
@@ -19,7 +20,8 @@ const RESUME_WINDOW: Duration = Duration::from_secs(600);
 /// How long a connection may take to announce its call.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the shared state from settings (loads the token secret and the first pipeline).
+/// Builds the shared state from settings (loads the token secret and the first pipeline, opens
+/// the recordings spool). Runs inside the Tokio runtime.
 pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
     let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
     let metrics = Arc::new(Metrics::new());
@@ -33,19 +35,26 @@ pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
         metrics.clone(),
     ));
     pipelines.reload();
-    Ok(Arc::new(WorkerContext::new(
-        CallLimits {
-            max_call: args.max_call_duration(),
-            idle: args.idle_timeout(),
-            start: START_TIMEOUT.min(args.idle_timeout()),
-        },
-        pipelines,
-        secret,
-        CapacityGate::new(args.max_calls),
-        rate_limiter(args.rate_limit_per_minute),
-        metrics,
-        Arc::new(InMemorySessionStore::new(RESUME_WINDOW)),
-    )))
+    let recordings = match args.recordings()? {
+        Some(settings) => Some(Recordings::start(&settings, metrics.clone())?),
+        None => None,
+    };
+    Ok(Arc::new(
+        WorkerContext::new(
+            CallLimits {
+                max_call: args.max_call_duration(),
+                idle: args.idle_timeout(),
+                start: START_TIMEOUT.min(args.idle_timeout()),
+            },
+            pipelines,
+            secret,
+            CapacityGate::new(args.max_calls),
+            rate_limiter(args.rate_limit_per_minute),
+            metrics,
+            Arc::new(InMemorySessionStore::new(RESUME_WINDOW)),
+        )
+        .with_recordings(recordings),
+    ))
 }
 
 fn rate_limiter(per_minute: u32) -> Arc<dyn ConnectionRateLimiter> {
@@ -93,7 +102,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
 
 impl RunningWorker {
     /// Graceful drain: stop admitting (`/ready` turns 503, new connections are refused), wait
-    /// up to `timeout` for live calls to end, then stop serving.
+    /// up to `timeout` for live calls to end and their recordings to reach the bucket, then
+    /// stop serving. Recordings still waiting then stay in the spool for the next start.
     pub async fn drain(self, timeout: Duration) {
         self.ctx.start_draining();
         let deadline = Instant::now() + timeout;
@@ -104,6 +114,15 @@ impl RunningWorker {
         if left > 0 {
             tracing::warn!(calls = left, "drain timeout: cutting remaining calls");
         }
+        if let Some(recordings) = &self.ctx.recordings {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !recordings.settle(left).await {
+                tracing::warn!(
+                    pending = recordings.pending_uploads(),
+                    "drain timeout: recordings left in the spool"
+                );
+            }
+        }
         self.stop().await;
     }
 
@@ -111,6 +130,9 @@ impl RunningWorker {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.watcher.abort();
+        if let Some(recordings) = &self.ctx.recordings {
+            recordings.stop();
+        }
         // Live WebSocket calls keep the server future alive; don't wait for them past a beat.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.server).await;
     }

@@ -24,6 +24,7 @@ use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Pr
 use crate::providers::{
     ChatMessage, ChatRole, RealtimeEvent, RealtimeOptions, RealtimeSession, ServerVad, Utterance,
 };
+use crate::recording::CallRecorder;
 use callfleet_crds::PipelineMode;
 
 /// Longest utterance kept for STT; longer speech is cut into turns of this length.
@@ -216,6 +217,9 @@ struct CallSession {
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
     from_8k: Option<StreamResampler>,
+    /// This call's recording, when the worker records calls: it is handed frames, never
+    /// waited on.
+    recorder: Option<CallRecorder>,
 }
 
 impl CallSession {
@@ -229,6 +233,10 @@ impl CallSession {
     ) -> Self {
         let spec = &pipeline.config.spec;
         let now = Instant::now();
+        let recorder = ctx
+            .recordings
+            .as_ref()
+            .map(|r| r.start_call(&start.call_id));
         Self {
             encoder: Encoder::new(protocol, &start),
             vad: Vad::new(&spec.turn_detection),
@@ -251,6 +259,7 @@ impl CallSession {
             realtime: None,
             to_8k: None,
             from_8k: None,
+            recorder,
             pipeline,
             ctx,
         }
@@ -348,6 +357,9 @@ impl CallSession {
         match event {
             InboundEvent::Audio { samples, format } => {
                 self.on_audio(&samples, format).await;
+                if let Some(recorder) = &self.recorder {
+                    recorder.caller(samples, format.sample_rate);
+                }
                 None
             }
             InboundEvent::Mark(name) => {
@@ -500,7 +512,7 @@ impl CallSession {
                 };
                 for item in items {
                     if let PlayoutItem::Audio(samples) = item {
-                        self.send_audio(&samples, caption.as_deref()).await;
+                        self.send_audio(samples, caption.as_deref()).await;
                     }
                 }
                 self.playout.arm(now);
@@ -554,7 +566,7 @@ impl CallSession {
                             }
                             _ => None,
                         };
-                        self.send_audio(&frame, caption.as_deref()).await;
+                        self.send_audio(frame, caption.as_deref()).await;
                     }
                     PlayoutItem::Mark(name) => self.send(Outbound::Mark(&name)).await,
                 }
@@ -562,12 +574,12 @@ impl CallSession {
         }
     }
 
-    async fn send_audio(&mut self, samples: &[i16], text: Option<&str>) {
+    async fn send_audio(&mut self, samples: Vec<i16>, text: Option<&str>) {
         if let Some(ended) = self.speech_ended_at.take() {
             self.ctx.metrics.observe_first_audio(ended.elapsed());
         }
         let frame = self.encoder.encode(Outbound::Audio {
-            samples,
+            samples: &samples,
             format: self.out_format,
             text,
         });
@@ -576,6 +588,11 @@ impl CallSession {
             // loses frames, not the call's VAD.
             if self.writer.try_send(WriterCommand::Frame(frame)).is_err() {
                 tracing::debug!(call_id = %self.call_id, "writer full, frame dropped");
+                return;
+            }
+            // The recording holds what the carrier was handed, nothing it never got.
+            if let Some(recorder) = &self.recorder {
+                recorder.assistant(samples, self.out_format.sample_rate);
             }
         }
     }
@@ -595,6 +612,9 @@ impl CallSession {
         if was_playing {
             self.send(Outbound::Clear).await;
             self.ctx.metrics.barge_ins.inc();
+            if let Some(recorder) = &self.recorder {
+                recorder.cut();
+            }
         }
         let heard = self.heard_so_far(now);
         if let (Some(item_id), Some(rt)) = (self.reply.item_id.take(), self.realtime.as_mut()) {
@@ -822,7 +842,7 @@ impl CallSession {
                 let mark = format!("{}.0", self.reply.id);
                 for item in self.playout.end_sentence(Some(mark), now) {
                     if let PlayoutItem::Audio(samples) = item {
-                        self.send_audio(&samples, None).await;
+                        self.send_audio(samples, None).await;
                     }
                 }
                 self.playout.arm(now);
