@@ -1,6 +1,8 @@
 //! Test support for callfleet's end-to-end tests: a real local Kubernetes control plane
-//! (`cluster`) and a local OpenAI-compatible server (`openai_standin`).
+//! (`cluster`), a local OpenAI-compatible server (`openai_standin`) and a real S3-compatible
+//! server (`s3proxy`).
 
 pub mod cluster;
 pub mod loadgen;
 pub mod openai_standin;
+pub mod s3proxy;

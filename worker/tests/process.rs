@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -11,23 +11,6 @@ use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 const BIN: &str = env!("CARGO_BIN_EXE_callfleet-worker");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn token_subcommand_and_sigterm_drain() {
@@ -57,7 +40,7 @@ async fn token_subcommand_and_sigterm_drain() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn worker");
-    let mut worker = Worker(child);
+    let mut worker = ChildWorker(child);
     let base = format!("127.0.0.1:{port}");
     eventually(async || {
         reqwest::get(format!("http://{base}/ready"))

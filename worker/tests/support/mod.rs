@@ -195,6 +195,25 @@ pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A worker binary run as a child process; killed on drop, so a failing test leaves no
+/// process behind.
+pub struct ChildWorker(pub std::process::Child);
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn start_call(call_id: &str, token: Option<&str>) -> String {
     match token {
         Some(t) => format!(r#"{{"type":"start_call","callId":"{call_id}","token":"{t}"}}"#),
