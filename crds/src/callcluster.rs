@@ -374,7 +374,8 @@ pub struct RedisSpec {
     validation = Rule::new("!self.enabled || (has(self.bucket) && has(self.credentialsSecretRef))").message("recordings.bucket and recordings.credentialsSecretRef are required when recordings.enabled is true")
 )]
 pub struct RecordingsSpec {
-    /// Record calls (both directions, mixed).
+    /// Record calls: an 8 kHz stereo WAV per call, the caller left and the assistant right,
+    /// spooled on the worker and uploaded when the call ends.
     #[serde(default)]
     pub enabled: bool,
     /// S3-compatible endpoint URL; AWS S3 when empty.
@@ -388,7 +389,8 @@ pub struct RecordingsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 63))]
     pub bucket: Option<String>,
-    /// Object key prefix; objects are named `<prefix><call id>.wav`.
+    /// Object key prefix, used as is; objects are named
+    /// `<prefix><YYYY>/<MM>/<DD>/<call id>-<HHMMSSmmm>.wav` (UTC start of the call).
     #[serde(default = "default_recordings_prefix")]
     pub prefix: String,
     /// Secret holding the access key id and secret access key.
