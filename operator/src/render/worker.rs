@@ -21,10 +21,11 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -44,6 +45,10 @@ pub const PROVIDER_DIR: &str = "/etc/callfleet/provider";
 /// Seconds a worker keeps draining after SIGTERM beyond the max call duration, so a rollout
 /// never cuts a call shorter than `limits.maxCallDurationSeconds`.
 pub const DRAIN_MARGIN_SECONDS: i64 = 30;
+/// Where workers spool call recordings until the bucket has them: an `emptyDir`, because the
+/// root filesystem is read-only. It outlives container restarts (the worker uploads what is left
+/// on start); the drain waits for uploads before the pod goes.
+pub const RECORDINGS_SPOOL_DIR: &str = "/var/lib/callfleet/recordings";
 /// Seconds the kubelet waits beyond the drain before killing the worker.
 pub const TERMINATION_MARGIN_SECONDS: i64 = 30;
 /// Seconds a terminating pod keeps serving before SIGTERM, so endpoint removal reaches every
@@ -65,7 +70,7 @@ pub fn deployment(ctx: &Context<'_>, pipeline: &AiPipeline) -> Deployment {
     let (token_secret, token_key) = token::secret_ref(ctx);
     let provider = &pipeline.spec.provider.api_key_secret_ref;
 
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "pipeline".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -81,11 +86,23 @@ pub fn deployment(ctx: &Context<'_>, pipeline: &AiPipeline) -> Deployment {
     ];
     // Directory mounts, never `subPath`: the kubelet swaps a `..data` symlink atomically in
     // directories, while `subPath` files never update in a running pod.
-    let mounts = vec![
+    let mut mounts = vec![
         read_only_mount("pipeline", PIPELINE_CONFIG_DIR),
         read_only_mount("provider", PROVIDER_DIR),
         read_only_mount("auth", TOKEN_SECRET_DIR),
     ];
+    if ctx.spec.recordings.enabled {
+        volumes.push(Volume {
+            name: "recordings-spool".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "recordings-spool".into(),
+            mount_path: RECORDINGS_SPOOL_DIR.into(),
+            ..Default::default()
+        });
+    }
 
     let container = Container {
         name: "worker".into(),
@@ -226,6 +243,10 @@ fn env(ctx: &Context<'_>, drain: i64) -> Vec<EnvVar> {
             }
         }
         env.push(value("CALLFLEET_RECORDINGS_PREFIX", rec.prefix.clone()));
+        env.push(value(
+            "CALLFLEET_RECORDINGS_SPOOL_DIR",
+            RECORDINGS_SPOOL_DIR.into(),
+        ));
         env.push(value(
             "CALLFLEET_RECORDINGS_FORMAT",
             match rec.format {
@@ -547,6 +568,14 @@ mod tests {
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 360);
         assert!(!env.contains_key("CALLFLEET_REDIS_URL"));
         assert!(!env.contains_key("CALLFLEET_RECORDINGS_ENABLED"));
+        assert!(
+            !pod["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "recordings-spool"),
+            "no spool without recordings"
+        );
     }
 
     #[test]
@@ -687,6 +716,26 @@ mod tests {
         );
         assert_eq!(env["CALLFLEET_RECORDINGS_PREFIX"], "recordings/");
         assert_eq!(env["CALLFLEET_RECORDINGS_FORMAT"], "wavMulaw");
+        assert_eq!(
+            env["CALLFLEET_RECORDINGS_SPOOL_DIR"],
+            "/var/lib/callfleet/recordings"
+        );
+        // The root filesystem is read-only: the spool is a writable emptyDir.
+        let spool = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "recordings-spool")
+            .expect("spool volume");
+        assert_eq!(spool["emptyDir"], json!({}));
+        let mount = pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "recordings-spool")
+            .expect("spool mount");
+        assert_eq!(mount["mountPath"], "/var/lib/callfleet/recordings");
+        assert!(mount.get("readOnly").is_none());
         assert_eq!(
             env["AWS_ACCESS_KEY_ID"]["secretKeyRef"],
             json!({"name": "s3", "key": "access-key-id", "optional": false})
