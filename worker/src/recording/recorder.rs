@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 pub const QUEUE: usize = 100;
 /// Bytes buffered per channel before a write (a second of L16, two of µ-law).
 const BUFFER: usize = 16 * 1024;
+/// Samples converted at a time: 100 ms at 24 kHz.
+const PIECE: usize = 2_400;
 
 /// What the call task hands its recorder.
 #[derive(Debug)]
@@ -195,37 +197,38 @@ impl Track {
     }
 
     /// Appends `samples` (at `rate`) that arrived at 8 kHz position `at`, after silence if the
-    /// channel was quiet since its last chunk.
+    /// channel was quiet since its last chunk. Long chunks (a whole sentence handed over at once)
+    /// go through in pieces, so the scratch buffers stay small.
     async fn push(&mut self, at: u64, samples: &[i16], rate: u32) -> io::Result<()> {
-        self.pcm.clear();
-        if rate == RATE {
-            self.pcm.extend_from_slice(samples);
-        } else {
-            if self.resampler.as_ref().map(|r| r.from_rate()) != Some(rate) {
-                self.resampler = Some(StreamResampler::new(rate, RATE).map_err(io::Error::other)?);
-            }
-            if let Some(r) = self.resampler.as_mut() {
-                r.push(samples, &mut self.pcm).map_err(io::Error::other)?;
-            }
+        if rate != RATE && self.resampler.as_ref().map(|r| r.from_rate()) != Some(rate) {
+            self.resampler = Some(StreamResampler::new(rate, RATE).map_err(io::Error::other)?);
         }
-        let len = self.pcm.len() as u64;
+        let len = samples.len() as u64 * u64::from(RATE) / u64::from(rate.max(1));
         let gap = gap_before(self.side, self.cursor, at, len);
-        let bps = self.coding.bytes_per_sample();
         let silence = [self.coding.silence(); 4096];
-        let mut gap_bytes = gap as usize * bps;
+        let mut gap_bytes = gap as usize * self.coding.bytes_per_sample();
         while gap_bytes > 0 {
             let n = gap_bytes.min(silence.len());
             self.file.append(&silence[..n]).await?;
             gap_bytes -= n;
         }
         self.cursor += gap;
-        self.coded.clear();
-        match self.coding {
-            Coding::L16 => l16::encode_into(&self.pcm, &mut self.coded),
-            Coding::Mulaw => mulaw::encode_into(&self.pcm, &mut self.coded),
+        for piece in samples.chunks(PIECE) {
+            self.pcm.clear();
+            match self.resampler.as_mut() {
+                Some(r) if rate != RATE => {
+                    r.push(piece, &mut self.pcm).map_err(io::Error::other)?;
+                }
+                _ => self.pcm.extend_from_slice(piece),
+            }
+            self.coded.clear();
+            match self.coding {
+                Coding::L16 => l16::encode_into(&self.pcm, &mut self.coded),
+                Coding::Mulaw => mulaw::encode_into(&self.pcm, &mut self.coded),
+            }
+            self.file.append(&self.coded).await?;
+            self.cursor += self.pcm.len() as u64;
         }
-        self.file.append(&self.coded).await?;
-        self.cursor += len;
         Ok(())
     }
 
@@ -381,6 +384,19 @@ mod tests {
         let len = std::fs::metadata(&path).unwrap().len();
         // One second of 16 kHz in, about a second of 8 kHz µ-law out (less the filter delay).
         assert!((7_500..=8_000).contains(&len), "{len}");
+    }
+
+    #[tokio::test]
+    async fn a_whole_sentence_at_once_goes_through_small_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut t, path) = track(dir.path(), Side::Assistant, Coding::L16).await;
+        // Three seconds of 24 kHz handed over at once (per-sentence playback).
+        t.push(0, &[3_000; 72_000], 24_000).await.unwrap();
+        t.file.flush().await.unwrap();
+        let samples = std::fs::metadata(&path).unwrap().len() / 2;
+        assert!((23_500..=24_000).contains(&samples), "{samples}");
+        assert_eq!(t.cursor, samples);
+        assert!(t.pcm.capacity() <= PIECE && t.coded.capacity() <= PIECE * 2);
     }
 
     #[tokio::test]
