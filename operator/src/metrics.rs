@@ -39,6 +39,7 @@ struct ErrorLabels {
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabels, Counter>,
+    applies: Family<KindLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
     leader: Gauge,
@@ -48,6 +49,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("callfleet_operator");
         let reconciles = Family::<KindLabels, Counter>::default();
+        let applies = Family::<KindLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         // 1 ms .. ~16 s: a reconcile is a handful of API round trips.
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
@@ -55,6 +57,11 @@ impl Default for Metrics {
         });
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
+        registry.register(
+            "applies",
+            "Children server-side applied, by kind (unchanged children are not applied)",
+            applies.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Failed reconciliations by kind and reason",
@@ -73,6 +80,7 @@ impl Default for Metrics {
         Self {
             registry,
             reconciles,
+            applies,
             errors,
             duration,
             leader,
@@ -88,6 +96,11 @@ impl Metrics {
             histogram: self.duration.get_or_create(&KindLabels { kind }).clone(),
             start: Instant::now(),
         }
+    }
+
+    /// Counts a child of `kind` applied.
+    pub fn applied(&self, kind: &'static str) {
+        self.applies.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Counts a failed reconcile; `reason` is a short, bounded error class (never a message).

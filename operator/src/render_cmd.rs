@@ -181,7 +181,13 @@ fn render_one(m: &Manifests, cc: &CallCluster, out: &mut String) -> Result<(), R
             cc.spec.pipeline_ref.name
         );
     }
-    for child in children {
+    for mut child in children {
+        // As the operator applies it: with the rendered-hash annotation.
+        if matches!(child, Child::Secret(_)) {
+            child.annotate_rendered_hash(crate::render::GENERATED_TOKEN_HASH);
+        } else {
+            child.stamp_rendered_hash().map_err(fail)?;
+        }
         let value = match child {
             Child::Secret(mut secret) => {
                 secret.data = None;

@@ -459,3 +459,78 @@ async fn deleted_or_edited_children_are_restored() -> Result<()> {
     .with_context(|| format!("operator log: {}", op.log.display()))?;
     Ok(())
 }
+
+/// Sum of the operator's `callfleet_operator_applies_total` over child kinds, and the kinds.
+fn applies(op: &Operator) -> Result<(u64, Vec<String>)> {
+    let (_, body) = op.http_get("/metrics")?;
+    let mut total = 0;
+    let mut kinds = Vec::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("callfleet_operator_applies_total{") {
+            let (labels, value) = rest.split_once("} ").context("malformed series")?;
+            let value: u64 = value.trim().parse()?;
+            if value > 0 {
+                total += value;
+                kinds.push(labels.to_owned());
+            }
+        }
+    }
+    Ok((total, kinds))
+}
+
+/// A restarted operator (an upgrade, a new leader) applies nothing that is as it would render
+/// it: only what someone else changed while no operator was running.
+#[tokio::test]
+async fn a_restarted_operator_reapplies_only_what_changed_meanwhile() -> Result<()> {
+    let (cluster, ns) = namespace("op-restart").await?;
+    let mut first = Operator::start(cluster, &ns, OperatorOptions::default())?;
+    kubectl_apply(cluster, &ns, &sample("fleet", "assistant", "openai"))?;
+    let ccs = ns.api::<CallCluster>();
+    wait_condition(&ccs, "fleet", "Ready", "True", &first).await?;
+    let (applied, _) = applies(&first)?;
+    ensure!(
+        applied >= 13,
+        "the first operator applied {applied} children"
+    );
+    first.kill()?;
+
+    // While no operator runs, someone edits one child.
+    let pdbs = ns.api::<PodDisruptionBudget>();
+    pdbs.patch(
+        "fleet-worker",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"edited-by": "someone"}}})),
+    )
+    .await?;
+
+    let second = Operator::start(
+        cluster,
+        &ns,
+        OperatorOptions {
+            identity: "operator-1",
+            ..OperatorOptions::default()
+        },
+    )?;
+    second.wait_serving().await?;
+    eventually("the new operator reconciled the CallCluster", CONVERGE, || async {
+        let (_, body) = second.http_get("/metrics")?;
+        Ok(body
+            .lines()
+            .any(|l| {
+                l.strip_prefix(r#"callfleet_operator_reconcile_duration_seconds_count{kind="CallCluster"} "#)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+            })
+            .then_some(()))
+    })
+    .await
+    .with_context(|| format!("operator log: {}", second.log.display()))?;
+    let (applied, kinds) = applies(&second)?;
+    ensure!(
+        applied == 1 && kinds == [r#"kind="PodDisruptionBudget""#],
+        "the restarted operator should re-apply only the edited PodDisruptionBudget, applied {applied}: {kinds:?} (log: {})",
+        second.log.display()
+    );
+    wait_condition(&ccs, "fleet", "Ready", "True", &second).await?;
+    Ok(())
+}

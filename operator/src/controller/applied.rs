@@ -1,42 +1,59 @@
-//! Remembers what was last applied per CallCluster, so a reconcile triggered only by a child's
-//! status (a pod became ready) reads status instead of re-applying a dozen unchanged objects.
+//! Remembers what was last applied per child of each CallCluster, so a reconcile triggered only
+//! by a child's status (a pod became ready) reads status instead of re-applying a dozen
+//! unchanged objects, and a change to one child (a FreeSWITCH pod joined, so the dispatcher
+//! ConfigMap changed) re-applies that child alone.
 //!
-//! Children are re-applied when the rendered objects differ from the last successful apply, or
-//! when a child was deleted or changed by someone else since ("dirty"). Our own writes are told
+//! A child is (re-)applied when its rendered object differs from the last successful apply, or
+//! when it was deleted or changed by someone else since ("dirty"). Our own writes are told
 //! apart from others' by the `resourceVersion` the API server returned for them. Nothing here
 //! survives a restart or a change of leader: a new term starts empty and applies everything once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
+use tokio::sync::watch;
+
 #[derive(Default)]
-struct Fleet {
-    /// Hash of the rendered children at the last successful apply.
+struct ChildState {
+    /// Hash of the rendered object at the last successful apply; `None` once it is dirty.
     hash: Option<u64>,
-    /// Bumped whenever a child is deleted or changed by someone else.
+    /// Bumped whenever the child is deleted or changed by someone else, so an apply that was
+    /// in flight meanwhile does not mark it clean.
     dirty_epoch: u64,
-    /// `dirty_epoch` as read when the last successful apply started.
-    applied_epoch: u64,
 }
 
 #[derive(Default)]
 struct State {
-    fleets: HashMap<String, Fleet>,
+    /// Fleet (`namespace/name`) → child (`Kind/namespace/name`) → state.
+    fleets: HashMap<String, HashMap<String, ChildState>>,
     /// `Kind/namespace/name` → `resourceVersion` our last apply returned.
     written: HashMap<String, String>,
 }
 
 /// Shared by the reconciler and the child watches.
-#[derive(Default)]
 pub struct AppliedCache {
     state: Mutex<State>,
+    /// Child kinds whose watch has delivered its initial list (and with it every seed).
+    listed: watch::Sender<HashSet<String>>,
 }
 
-/// What a reconcile saw at its start; hand it back to [`AppliedCache::applied`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl Default for AppliedCache {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            listed: watch::Sender::new(HashSet::new()),
+        }
+    }
+}
+
+/// A child that must be applied, and what to hand back to [`AppliedCache::applied`] after.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
+    pub child: String,
+    hash: u64,
     epoch: u64,
 }
 
@@ -45,30 +62,73 @@ impl AppliedCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether children rendered to `hash` must be applied, and the ticket for this attempt.
-    pub fn check(&self, fleet: &str, hash: u64) -> (bool, Ticket) {
+    /// Of the rendered children (`Kind/namespace/name`, hash of the object), the ones that
+    /// must be applied, in the given order, each with its ticket.
+    pub fn plan(&self, fleet: &str, rendered: &[(String, u64)]) -> Vec<Option<Ticket>> {
         let state = self.lock();
-        match state.fleets.get(fleet) {
-            Some(f) => (
-                f.hash != Some(hash) || f.dirty_epoch != f.applied_epoch,
-                Ticket {
-                    epoch: f.dirty_epoch,
-                },
-            ),
-            None => (true, Ticket { epoch: 0 }),
+        let known = state.fleets.get(fleet);
+        rendered
+            .iter()
+            .map(|(child, hash)| {
+                let current = known.and_then(|f| f.get(child));
+                let clean = current.is_some_and(|c| c.hash == Some(*hash));
+                (!clean).then(|| Ticket {
+                    child: child.clone(),
+                    hash: *hash,
+                    epoch: current.map_or(0, |c| c.dirty_epoch),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a successful apply. A child made dirty while it ran stays dirty (its epoch
+    /// moved past the ticket's).
+    pub fn applied(&self, fleet: &str, ticket: &Ticket) {
+        let mut state = self.lock();
+        let child = state
+            .fleets
+            .entry(fleet.to_owned())
+            .or_default()
+            .entry(ticket.child.clone())
+            .or_default();
+        if child.dirty_epoch == ticket.epoch {
+            child.hash = Some(ticket.hash);
         }
     }
 
-    /// Records a successful apply of `hash`. A child made dirty while it ran keeps the fleet
-    /// dirty (its epoch moved past the ticket's).
-    pub fn applied(&self, fleet: &str, hash: u64, ticket: Ticket) {
+    /// Learns, from a child seen by a watch, that it was applied as rendered to `hash` (its
+    /// rendered-hash annotation) by an earlier term. Only fills gaps: what this term applied or
+    /// marked dirty itself wins.
+    pub fn seed(&self, fleet: &str, child: &str, hash: u64) {
         let mut state = self.lock();
-        let f = state.fleets.entry(fleet.to_owned()).or_default();
-        f.hash = Some(hash);
-        f.applied_epoch = ticket.epoch;
+        state
+            .fleets
+            .entry(fleet.to_owned())
+            .or_default()
+            .entry(child.to_owned())
+            .or_insert(ChildState {
+                hash: Some(hash),
+                dirty_epoch: 0,
+            });
     }
 
-    /// Forgets a fleet (apply failed, or it was deleted): the next reconcile applies.
+    /// The watch of child `kind` has delivered its initial list.
+    pub fn listed(&self, kind: &str) {
+        self.listed
+            .send_if_modified(|kinds| kinds.insert(kind.to_owned()));
+    }
+
+    /// Waits until `kinds` child watches have listed, so the first reconciles of a term see
+    /// every seed instead of re-applying children an earlier term left current. Gives up after
+    /// `limit` (a watch that cannot list, e.g. forbidden, must not stop reconciling): the cost
+    /// is only re-applying.
+    pub async fn wait_listed(&self, kinds: usize, limit: Duration) {
+        let mut rx = self.listed.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|k| k.len() >= kinds)).await;
+    }
+
+    /// Forgets a fleet (it was deleted, or an apply failed in a way that leaves its state
+    /// unknown): the next reconcile applies every child.
     pub fn forget(&self, fleet: &str) {
         self.lock().fleets.remove(fleet);
     }
@@ -101,8 +161,9 @@ impl AppliedCache {
         if deleted {
             state.written.remove(child);
         }
-        if let Some(f) = state.fleets.get_mut(fleet) {
-            f.dirty_epoch = f.dirty_epoch.wrapping_add(1);
+        if let Some(c) = state.fleets.get_mut(fleet).and_then(|f| f.get_mut(child)) {
+            c.hash = None;
+            c.dirty_epoch = c.dirty_epoch.wrapping_add(1);
         }
     }
 }
@@ -111,47 +172,85 @@ impl AppliedCache {
 mod tests {
     use super::*;
 
+    const W: &str = "Deployment/ns/a-worker";
+    const CM: &str = "ConfigMap/ns/a-sip";
+
+    fn render(worker: u64, config: u64) -> Vec<(String, u64)> {
+        vec![(W.into(), worker), (CM.into(), config)]
+    }
+
+    /// Applies what the plan says, all successfully; returns which children were applied.
+    fn apply_all(c: &AppliedCache, rendered: &[(String, u64)]) -> Vec<String> {
+        let plan = c.plan("ns/a", rendered);
+        let mut done = Vec::new();
+        for ticket in plan.into_iter().flatten() {
+            c.applied("ns/a", &ticket);
+            done.push(ticket.child);
+        }
+        done
+    }
+
     #[test]
-    fn applies_when_new_changed_or_dirty() {
+    fn applies_only_new_changed_or_dirty_children() {
         let c = AppliedCache::default();
-        let (apply, t) = c.check("ns/a", 1);
-        assert!(apply, "never applied");
-        c.applied("ns/a", 1, t);
-        assert!(!c.check("ns/a", 1).0, "same render, nothing dirty: skip");
-        assert!(c.check("ns/a", 2).0, "render changed");
+        assert_eq!(apply_all(&c, &render(1, 1)), [W, CM], "never applied");
+        assert!(apply_all(&c, &render(1, 1)).is_empty(), "same render: skip");
+        assert_eq!(apply_all(&c, &render(1, 2)), [CM], "only the changed child");
 
         // Our own write echoed back by the watch is not drift; someone else's is.
-        c.wrote("Deployment/ns/a-worker".into(), Some("10".into()));
-        c.child_changed("ns/a", "Deployment/ns/a-worker", Some("10"), false);
-        assert!(!c.check("ns/a", 1).0);
-        c.child_changed("ns/a", "Deployment/ns/a-worker", Some("11"), false);
-        let (apply, t) = c.check("ns/a", 1);
-        assert!(apply, "edited by someone else");
-        c.applied("ns/a", 1, t);
-        assert!(!c.check("ns/a", 1).0);
+        c.wrote(W.into(), Some("10".into()));
+        c.child_changed("ns/a", W, Some("10"), false);
+        assert!(apply_all(&c, &render(1, 2)).is_empty());
+        c.child_changed("ns/a", W, Some("11"), false);
+        assert_eq!(apply_all(&c, &render(1, 2)), [W], "edited by someone else");
+        assert!(apply_all(&c, &render(1, 2)).is_empty());
 
-        c.child_changed("ns/a", "Deployment/ns/a-worker", Some("11"), true);
-        assert!(c.check("ns/a", 1).0, "deleted child");
+        c.child_changed("ns/a", W, Some("11"), true);
+        assert_eq!(apply_all(&c, &render(1, 2)), [W], "deleted child");
     }
 
     #[test]
     fn drift_during_an_apply_is_not_lost() {
         let c = AppliedCache::default();
-        let (_, t) = c.check("ns/a", 1);
-        c.applied("ns/a", 1, t);
-        let (_, ticket) = c.check("ns/a", 1);
-        // A child is deleted while this reconcile is applying.
-        c.child_changed("ns/a", "HorizontalPodAutoscaler/ns/a-worker", None, true);
-        c.applied("ns/a", 1, ticket);
-        assert!(c.check("ns/a", 1).0, "the next reconcile must still apply");
+        apply_all(&c, &render(1, 1));
+        c.child_changed("ns/a", W, None, true);
+        let plan = c.plan("ns/a", &render(1, 1));
+        // The child is deleted again while this reconcile is applying it.
+        c.child_changed("ns/a", W, None, true);
+        for ticket in plan.iter().flatten() {
+            c.applied("ns/a", ticket);
+        }
+        assert_eq!(
+            apply_all(&c, &render(1, 1)),
+            [W],
+            "the next reconcile must apply"
+        );
     }
 
     #[test]
-    fn forgotten_fleets_apply_again() {
+    fn seeded_children_are_not_applied_again_unless_changed() {
         let c = AppliedCache::default();
-        let (_, t) = c.check("ns/a", 1);
-        c.applied("ns/a", 1, t);
+        c.seed("ns/a", W, 1);
+        c.seed("ns/a", CM, 5);
+        assert_eq!(
+            apply_all(&c, &render(1, 1)),
+            [CM],
+            "the seed says W is current"
+        );
+        // A seed never overrides what this term knows.
+        c.child_changed("ns/a", W, Some("12"), false);
+        c.seed("ns/a", W, 1);
+        assert_eq!(apply_all(&c, &render(1, 1)), [W]);
+    }
+
+    #[test]
+    fn failed_children_and_forgotten_fleets_apply_again() {
+        let c = AppliedCache::default();
+        let plan = c.plan("ns/a", &render(1, 1));
+        // Only the first apply succeeded.
+        c.applied("ns/a", plan[0].as_ref().unwrap());
+        assert_eq!(apply_all(&c, &render(1, 1)), [CM]);
         c.forget("ns/a");
-        assert!(c.check("ns/a", 1).0);
+        assert_eq!(apply_all(&c, &render(1, 1)), [W, CM]);
     }
 }

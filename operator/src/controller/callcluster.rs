@@ -27,6 +27,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
 use super::{
+    applied::Ticket,
     context::{Context, MANAGER, namespace_of},
     error::{Error, Result},
     secrets,
@@ -34,9 +35,9 @@ use super::{
 };
 pub use crate::render::common::CALLCLUSTER_LABEL;
 use crate::render::{
-    Child, Destination, RenderInputs,
+    Child, Destination, GENERATED_TOKEN_HASH, RenderInputs,
     common::names,
-    render_call_cluster,
+    render_call_cluster, render_token_secret,
     status::{
         ApiKeyState, Observed, PipelineState, WorkloadState, ai_pipeline_status,
         call_cluster_status, referenced_secrets,
@@ -206,13 +207,7 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let now = Time(Timestamp::now());
 
-    let pipeline = Api::<AiPipeline>::namespaced(client.clone(), &namespace)
-        .get_opt(&cc.spec.pipeline_ref.name)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("AiPipeline {}", cc.spec.pipeline_ref.name),
-            source,
-        })?;
+    let pipeline: Option<AiPipeline> = get(client, &namespace, &cc.spec.pipeline_ref.name).await?;
     let pipeline_state = match &pipeline {
         None => PipelineState::Missing,
         Some(p) => {
@@ -243,36 +238,60 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
     let mut apply_error = None;
     let mut applied = 0usize;
     if !cc.spec.paused {
-        let needs_token = cc.spec.auth.token_secret_ref.is_none()
-            && !secrets::exists(&secret_api, &names::call_token(&name)).await?;
-        let token_bytes: Option<[u8; 32]> = needs_token.then(rand::random);
+        let render_error = |e: crate::render::RenderError| Error::Render {
+            name: name.clone(),
+            message: e.to_string(),
+        };
         let inputs = RenderInputs {
             pipeline: pipeline.as_ref(),
-            new_token_secret: token_bytes.as_ref(),
+            new_token_secret: None,
             dispatcher_destinations: &destinations,
         };
-        let rendered = render_call_cluster(&cc, &inputs).map_err(|e| Error::Render {
-            name: name.clone(),
-            message: e.to_string(),
-        })?;
+        ctx.applied.wait_listed(OWNED_KINDS, CHILD_LIST_LIMIT).await;
+        let mut rendered = render_call_cluster(&cc, &inputs).map_err(render_error)?;
         let fleet = fleet_key(&namespace, &name);
-        let hash = rendered_hash(&rendered).map_err(|e| Error::Render {
-            name: name.clone(),
-            message: e.to_string(),
-        })?;
-        let (needs_apply, ticket) = ctx.applied.check(&fleet, hash);
-        if needs_apply {
-            let (count, error) = apply_children(&ctx, &namespace, &rendered, &mut children).await;
-            applied = count;
-            match error {
-                None => ctx.applied.applied(&fleet, hash, ticket),
-                Some(e) => {
-                    ctx.applied.forget(&fleet);
-                    apply_error = Some(e);
-                }
-            }
+        let mut keyed = Vec::with_capacity(rendered.len() + 1);
+        for child in &mut rendered {
+            let hash = child.stamp_rendered_hash().map_err(render_error)?;
+            keyed.push((child_key(child.kind(), &namespace, child.name()), hash));
+        }
+        // A generated token is tracked like any child but never rendered into the hash (it is
+        // random): planned when never seen or deleted since, then created only if absent.
+        let generated_token = cc.spec.auth.token_secret_ref.is_none();
+        if generated_token {
+            keyed.push((
+                child_key("Secret", &namespace, &names::call_token(&name)),
+                GENERATED_TOKEN_HASH,
+            ));
+        }
+        let mut plan = ctx.applied.plan(&fleet, &keyed);
+        let token_ticket = if generated_token {
+            plan.pop().flatten()
         } else {
+            None
+        };
+        let mut to_apply: Vec<(Child, Ticket)> = rendered
+            .into_iter()
+            .zip(plan)
+            .filter_map(|(child, ticket)| Some((child, ticket?)))
+            .collect();
+        if let Some(ticket) = token_ticket {
+            if secrets::exists_now(&secret_api, &names::call_token(&name)).await? {
+                ctx.applied.applied(&fleet, &ticket);
+            } else {
+                let bytes: [u8; 32] = rand::random();
+                let mut secret = render_token_secret(&cc, &bytes).map_err(render_error)?;
+                secret.annotate_rendered_hash(GENERATED_TOKEN_HASH);
+                to_apply.push((secret, ticket));
+            }
+        }
+        if to_apply.is_empty() {
             tracing::debug!("children unchanged since the last apply; reading status only");
+        } else {
+            let (count, error) =
+                apply_children(&ctx, &namespace, &fleet, to_apply, &mut children).await;
+            applied = count;
+            apply_error = error;
         }
     }
     // Overload and lost connections are retried with backoff, not reported as Degraded.
@@ -311,40 +330,41 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(RESYNC))
 }
 
-/// Pure: one hash over every rendered child, to tell whether anything would change.
-pub fn rendered_hash(children: &[Child]) -> Result<u64, crate::render::RenderError> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for child in children {
-        std::hash::Hash::hash(&child.to_value()?.to_string(), &mut h);
-    }
-    Ok(std::hash::Hasher::finish(&h))
-}
+/// Child kinds the controller owns and watches (ConfigMap, Secret, Service, Deployment,
+/// StatefulSet, HorizontalPodAutoscaler, PodDisruptionBudget).
+pub const OWNED_KINDS: usize = 7;
+/// How long a new term's first reconciles wait for the child watches' initial lists.
+const CHILD_LIST_LIMIT: Duration = Duration::from_secs(30);
 
 /// Configuration and Secrets first (workloads mount them), then everything else; each phase
-/// in parallel, so a reconcile costs two round trips of latency, not thirteen. Returns how
-/// many were applied and the first error (which stops before the next phase).
+/// in parallel, so a reconcile costs two round trips of latency, not thirteen. Each success is
+/// recorded in the applied cache; returns how many were applied and the first error (which
+/// stops before the next phase).
 async fn apply_children(
     ctx: &Context,
     namespace: &str,
-    rendered: &[Child],
+    fleet: &str,
+    to_apply: Vec<(Child, Ticket)>,
     children: &mut Children,
 ) -> (usize, Option<Error>) {
-    let (config, rest): (Vec<&Child>, Vec<&Child>) = rendered
+    let (config, rest): (Vec<_>, Vec<_>) = to_apply
         .iter()
-        .partition(|c| matches!(c, Child::ConfigMap(_) | Child::Secret(_)));
+        .partition(|(c, _)| matches!(c, Child::ConfigMap(_) | Child::Secret(_)));
     let mut applied = 0;
     let mut first_error = None;
     for phase in [config, rest] {
-        let results = future::join_all(
-            phase
-                .into_iter()
-                .map(|child| apply_child(ctx, namespace, child)),
-        )
+        let results = future::join_all(phase.into_iter().map(|(child, ticket)| async move {
+            apply_child(ctx, namespace, child)
+                .await
+                .map(|done| (done, child.kind(), ticket))
+        }))
         .await;
         for result in results {
             match result {
-                Ok(done) => {
+                Ok((done, kind, ticket)) => {
                     applied += 1;
+                    ctx.metrics.applied(kind);
+                    ctx.applied.applied(fleet, ticket);
                     children.record(done);
                 }
                 Err(e) => {

@@ -2,7 +2,7 @@
 //! status conditions (which name it), never a reconcile error.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::{Api, api::GetParams};
 
 use super::error::{Error, Result};
 use crate::render::status::ApiKeyState;
@@ -36,14 +36,30 @@ fn read_error(name: &str, source: kube::Error) -> Error {
     }
 }
 
-/// Reads the Secret and classifies `key` in it.
+/// Reads the Secret from the API server's watch cache and classifies `key` in it. Status only:
+/// the cache is at least as new as the watch event that triggered the reconcile, and a read
+/// from it costs the API server no etcd round trip.
 pub async fn key_state(api: &Api<Secret>, name: &str, key: &str) -> Result<ApiKeyState> {
-    let secret = api.get_opt(name).await.map_err(|e| read_error(name, e))?;
+    let secret = match api.get_with(name, &GetParams::any()).await {
+        Ok(secret) => Some(secret),
+        Err(kube::Error::Api(status)) if status.is_not_found() => None,
+        Err(e) => return Err(read_error(name, e)),
+    };
     Ok(api_key_state(secret.as_ref(), key))
 }
 
-/// Whether the Secret exists (metadata only: its contents are not ours to read).
+/// Whether the Secret exists, from the watch cache (metadata only: its contents are not ours
+/// to read). For status; decisions that write use [`exists_now`].
 pub async fn exists(api: &Api<Secret>, name: &str) -> Result<bool> {
+    api.get_metadata_opt_with(name, &GetParams::any())
+        .await
+        .map(|s| s.is_some())
+        .map_err(|e| read_error(name, e))
+}
+
+/// Whether the Secret exists, read from etcd: a stale "absent" would make the operator
+/// generate and apply a second call-token Secret over the first.
+pub async fn exists_now(api: &Api<Secret>, name: &str) -> Result<bool> {
     api.get_metadata_opt(name)
         .await
         .map(|s| s.is_some())

@@ -30,7 +30,7 @@ where
     K: Resource + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
-    watch_changes(events, move |o| (fingerprint(o), 0), |_, _| {})
+    watch_changes(events, move |o| (fingerprint(o), 0), |_| {}, |_, _| {})
 }
 
 /// Like [`changes`] for children of CallClusters, split into what the spec says and what the
@@ -46,9 +46,26 @@ where
     K: Resource<DynamicType = ()> + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
+    let seeds = applied.clone();
+    let lists = applied.clone();
+    let events = events.inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            lists.listed(&K::kind(&()));
+        }
+    });
     watch_changes(
         events,
         move |o| (spec(o), status(o)),
+        move |child: &K| {
+            if let Some((fleet, hash)) = seed_of(child) {
+                let key = child_key(
+                    &K::kind(&()),
+                    &child.namespace().unwrap_or_default(),
+                    &child.name_any(),
+                );
+                seeds.seed(&fleet, &key, hash);
+            }
+        },
         move |child: &K, deleted| {
             let owner = child
                 .owner_references()
@@ -77,11 +94,36 @@ pub fn child_key(kind: &str, namespace: &str, name: &str) -> String {
     format!("{kind}/{namespace}/{name}")
 }
 
-/// The filter: `prints` gives (spec, status) fingerprints; `on_spec_change` hears deletions
-/// and spec changes of objects seen before (not creations: those are ours or irrelevant).
+/// Fleet key and rendered hash of a child an earlier term applied, if it is still as that
+/// term left it: it carries our rendered-hash annotation, and no one but the operator and
+/// Kubernetes' own controllers has written its spec or metadata since (`managedFields`).
+fn seed_of<K: Resource>(child: &K) -> Option<(String, u64)> {
+    let meta = child.meta();
+    let hash = crate::render::rendered_hash_of(meta)?;
+    let owner = child
+        .owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == CallCluster::kind(&()))?;
+    let edited_by_others = meta.managed_fields.iter().flatten().any(|m| {
+        let manager = m.manager.as_deref().unwrap_or_default();
+        let on_status = m.subresource.as_deref() == Some("status");
+        !on_status && manager != super::context::MANAGER && manager != "kube-controller-manager"
+    });
+    (!edited_by_others).then(|| {
+        (
+            fleet_key(&child.namespace().unwrap_or_default(), &owner.name),
+            hash,
+        )
+    })
+}
+
+/// The filter: `prints` gives (spec, status) fingerprints; `on_first_seen` hears objects the
+/// first time they appear (the initial list included); `on_spec_change` hears deletions and
+/// spec changes of objects seen before (not creations: those are ours or irrelevant).
 fn watch_changes<K, S>(
     events: S,
     prints: impl Fn(&K) -> (u64, u64) + Send + 'static,
+    mut on_first_seen: impl FnMut(&K) + Send + 'static,
     mut on_spec_change: impl FnMut(&K, bool) + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -95,8 +137,10 @@ where
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                 let now = prints(&obj);
                 let previous = seen.insert((obj.namespace(), obj.name_any()), now);
-                if previous.is_some_and(|p| p.0 != now.0) {
-                    on_spec_change(&obj, false);
+                match previous {
+                    None => on_first_seen(&obj),
+                    Some(p) if p.0 != now.0 => on_spec_change(&obj, false),
+                    Some(_) => {}
                 }
                 (previous != Some(now)).then_some(Ok(obj))
             }
@@ -211,6 +255,17 @@ mod tests {
         d
     }
 
+    const CHILD: &str = "Deployment/calls/fleet-worker";
+
+    fn needs_apply(applied: &AppliedCache) -> bool {
+        applied.plan("calls/fleet", &[(CHILD.into(), 7)])[0].is_some()
+    }
+
+    fn mark_applied(applied: &AppliedCache) {
+        let plan = applied.plan("calls/fleet", &[(CHILD.into(), 7)]);
+        applied.applied("calls/fleet", plan[0].as_ref().unwrap());
+    }
+
     async fn passed(
         events: Vec<watcher::Event<Deployment>>,
         applied: Arc<AppliedCache>,
@@ -232,8 +287,7 @@ mod tests {
     async fn only_relevant_changes_and_deletions_pass() {
         use watcher::Event::*;
         let applied = Arc::new(AppliedCache::default());
-        let (_, ticket) = applied.check("calls/fleet", 7);
-        applied.applied("calls/fleet", 7, ticket);
+        mark_applied(&applied);
         let out = passed(
             vec![
                 Init,
@@ -252,10 +306,7 @@ mod tests {
         )
         .await;
         assert_eq!(out, vec![(1, 0), (1, 1)]);
-        assert!(
-            !applied.check("calls/fleet", 7).0,
-            "status changes are not drift"
-        );
+        assert!(!needs_apply(&applied), "status changes are not drift");
 
         // A user edit: reconcile, and re-apply to undo it.
         let out = passed(
@@ -264,18 +315,56 @@ mod tests {
         )
         .await;
         assert_eq!(out, vec![(1, 1), (2, 1)]);
-        assert!(
-            applied.check("calls/fleet", 7).0,
-            "someone else's spec change is drift"
-        );
+        assert!(needs_apply(&applied), "someone else's spec change is drift");
 
         // Deleted: reconcile to recreate it.
         let applied = Arc::new(AppliedCache::default());
-        let (_, ticket) = applied.check("calls/fleet", 7);
-        applied.applied("calls/fleet", 7, ticket);
+        mark_applied(&applied);
         let out = passed(vec![Delete(deployment(2, 1, 1))], applied.clone()).await;
         assert_eq!(out, vec![(2, 1)]);
-        assert!(applied.check("calls/fleet", 7).0);
+        assert!(needs_apply(&applied));
+    }
+
+    #[test]
+    fn seeds_only_children_left_as_an_earlier_term_applied_them() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let entry = |manager: &str, subresource: Option<&str>| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            subresource: subresource.map(Into::into),
+            ..ManagedFieldsEntry::default()
+        };
+        let mut d = deployment(1, 1, 1);
+        assert_eq!(
+            seed_of(&d),
+            None,
+            "no annotation: an older operator's child"
+        );
+        d.metadata.annotations = Some(
+            [(
+                crate::render::RENDERED_HASH_ANNOTATION.to_owned(),
+                "00000000000000ff".to_owned(),
+            )]
+            .into(),
+        );
+        d.metadata.managed_fields = Some(vec![
+            entry(crate::controller::context::MANAGER, None),
+            entry("kube-controller-manager", None),
+            entry("kube-controller-manager", Some("status")),
+            entry("kwok", Some("status")),
+        ]);
+        assert_eq!(seed_of(&d), Some(("calls/fleet".to_owned(), 0xff)));
+        d.metadata
+            .managed_fields
+            .as_mut()
+            .unwrap()
+            .push(entry("kubectl-edit", None));
+        assert_eq!(
+            seed_of(&d),
+            None,
+            "edited by a user while no operator watched"
+        );
+        d.metadata.managed_fields = Some(vec![entry("kubectl", Some("scale"))]);
+        assert_eq!(seed_of(&d), None, "scaled by a user");
     }
 
     #[test]

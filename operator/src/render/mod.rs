@@ -23,6 +23,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::ApiResource;
 use serde_json::Value;
 
@@ -85,6 +86,13 @@ pub enum RenderError {
     },
 }
 
+/// The generated call-token Secret alone: the operator creates it once, when absent, and never
+/// re-applies it (a second random key would invalidate every token in flight).
+pub fn render_token_secret(cc: &CallCluster, bytes: &[u8; 32]) -> Result<Child, RenderError> {
+    let ctx = common::Context::new(cc)?;
+    Ok(Child::Secret(token::secret(&ctx, bytes)))
+}
+
 /// Every child of a CallCluster, in apply order: configuration and Secrets before the workloads
 /// that mount them, workloads before their autoscalers and disruption budgets.
 pub fn render_call_cluster(
@@ -125,10 +133,24 @@ pub fn render_call_cluster(
     Ok(children)
 }
 
+/// Annotation on every applied child: the hash of the object as rendered (without this
+/// annotation). A restarted operator or a new leader reads it from its watches and skips
+/// re-applying children that are already as it would render them.
+pub const RENDERED_HASH_ANNOTATION: &str = "callfleet.dev/rendered-hash";
+
+/// The rendered hash of the generated call-token Secret: its content is random, and only its
+/// existence matters.
+pub const GENERATED_TOKEN_HASH: u64 = 0;
+
+/// Pure: the [`RENDERED_HASH_ANNOTATION`] of a live object, if it carries a valid one.
+pub fn rendered_hash_of(meta: &ObjectMeta) -> Option<u64> {
+    let value = meta.annotations.as_ref()?.get(RENDERED_HASH_ANNOTATION)?;
+    u64::from_str_radix(value, 16).ok()
+}
+
 impl Child {
-    /// `metadata.name`.
-    pub fn name(&self) -> &str {
-        let meta = match self {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
             Child::ConfigMap(o) => &o.metadata,
             Child::Secret(o) => &o.metadata,
             Child::Service(o) => &o.metadata,
@@ -136,8 +158,42 @@ impl Child {
             Child::StatefulSet(o) => &o.metadata,
             Child::HorizontalPodAutoscaler(o) => &o.metadata,
             Child::PodDisruptionBudget(o) => &o.metadata,
-        };
-        meta.name.as_deref().unwrap_or_default()
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Child::ConfigMap(o) => &mut o.metadata,
+            Child::Secret(o) => &mut o.metadata,
+            Child::Service(o) => &mut o.metadata,
+            Child::Deployment(o) => &mut o.metadata,
+            Child::StatefulSet(o) => &mut o.metadata,
+            Child::HorizontalPodAutoscaler(o) => &mut o.metadata,
+            Child::PodDisruptionBudget(o) => &mut o.metadata,
+        }
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// Hashes the object as rendered and records the hash in [`RENDERED_HASH_ANNOTATION`];
+    /// returns it. The generated call-token Secret takes [`GENERATED_TOKEN_HASH`] instead.
+    pub fn stamp_rendered_hash(&mut self) -> Result<u64, RenderError> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&self.to_value()?.to_string(), &mut h);
+        let hash = std::hash::Hasher::finish(&h);
+        self.annotate_rendered_hash(hash);
+        Ok(hash)
+    }
+
+    /// Sets [`RENDERED_HASH_ANNOTATION`].
+    pub fn annotate_rendered_hash(&mut self, hash: u64) {
+        self.meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(RENDERED_HASH_ANNOTATION.into(), format!("{hash:016x}"));
     }
 
     /// The Kubernetes kind, e.g. `Deployment`.
@@ -448,5 +504,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(children.len(), 12);
+    }
+
+    #[test]
+    fn rendered_hash_annotation_round_trips() {
+        let cc = call_cluster(json!({"pipelineRef": {"name": "p"}}));
+        let mut child = fixtures::render(&cc).remove(0);
+        child.annotate_rendered_hash(0xdead_beef);
+        assert_eq!(rendered_hash_of(child.meta()), Some(0xdead_beef));
+        let mut meta = child.meta().clone();
+        meta.annotations
+            .as_mut()
+            .unwrap()
+            .insert(RENDERED_HASH_ANNOTATION.into(), "not hex".into());
+        assert_eq!(rendered_hash_of(&meta), None);
     }
 }
