@@ -8,6 +8,7 @@
 //! cargo build --release -p callfleet-operator
 //! cargo bench -p callfleet-tests --bench operator_scale -- 100 1000
 //! cargo bench -p callfleet-tests --bench operator_scale -- seq:20   # 20 applies, one at a time
+//! cargo bench -p callfleet-tests --bench operator_scale -- cold:1000 # then restart the operator
 //! ```
 //! `N` creates N CallClusters at once (a burst); `seq:N` creates N one after another, each
 //! after the previous one has all its children (the latency of a single `kubectl apply`).
@@ -55,28 +56,44 @@ enum Seen {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut runs: Vec<(usize, bool)> = std::env::args()
+    let mut runs: Vec<(usize, Mode)> = std::env::args()
         .skip(1)
-        .filter_map(|a| match a.strip_prefix("seq:") {
-            Some(n) => n.parse().ok().map(|n| (n, true)),
-            None => a.parse().ok().map(|n| (n, false)),
+        .filter_map(|a| {
+            let (mode, n) = match a.split_once(':') {
+                Some(("seq", n)) => (Mode::Sequential, n),
+                Some(("cold", n)) => (Mode::ColdRestart, n),
+                _ => (Mode::Burst, a.as_str()),
+            };
+            n.parse().ok().map(|n| (n, mode))
         })
         .collect();
     if runs.is_empty() {
-        runs.push((100, false));
+        runs.push((100, Mode::Burst));
     }
     let cluster = Cluster::shared()?;
     let client = cluster.client().await?;
     install_crds(&client).await?;
     let expected = expected_children()?;
     println!("children per CallCluster (from `callfleet-operator render`): {expected}");
-    for (n, sequential) in runs {
-        run(cluster, n, expected, sequential).await?;
+    for (n, mode) in runs {
+        run(cluster, n, expected, mode).await?;
     }
     Ok(())
 }
 
-async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// N CallClusters created at once.
+    Burst,
+    /// N created one after another, each once the previous has all its children.
+    Sequential,
+    /// A burst, then the operator is killed and a fresh one started: how long until it has
+    /// reconciled every CallCluster again (a restart, an upgrade, a new leader).
+    ColdRestart,
+}
+
+async fn run(cluster: &Cluster, n: usize, expected: usize, mode: Mode) -> Result<()> {
+    let sequential = mode == Mode::Sequential;
     let ns = cluster.namespace(&format!("bench-{n}")).await?;
     let client = ns.client();
     create_pipeline(&ns).await?;
@@ -208,6 +225,11 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
     let cpu = cpu_seconds(&operator).unwrap_or(0.0);
     let _ = operator.kill();
     let _ = operator.wait();
+    let restart = if mode == Mode::ColdRestart && all_ready_at.is_some() {
+        Some(cold_restart(cluster, ns.name(), n).await?)
+    } else {
+        None
+    };
 
     let mut per: Vec<Duration> = progress.complete.values().copied().collect();
     per.sort();
@@ -232,8 +254,115 @@ async fn run(cluster: &Cluster, n: usize, expected: usize, sequential: bool) -> 
         "operator CPU: {cpu:.1} s in all ({:.1} ms per CallCluster, including its start-up)",
         cpu * 1000.0 / n as f64
     );
+    if let Some(r) = restart {
+        println!(
+            "cold restart: a fresh operator reconciled all {n} in {:.2?} ({} reconciles, {} server-side applies and {} status patches reached the API server), peak RSS {:.1} MiB, CPU {:.1} s",
+            r.reconciled_all,
+            r.reconciles,
+            r.applies,
+            r.status_applies,
+            r.rss_kib as f64 / 1024.0,
+            r.cpu
+        );
+    }
     ns.delete_and_wait(Duration::from_secs(300)).await.ok();
     Ok(())
+}
+
+struct Restart {
+    reconciled_all: Duration,
+    reconciles: u64,
+    applies: u64,
+    status_applies: u64,
+    rss_kib: u64,
+    cpu: f64,
+}
+
+/// Starts a fresh operator over `n` existing, Ready CallClusters and waits until it has
+/// finished a reconcile of each (its `reconcile_duration_seconds` count reaches `n`).
+async fn cold_restart(cluster: &Cluster, namespace: &str, n: usize) -> Result<Restart> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let (applies_before, status_before) = apiserver_applies(cluster)?;
+    let start = Instant::now();
+    let mut operator = start_operator_on(cluster, namespace, &format!("127.0.0.1:{port}"))?;
+    let deadline = start + BOUND;
+    let reconciled_all = loop {
+        let done = operator_metric(
+            port,
+            r#"callfleet_operator_reconcile_duration_seconds_count{kind="CallCluster"}"#,
+        )
+        .await
+        .unwrap_or(0.0);
+        if done >= n as f64 {
+            break start.elapsed();
+        }
+        if Instant::now() > deadline {
+            bail!("the restarted operator reconciled {done} of {n} within {BOUND:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reconciles = operator_metric(
+        port,
+        r#"callfleet_operator_reconciles_total{kind="CallCluster"}"#,
+    )
+    .await
+    .unwrap_or(0.0) as u64;
+    let (applies_after, status_after) = apiserver_applies(cluster)?;
+    let rss_kib = peak_rss_kib(&operator).unwrap_or(0);
+    let cpu = cpu_seconds(&operator).unwrap_or(0.0);
+    let _ = operator.kill();
+    let _ = operator.wait();
+    Ok(Restart {
+        reconciled_all,
+        reconciles,
+        applies: applies_after.saturating_sub(applies_before),
+        status_applies: status_after.saturating_sub(status_before),
+        rss_kib,
+        cpu,
+    })
+}
+
+/// One sample of the operator's own `/metrics` (plain HTTP/1.0 on loopback).
+async fn operator_metric(port: u16, series: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Server-side applies the API server has served so far: (to objects, to `status`).
+fn apiserver_applies(cluster: &Cluster) -> Result<(u64, u64)> {
+    let out = Command::new("kubectl")
+        .args(["get", "--raw", "/metrics"])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut objects, mut status) = (0.0, 0.0);
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(r#"verb="APPLY""#))
+    {
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if line.contains(r#"subresource="status""#) {
+            status += count;
+        } else {
+            objects += count;
+        }
+    }
+    Ok((objects as u64, status as u64))
 }
 
 /// Per-CallCluster bookkeeping: when it was created, which children have been seen, and
@@ -283,7 +412,14 @@ fn pct(sorted: &[Duration], p: f64) -> Option<Duration> {
     sorted.get(idx).copied()
 }
 
+/// The benchmark's CallCluster. `BENCH_SIP_SERVICE_TYPE` (default: the CRD's default,
+/// LoadBalancer) picks the SIP Service type: a LoadBalancer or NodePort Service costs the API
+/// server two node-port allocations, which it serializes through one etcd object.
 fn call_cluster(name: &str) -> Result<CallCluster> {
+    let mut sip = json!({"replicas": 1});
+    if let Ok(type_) = std::env::var("BENCH_SIP_SERVICE_TYPE") {
+        sip["service"] = json!({"type": type_});
+    }
     Ok(serde_json::from_value(json!({
         "apiVersion": "callfleet.dev/v1alpha1",
         "kind": "CallCluster",
@@ -292,7 +428,7 @@ fn call_cluster(name: &str) -> Result<CallCluster> {
             "pipelineRef": {"name": "bench"},
             "workers": {"minReplicas": 1, "maxReplicas": 4},
             "media": {"replicas": 1},
-            "sip": {"replicas": 1}
+            "sip": sip
         }
     }))?)
 }
@@ -389,13 +525,17 @@ fn expected_children() -> Result<usize> {
 }
 
 fn start_operator(cluster: &Cluster, namespace: &str) -> Result<Child> {
+    start_operator_on(cluster, namespace, "127.0.0.1:0")
+}
+
+fn start_operator_on(cluster: &Cluster, namespace: &str, metrics_addr: &str) -> Result<Child> {
     Ok(Command::new(operator_bin()?)
         .args([
             "run",
             "--leader-election",
             "off",
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics_addr,
         ])
         .args(["--namespace", namespace])
         .env("KUBECONFIG", cluster.kubeconfig())
