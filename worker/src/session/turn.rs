@@ -15,7 +15,10 @@ use crate::providers::{ChatMessage, ProviderError, TTS_SAMPLE_RATE, Utterance};
 
 use super::sentences::SentenceSplitter;
 
-/// Sample rate the cascade sends to speech-to-text.
+/// Highest sample rate the cascade sends to speech-to-text. Telephone (8 kHz) and wideband
+/// (16 kHz) utterances go as they are: the transcription API takes any WAV rate and resamples
+/// for its model itself, and upsampling adds no information, only CPU and upload bytes. Higher
+/// rates are brought down to this one.
 pub const STT_SAMPLE_RATE: u32 = 16_000;
 
 /// What the turn asks for.
@@ -229,10 +232,9 @@ impl<'a> Speaker<'a> {
     }
 }
 
-/// Resamples an utterance to the STT rate (8 kHz phone audio is upsampled; the provider's
-/// models are trained on 16 kHz).
+/// Brings an utterance above [`STT_SAMPLE_RATE`] down to it; lower rates pass unchanged.
 fn to_stt_rate(utterance: Utterance) -> Utterance {
-    if utterance.sample_rate == STT_SAMPLE_RATE {
+    if utterance.sample_rate <= STT_SAMPLE_RATE {
         return utterance;
     }
     let Ok(mut resampler) = StreamResampler::new(utterance.sample_rate, STT_SAMPLE_RATE) else {
@@ -249,5 +251,33 @@ fn to_stt_rate(utterance: Utterance) -> Utterance {
     Utterance {
         samples,
         sample_rate: STT_SAMPLE_RATE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stt_gets_telephone_audio_as_is_and_high_rates_brought_down() {
+        let phone = Utterance {
+            samples: vec![100; 8_000],
+            sample_rate: 8_000,
+        };
+        let sent = to_stt_rate(phone);
+        assert_eq!((sent.samples.len(), sent.sample_rate), (8_000, 8_000));
+
+        let tts_rate = Utterance {
+            samples: vec![100; 24_000],
+            sample_rate: 24_000,
+        };
+        let sent = to_stt_rate(tts_rate);
+        assert_eq!(sent.sample_rate, STT_SAMPLE_RATE);
+        let expected = 16_000_i64;
+        assert!(
+            (sent.samples.len() as i64 - expected).abs() < 400,
+            "one second at 24 kHz is about one second at 16 kHz: {}",
+            sent.samples.len()
+        );
     }
 }
