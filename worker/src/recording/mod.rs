@@ -180,14 +180,10 @@ impl Recordings {
     async fn finish(&self, stem: String, call_id: String) {
         let permit = self.assemblers.acquire().await;
         let spool = self.spool.clone();
-        let finished = tokio::task::spawn_blocking(move || spool.finish(&stem)).await;
+        let finished = blocking(move || spool.finish(&stem)).await;
         drop(permit);
         match finished {
-            Ok(Ok(finished)) => self.uploads.enqueue(finished),
-            Ok(Err(err)) => {
-                tracing::warn!(%call_id, error = %err, "recording could not be assembled");
-                self.metrics.recordings.errors.inc();
-            }
+            Ok(finished) => self.uploads.enqueue(finished),
             Err(err) => {
                 tracing::warn!(%call_id, error = %err, "recording could not be assembled");
                 self.metrics.recordings.errors.inc();
@@ -226,6 +222,15 @@ impl Recordings {
     pub fn stop(&self) {
         self.stop.cancel();
     }
+}
+
+/// Runs blocking file work off the runtime's threads; a panic there is an I/O error here.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The S3 client. Credentials come from the settings when given, else from the usual AWS

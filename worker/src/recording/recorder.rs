@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::Recordings;
 use super::spool::{ASSISTANT, CALLER, Meta};
 use super::timeline::{Side, cut_at, gap_before, position};
 use super::wav::{Coding, RATE};
+use super::{Recordings, blocking};
 use crate::media::{StreamResampler, l16, mulaw};
 use crate::metrics::Metrics;
 
@@ -162,15 +162,6 @@ async fn open(job: &Job) -> io::Result<(Track, Track)> {
     ))
 }
 
-/// Runs blocking file work off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(io::Error::other)?
-}
-
 /// One channel of a recording: its place on the timeline and its file.
 struct Track {
     side: Side,
@@ -205,14 +196,17 @@ impl Track {
         }
         let len = samples.len() as u64 * u64::from(RATE) / u64::from(rate.max(1));
         let gap = gap_before(self.side, self.cursor, at, len);
-        let silence = [self.coding.silence(); 4096];
-        let mut gap_bytes = gap as usize * self.coding.bytes_per_sample();
-        while gap_bytes > 0 {
-            let n = gap_bytes.min(silence.len());
-            self.file.append(&silence[..n]).await?;
-            gap_bytes -= n;
+        if gap > 0 {
+            // Only when the channel was quiet: most frames follow the previous one directly.
+            let silence = [self.coding.silence(); 4096];
+            let mut gap_bytes = gap as usize * self.coding.bytes_per_sample();
+            while gap_bytes > 0 {
+                let n = gap_bytes.min(silence.len());
+                self.file.append(&silence[..n]).await?;
+                gap_bytes -= n;
+            }
+            self.cursor += gap;
         }
-        self.cursor += gap;
         for piece in samples.chunks(PIECE) {
             self.pcm.clear();
             match self.resampler.as_mut() {

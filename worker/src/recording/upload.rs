@@ -134,8 +134,7 @@ impl Worker {
                     tracing::info!(key = %finished.key, bytes, "recording uploaded");
                     let spool = self.spool.clone();
                     let done = finished.clone();
-                    let removed = tokio::task::spawn_blocking(move || spool.remove(&done)).await;
-                    if let Ok(Err(err)) = removed {
+                    if let Err(err) = super::blocking(move || spool.remove(&done)).await {
                         tracing::warn!(key = %finished.key, error = %err, "uploaded recording not removed from the spool");
                         self.metrics.recordings.errors.inc();
                     }
