@@ -57,31 +57,29 @@ where
         events,
         move |o| (spec(o), status(o)),
         move |child: &K| {
-            if let Some((fleet, hash)) = seed_of(child) {
-                let key = child_key(
-                    &K::kind(&()),
-                    &child.namespace().unwrap_or_default(),
-                    &child.name_any(),
-                );
+            if let (Some((fleet, key)), Some(hash)) = (keys_of(child), seed_of(child)) {
                 seeds.seed(&fleet, &key, hash);
             }
         },
         move |child: &K, deleted| {
-            let owner = child
-                .owner_references()
-                .iter()
-                .find(|r| r.controller == Some(true) && r.kind == CallCluster::kind(&()));
-            if let Some(owner) = owner {
-                let namespace = child.namespace().unwrap_or_default();
-                applied.child_changed(
-                    &fleet_key(&namespace, &owner.name),
-                    &child_key(&K::kind(&()), &namespace, &child.name_any()),
-                    child.resource_version().as_deref(),
-                    deleted,
-                );
+            if let Some((fleet, key)) = keys_of(child) {
+                applied.child_changed(&fleet, &key, child.resource_version().as_deref(), deleted);
             }
         },
     )
+}
+
+/// The fleet key of the CallCluster that controls `child`, and the child's own key.
+fn keys_of<K: Resource<DynamicType = ()>>(child: &K) -> Option<(String, String)> {
+    let owner = child
+        .owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == CallCluster::kind(&()))?;
+    let namespace = child.namespace().unwrap_or_default();
+    Some((
+        fleet_key(&namespace, &owner.name),
+        child_key(&K::kind(&()), &namespace, &child.name_any()),
+    ))
 }
 
 /// `namespace/name` of a CallCluster, as [`AppliedCache`] keys fleets.
@@ -94,27 +92,18 @@ pub fn child_key(kind: &str, namespace: &str, name: &str) -> String {
     format!("{kind}/{namespace}/{name}")
 }
 
-/// Fleet key and rendered hash of a child an earlier term applied, if it is still as that
-/// term left it: it carries our rendered-hash annotation, and no one but the operator and
-/// Kubernetes' own controllers has written its spec or metadata since (`managedFields`).
-fn seed_of<K: Resource>(child: &K) -> Option<(String, u64)> {
+/// Rendered hash of a child an earlier term applied, if it is still as that term left it: it
+/// carries our rendered-hash annotation, and no one but the operator and Kubernetes' own
+/// controllers has written its spec or metadata since (`managedFields`).
+fn seed_of<K: Resource>(child: &K) -> Option<u64> {
     let meta = child.meta();
     let hash = crate::render::rendered_hash_of(meta)?;
-    let owner = child
-        .owner_references()
-        .iter()
-        .find(|r| r.controller == Some(true) && r.kind == CallCluster::kind(&()))?;
     let edited_by_others = meta.managed_fields.iter().flatten().any(|m| {
         let manager = m.manager.as_deref().unwrap_or_default();
         let on_status = m.subresource.as_deref() == Some("status");
         !on_status && manager != super::context::MANAGER && manager != "kube-controller-manager"
     });
-    (!edited_by_others).then(|| {
-        (
-            fleet_key(&child.namespace().unwrap_or_default(), &owner.name),
-            hash,
-        )
-    })
+    (!edited_by_others).then_some(hash)
 }
 
 /// The filter: `prints` gives (spec, status) fingerprints; `on_first_seen` hears objects the
@@ -352,7 +341,11 @@ mod tests {
             entry("kube-controller-manager", Some("status")),
             entry("kwok", Some("status")),
         ]);
-        assert_eq!(seed_of(&d), Some(("calls/fleet".to_owned(), 0xff)));
+        assert_eq!(seed_of(&d), Some(0xff));
+        assert_eq!(
+            keys_of(&d),
+            Some(("calls/fleet".to_owned(), CHILD.to_owned()))
+        );
         d.metadata
             .managed_fields
             .as_mut()
