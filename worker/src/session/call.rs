@@ -1,6 +1,6 @@
 //! The call task: admission of the announced call, then the media loop that owns every piece of
-//! call state. Nothing here is shared with other calls except through `WorkerContext`'s
-//! atomics, so the media path takes no locks.
+//! call state, its socket included. Nothing here is shared with other calls except through
+//! `WorkerContext`'s atomics, so the media path takes no locks.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
-use super::channels::{ReaderEvent, WriterCommand, close_code};
+use super::connection::PING_INTERVAL;
 use super::history::{History, SpokenSentence, heard_text};
 use super::playout::{Playout, PlayoutItem};
+use super::socket::{CallSocket, SocketEvent, close_code};
 use super::turn::{TurnInput, TurnOutput, run_turn};
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
@@ -41,11 +42,11 @@ pub async fn run_call(
     protocol: Protocol,
     presented_token: Option<String>,
     permit: CallPermit,
-    mut inbound: mpsc::Receiver<ReaderEvent>,
-    writer: mpsc::Sender<WriterCommand>,
+    mut socket: CallSocket,
 ) {
     let early = Encoder::before_start(protocol);
-    let Some(start) = await_start(&ctx, &early, &mut inbound, &writer).await else {
+    let Some(start) = await_start(&ctx, &early, &mut socket).await else {
+        socket.shutdown().await;
         return;
     };
     let token = start.token.clone().or(presented_token);
@@ -59,7 +60,7 @@ pub async fn run_call(
         ctx.metrics.error(ErrorCode::Unauthorized);
         reject(
             &early,
-            &writer,
+            socket,
             ErrorCode::Unauthorized,
             &err.to_string(),
             close_code::POLICY,
@@ -71,7 +72,7 @@ pub async fn run_call(
         ctx.metrics.error(ErrorCode::InternalError);
         reject(
             &early,
-            &writer,
+            socket,
             ErrorCode::InternalError,
             "no pipeline is configured on this worker",
             close_code::INTERNAL,
@@ -81,9 +82,9 @@ pub async fn run_call(
     };
     ctx.metrics.call_started();
     let earlier = ctx.store.load(&start.call_id).await;
-    let session = CallSession::new(ctx.clone(), protocol, start, pipeline, earlier, writer);
+    let session = CallSession::new(ctx.clone(), protocol, start, pipeline, earlier, socket);
     tracing::info!(call_id = %session.call_id, protocol = protocol.as_str(), "call started");
-    session.run(inbound).await;
+    session.run().await;
     drop(permit);
 }
 
@@ -96,62 +97,53 @@ pub fn unix_now() -> u64 {
 }
 
 /// Waits for the protocol's start message, answering bad frames with error frames.
+/// Waits for the protocol's start message, answering bad frames with error frames. On a
+/// timeout the socket is told why and closed (the caller then only shuts it down).
 async fn await_start(
     ctx: &WorkerContext,
     encoder: &Encoder,
-    inbound: &mut mpsc::Receiver<ReaderEvent>,
-    writer: &mpsc::Sender<WriterCommand>,
+    socket: &mut CallSocket,
 ) -> Option<CallStart> {
     let deadline = tokio::time::Instant::now() + ctx.limits.start;
     loop {
         let event = tokio::select! {
-            event = inbound.recv() => event,
+            event = socket.next() => event,
             _ = sleep_until(deadline) => {
                 ctx.metrics.error(ErrorCode::Timeout);
-                reject(encoder, writer, ErrorCode::Timeout, "no call was started in time", close_code::POLICY).await;
+                send_error(encoder, socket, ErrorCode::Timeout, "no call was started in time");
+                socket.close(close_code::POLICY, ErrorCode::Timeout.as_str());
                 return None;
             }
         };
         match event {
-            Some(ReaderEvent::Event(InboundEvent::Start(start))) => return Some(*start),
-            Some(ReaderEvent::Event(InboundEvent::End)) | Some(ReaderEvent::Closed) | None => {
-                return None;
-            }
-            Some(ReaderEvent::Event(_)) => {}
-            Some(ReaderEvent::Invalid(err)) => {
+            SocketEvent::Event(InboundEvent::Start(start)) => return Some(*start),
+            SocketEvent::Event(InboundEvent::End) | SocketEvent::Closed => return None,
+            SocketEvent::Event(_) => {}
+            SocketEvent::Invalid(err) => {
                 ctx.metrics.error(err.code());
-                send_error(encoder, writer, err.code(), &err.to_string()).await;
+                send_error(encoder, socket, err.code(), &err.to_string());
             }
         }
     }
 }
 
-async fn send_error(
-    encoder: &Encoder,
-    writer: &mpsc::Sender<WriterCommand>,
-    code: ErrorCode,
-    message: &str,
-) {
+fn send_error(encoder: &Encoder, socket: &mut CallSocket, code: ErrorCode, message: &str) {
     if let Some(frame) = encoder.encode(Outbound::Error { code, message }) {
-        let _ = writer.send(WriterCommand::Frame(frame)).await;
+        socket.send(frame);
     }
 }
 
 /// Error frame, then close: the answer to a connection that may not have a call.
 async fn reject(
     encoder: &Encoder,
-    writer: &mpsc::Sender<WriterCommand>,
+    mut socket: CallSocket,
     code: ErrorCode,
     message: &str,
     close: u16,
 ) {
-    send_error(encoder, writer, code, message).await;
-    let _ = writer
-        .send(WriterCommand::Close {
-            code: close,
-            reason: code.as_str().to_owned(),
-        })
-        .await;
+    send_error(encoder, &mut socket, code, message);
+    socket.close(close, code.as_str());
+    socket.shutdown().await;
 }
 
 /// A reply turn running in its own task.
@@ -195,7 +187,7 @@ struct CallSession {
     call_id: String,
     protocol: Protocol,
     encoder: Encoder,
-    writer: mpsc::Sender<WriterCommand>,
+    socket: CallSocket,
     pipeline: Arc<PipelineVersion>,
     out_format: AudioFormat,
     vad: Vad,
@@ -229,7 +221,7 @@ impl CallSession {
         start: CallStart,
         pipeline: Arc<PipelineVersion>,
         earlier: Vec<ChatMessage>,
-        writer: mpsc::Sender<WriterCommand>,
+        socket: CallSocket,
     ) -> Self {
         let spec = &pipeline.config.spec;
         let now = Instant::now();
@@ -246,7 +238,7 @@ impl CallSession {
             in_rate: start.inbound.sample_rate,
             call_id: start.call_id,
             protocol,
-            writer,
+            socket,
             utterance: Vec::new(),
             preroll: VecDeque::new(),
             reply: Reply::default(),
@@ -265,15 +257,14 @@ impl CallSession {
         }
     }
 
-    async fn run(mut self, mut inbound: mpsc::Receiver<ReaderEvent>) {
+    async fn run(mut self) {
         self.send(Outbound::Status {
             status: "ready",
             message: "call started",
-        })
-        .await;
+        });
         if self.pipeline.config.spec.mode == PipelineMode::Realtime {
             if let Err(message) = self.open_realtime().await {
-                self.fail(ErrorCode::InternalError, &message).await;
+                self.fail(ErrorCode::InternalError, &message);
                 self.finish(Ending::ProviderLost).await;
                 return;
             }
@@ -292,6 +283,7 @@ impl CallSession {
         let mut armed: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ping = Instant::now();
         let ending = loop {
             let pace = self.playout.next_deadline();
             if pace != armed {
@@ -304,21 +296,21 @@ impl CallSession {
             }
             tokio::select! {
                 biased;
-                event = inbound.recv() => {
+                event = self.socket.next() => {
                     match event {
-                        Some(ReaderEvent::Event(event)) => {
+                        SocketEvent::Event(event) => {
                             self.last_inbound = Instant::now();
                             if let Some(ending) = self.on_inbound(event).await {
                                 break ending;
                             }
                         }
-                        Some(ReaderEvent::Invalid(err)) => {
+                        SocketEvent::Invalid(err) => {
                             self.last_inbound = Instant::now();
                             tracing::debug!(call_id = %self.call_id, error = %err, "bad frame");
                             self.ctx.metrics.error(err.code());
-                            self.send(Outbound::Error { code: err.code(), message: &err.to_string() }).await;
+                            self.send(Outbound::Error { code: err.code(), message: &err.to_string() });
                         }
-                        Some(ReaderEvent::Closed) | None => break Ending::Lost,
+                        SocketEvent::Closed => break Ending::Lost,
                     }
                 }
                 output = next_output(&mut self.turn) => self.on_turn_output(output).await,
@@ -335,6 +327,10 @@ impl CallSession {
                 _ = housekeeping.tick() => {
                     if self.last_inbound.elapsed() >= self.ctx.limits.idle {
                         break Ending::Idle;
+                    }
+                    if last_ping.elapsed() >= PING_INTERVAL {
+                        last_ping = Instant::now();
+                        self.socket.ping();
                     }
                     self.commit_finished_reply().await;
                 }
@@ -448,8 +444,7 @@ impl CallSession {
         self.send(Outbound::Status {
             status: "processing",
             message: "caller turn ended",
-        })
-        .await;
+        });
         self.start_turn(TurnInput::Speech {
             utterance: Utterance {
                 samples,
@@ -512,7 +507,7 @@ impl CallSession {
                 };
                 for item in items {
                     if let PlayoutItem::Audio(samples) = item {
-                        self.send_audio(samples, caption.as_deref()).await;
+                        self.send_audio(samples, caption.as_deref());
                     }
                 }
                 self.playout.arm(now);
@@ -525,15 +520,15 @@ impl CallSession {
                 self.turn = None;
                 tracing::warn!(call_id = %self.call_id, error = %err, "provider failed");
                 let code = ErrorCode::from_provider_code(err.caller_code());
-                self.fail(code, &err.to_string()).await;
+                self.fail(code, &err.to_string());
             }
         }
     }
 
-    async fn fail(&mut self, code: ErrorCode, message: &str) {
+    fn fail(&mut self, code: ErrorCode, message: &str) {
         self.had_error = true;
         self.ctx.metrics.error(code);
-        self.send(Outbound::Error { code, message }).await;
+        self.send(Outbound::Error { code, message });
     }
 
     fn on_mark(&mut self, name: &str) {
@@ -566,15 +561,15 @@ impl CallSession {
                             }
                             _ => None,
                         };
-                        self.send_audio(frame, caption.as_deref()).await;
+                        self.send_audio(frame, caption.as_deref());
                     }
-                    PlayoutItem::Mark(name) => self.send(Outbound::Mark(&name)).await,
+                    PlayoutItem::Mark(name) => self.send(Outbound::Mark(&name)),
                 }
             }
         }
     }
 
-    async fn send_audio(&mut self, samples: Vec<i16>, text: Option<&str>) {
+    fn send_audio(&mut self, samples: Vec<i16>, text: Option<&str>) {
         if let Some(ended) = self.speech_ended_at.take() {
             self.ctx.metrics.observe_first_audio(ended.elapsed());
         }
@@ -584,10 +579,9 @@ impl CallSession {
             text,
         });
         if let Some(frame) = frame {
-            // Audio is never worth stalling the call task for: a carrier that stops reading
-            // loses frames, not the call's VAD.
-            if self.writer.try_send(WriterCommand::Frame(frame)).is_err() {
-                tracing::debug!(call_id = %self.call_id, "writer full, frame dropped");
+            // A carrier that stops reading loses frames, not the call.
+            if !self.socket.send_audio(frame) {
+                tracing::debug!(call_id = %self.call_id, "carrier not reading, frame dropped");
                 return;
             }
             // The recording holds what the carrier was handed, nothing it never got.
@@ -597,9 +591,9 @@ impl CallSession {
         }
     }
 
-    async fn send(&mut self, out: Outbound<'_>) {
+    fn send(&mut self, out: Outbound<'_>) {
         if let Some(frame) = self.encoder.encode(out) {
-            let _ = self.writer.send(WriterCommand::Frame(frame)).await;
+            self.socket.send(frame);
         }
     }
 
@@ -610,7 +604,7 @@ impl CallSession {
         self.turn = None;
         let was_playing = self.playout.sent() > 0;
         if was_playing {
-            self.send(Outbound::Clear).await;
+            self.send(Outbound::Clear);
             self.ctx.metrics.barge_ins.inc();
             if let Some(recorder) = &self.recorder {
                 recorder.cut();
@@ -692,17 +686,11 @@ impl CallSession {
         };
         if matches!(ending, Ending::MaxDuration | Ending::Idle) {
             // Time limits are the seed's TIMEOUT, told to the caller before the close.
-            self.fail(ErrorCode::Timeout, reason).await;
+            self.fail(ErrorCode::Timeout, reason);
         }
         if ending != Ending::Lost {
-            self.send(Outbound::Hangup).await;
-            let _ = self
-                .writer
-                .send(WriterCommand::Close {
-                    code: close,
-                    reason: reason.to_owned(),
-                })
-                .await;
+            self.send(Outbound::Hangup);
+            self.socket.close(close, reason);
         }
         if let Some(mut rt) = self.realtime.take() {
             let _ = rt.commands.close().await;
@@ -716,6 +704,7 @@ impl CallSession {
             seconds = duration.as_secs_f64(),
             "call ended"
         );
+        self.socket.shutdown().await;
     }
 
     // ---- realtime mode -------------------------------------------------------------------
@@ -783,12 +772,11 @@ impl CallSession {
             Some(Ok(event)) => event,
             Some(Err(err)) => {
                 let code = ErrorCode::from_provider_code(err.caller_code());
-                self.fail(code, &err.to_string()).await;
+                self.fail(code, &err.to_string());
                 return Some(Ending::ProviderLost);
             }
             None => {
-                self.fail(ErrorCode::InternalError, "realtime session closed")
-                    .await;
+                self.fail(ErrorCode::InternalError, "realtime session closed");
                 return Some(Ending::ProviderLost);
             }
         };
@@ -842,7 +830,7 @@ impl CallSession {
                 let mark = format!("{}.0", self.reply.id);
                 for item in self.playout.end_sentence(Some(mark), now) {
                     if let PlayoutItem::Audio(samples) = item {
-                        self.send_audio(samples, None).await;
+                        self.send_audio(samples, None);
                     }
                 }
                 self.playout.arm(now);

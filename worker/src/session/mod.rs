@@ -1,6 +1,5 @@
 //! One call: a tokio task that owns all of the call's state (VAD, history, the reply being
-//! played), fed by a socket reader task and feeding a socket writer task over bounded channels,
-//! so the media path takes no locks.
+//! played) and its WebSocket, so the media path takes no locks and a frame no channel hop.
 
 pub mod history;
 pub mod playout;
@@ -9,6 +8,6 @@ pub mod store;
 
 pub use store::{InMemorySessionStore, SessionStore};
 pub mod call;
-pub mod channels;
 pub mod connection;
+pub mod socket;
 pub mod turn;
