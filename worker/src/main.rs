@@ -8,6 +8,11 @@ use tracing_subscriber::EnvFilter;
 use callfleet_worker::admission::{TokenSecret, mint_token};
 use callfleet_worker::config::{Cli, Command, LogFormat, ServeArgs};
 
+/// mimalloc instead of glibc's malloc: every call allocates small, short-lived buffers for each
+/// 20 ms frame, and glibc's allocator was 9% of the worker's CPU at 1,000 calls.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
