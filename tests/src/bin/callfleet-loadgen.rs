@@ -5,6 +5,11 @@ use clap::Parser;
 
 use callfleet_tests::loadgen::{LoadConfig, run};
 
+/// mimalloc: the generator shares the machine with the worker it loads: its allocations are
+/// frames and replies at 50 per second per call, cheaper under mimalloc than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = LoadConfig::parse();

@@ -7,6 +7,11 @@ use clap::Parser;
 
 use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig};
 
+/// mimalloc: the stand-in shares the machine with the worker under load: its allocations are
+/// HTTP requests and streamed chunks, cheaper under mimalloc than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "callfleet-openai-standin",
