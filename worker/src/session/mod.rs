@@ -9,5 +9,6 @@ pub mod store;
 pub use store::{InMemorySessionStore, SessionStore};
 pub mod call;
 pub mod connection;
+pub mod handoff;
 pub mod socket;
 pub mod turn;

@@ -13,6 +13,7 @@ use crate::media::{StreamResampler, l16};
 use crate::metrics::Metrics;
 use crate::providers::{ChatMessage, ProviderError, TTS_SAMPLE_RATE, Utterance};
 
+use super::handoff::{HandOff, HandOffPacer};
 use super::sentences::SentenceSplitter;
 
 /// Highest sample rate the cascade sends to speech-to-text. Telephone (8 kHz) and wideband
@@ -169,7 +170,9 @@ struct Speaker<'a> {
     metrics: &'a Metrics,
     resampler: StreamResampler,
     pcm: Vec<i16>,
+    /// Audio at the call's rate not yet handed to the call task.
     resampled: Vec<i16>,
+    pacer: HandOffPacer,
 }
 
 impl<'a> Speaker<'a> {
@@ -186,7 +189,17 @@ impl<'a> Speaker<'a> {
             resampler,
             pcm: Vec::new(),
             resampled: Vec::new(),
+            pacer: HandOffPacer::new(out_rate),
         })
+    }
+
+    /// Hands the audio collected so far to the call task.
+    async fn hand_off(&mut self, out: &mpsc::Sender<TurnOutput>) -> Result<(), TurnError> {
+        if self.resampled.is_empty() {
+            return Ok(());
+        }
+        self.pacer.handed(self.resampled.len(), Instant::now());
+        send(out, TurnOutput::Audio(std::mem::take(&mut self.resampled))).await
     }
 
     async fn say(
@@ -202,7 +215,22 @@ impl<'a> Speaker<'a> {
             .tts
             .stream_speech(sentence, &self.pipeline.config.spec.tts);
         let mut first = true;
-        while let Some(chunk) = audio.next().await {
+        let hold = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(hold);
+        let mut holding = false;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                chunk = audio.next() => chunk,
+                () = &mut hold, if holding => {
+                    holding = false;
+                    self.hand_off(out).await?;
+                    continue;
+                }
+            };
+            let Some(chunk) = chunk else {
+                break;
+            };
             let chunk = chunk?;
             if first {
                 self.metrics
@@ -213,21 +241,25 @@ impl<'a> Speaker<'a> {
             self.pcm.clear();
             l16::decode_into(&chunk, &mut self.pcm)
                 .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-            self.resampled.clear();
             self.resampler
                 .push(&self.pcm, &mut self.resampled)
                 .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-            if !self.resampled.is_empty() {
-                send(out, TurnOutput::Audio(std::mem::take(&mut self.resampled))).await?;
+            match self.pacer.decide(self.resampled.len(), Instant::now()) {
+                HandOff::Now => {
+                    holding = false;
+                    self.hand_off(out).await?;
+                }
+                HandOff::HoldUntil(at) if !holding => {
+                    hold.as_mut().reset(at.into());
+                    holding = true;
+                }
+                HandOff::HoldUntil(_) => {}
             }
         }
-        self.resampled.clear();
         self.resampler
             .flush(&mut self.resampled)
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        if !self.resampled.is_empty() {
-            send(out, TurnOutput::Audio(std::mem::take(&mut self.resampled))).await?;
-        }
+        self.hand_off(out).await?;
         send(out, TurnOutput::SentenceDone).await
     }
 }
