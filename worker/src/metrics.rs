@@ -20,6 +20,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// Buckets from 0.25 ms to about 1 s for the latency the worker itself adds to a turn.
+pub fn overhead_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 1.5, 21))
+}
+
 /// All worker metrics.
 pub struct Metrics {
     registry: Registry,
@@ -31,6 +36,8 @@ pub struct Metrics {
     pub stt_latency: Histogram,
     pub llm_first_token: Histogram,
     pub tts_first_byte: Histogram,
+    /// End of caller speech to first reply audio, less the time spent waiting on providers.
+    pub turn_overhead: Histogram,
     pub barge_ins: Counter,
     pub recordings: RecordingMetrics,
     calls_ended: AtomicU64,
@@ -126,6 +133,7 @@ impl Metrics {
             latency_histogram(),
             latency_histogram(),
         );
+        let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
         registry.register(
             "callfleet_active_calls",
@@ -168,6 +176,13 @@ impl Metrics {
             tts_first_byte.clone(),
         );
         registry.register(
+            "callfleet_turn_overhead_seconds",
+            "End of caller speech to first reply audio byte sent, less the turn's waits on \
+             speech-to-text, the chat model's first sentence and speech's first byte: the \
+             latency the worker itself adds",
+            turn_overhead.clone(),
+        );
+        registry.register(
             "callfleet_barge_ins",
             "Replies interrupted by caller speech",
             barge_ins.clone(),
@@ -184,6 +199,7 @@ impl Metrics {
             stt_latency,
             llm_first_token,
             tts_first_byte,
+            turn_overhead,
             barge_ins,
             recordings,
             calls_ended: AtomicU64::new(0),

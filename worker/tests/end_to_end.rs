@@ -55,12 +55,30 @@ async fn seed_protocol_speech_in_reply_out() {
         "callfleet_turn_first_audio_seconds",
         "callfleet_stt_latency_seconds",
         "callfleet_llm_first_token_seconds",
+        "callfleet_turn_overhead_seconds",
     ] {
         assert!(
             metrics.contains(&format!("{histogram}_count 1")),
             "{histogram} in {metrics}"
         );
     }
+    // The worker's own share is what is left of the first-audio latency once the provider
+    // waits (the stand-in's configured latencies among them) are taken out.
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_sum ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name}_sum in {metrics}"))
+    };
+    let (overhead, first_audio) = (
+        sum("callfleet_turn_overhead_seconds"),
+        sum("callfleet_turn_first_audio_seconds"),
+    );
+    assert!(
+        overhead >= 0.0 && overhead < first_audio,
+        "overhead {overhead} s of first audio {first_audio} s"
+    );
     // One TTS request per sentence.
     assert!(
         metrics.contains("callfleet_tts_first_byte_seconds_count 2"),

@@ -201,6 +201,8 @@ struct CallSession {
     /// Carrier acknowledges marks: trust them over the pacing estimate.
     marks_seen: bool,
     speech_ended_at: Option<Instant>,
+    /// The current turn's waits on providers before its first audio.
+    provider_wait: Option<Duration>,
     started_at: Instant,
     last_inbound: Instant,
     had_error: bool,
@@ -245,6 +247,7 @@ impl CallSession {
             turn: None,
             marks_seen: false,
             speech_ended_at: None,
+            provider_wait: None,
             started_at: now,
             last_inbound: now,
             had_error: false,
@@ -438,6 +441,7 @@ impl CallSession {
         }
         self.commit_finished_reply().await;
         self.speech_ended_at = Some(Instant::now());
+        self.provider_wait = None;
         let prompt = self
             .history
             .prompt(&self.pipeline.config.spec.llm.system_prompt);
@@ -487,6 +491,7 @@ impl CallSession {
                     confirmed: false,
                 });
             }
+            Some(TurnOutput::ProviderWait(wait)) => self.provider_wait = Some(wait),
             Some(TurnOutput::Audio(samples)) => {
                 self.playout.push(&samples);
                 self.playout.arm(now);
@@ -571,7 +576,15 @@ impl CallSession {
 
     fn send_audio(&mut self, samples: Vec<i16>, text: Option<&str>) {
         if let Some(ended) = self.speech_ended_at.take() {
-            self.ctx.metrics.observe_first_audio(ended.elapsed());
+            let latency = ended.elapsed();
+            self.ctx.metrics.observe_first_audio(latency);
+            if let Some(wait) = self.provider_wait.take() {
+                let overhead = latency.saturating_sub(wait);
+                self.ctx
+                    .metrics
+                    .turn_overhead
+                    .observe(overhead.as_secs_f64());
+            }
         }
         let frame = self.encoder.encode(Outbound::Audio {
             samples: &samples,
@@ -620,6 +633,7 @@ impl CallSession {
         self.reply.sentences.clear();
         self.reply.captions.clear();
         self.speech_ended_at = None;
+        self.provider_wait = None;
         if !heard.is_empty() {
             self.history
                 .push(ChatMessage::new(ChatRole::Assistant, heard));

@@ -3,7 +3,8 @@
 //! which closes the HTTP requests in flight: that is how barge-in cancels LLM and TTS.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -40,6 +41,9 @@ pub enum TurnOutput {
     Heard(String),
     /// A new sentence of the reply begins.
     Sentence(String),
+    /// How long the turn waited on providers before its first audio (speech-to-text, the
+    /// chat model's first sentence, speech's first byte); sent just before that audio.
+    ProviderWait(Duration),
     /// Reply audio at the call's outbound rate.
     Audio(Vec<i16>),
     /// The current sentence's audio is complete.
@@ -104,7 +108,8 @@ async fn answer(
         .stt
         .transcribe(utterance, &spec.stt)
         .await?;
-    metrics.stt_latency.observe(started.elapsed().as_secs_f64());
+    let stt_wait = started.elapsed();
+    metrics.stt_latency.observe(stt_wait.as_secs_f64());
     let text = transcript.text.trim().to_owned();
     send(out, TurnOutput::Heard(text.clone())).await?;
     if text.is_empty() {
@@ -115,11 +120,16 @@ async fn answer(
     // The LLM writes into a sentence channel while TTS reads from it, so the first sentence is
     // spoken while the model is still writing the rest.
     let (sentence_tx, mut sentence_rx) = mpsc::channel::<String>(16);
+    // Microseconds from the chat request to its first complete sentence, written before that
+    // sentence is sent and read after it is received.
+    let first_sentence_us = AtomicU64::new(0);
+    let first_sentence = &first_sentence_us;
     let llm = async move {
         let started = Instant::now();
         let mut tokens = pipeline.providers.chat.stream_chat(prompt, &spec.llm);
         let mut splitter = SentenceSplitter::default();
         let mut first = true;
+        let mut sentence_sent = false;
         while let Some(delta) = tokens.next().await {
             let delta = delta?;
             if first {
@@ -129,25 +139,41 @@ async fn answer(
                 first = false;
             }
             for sentence in splitter.push(&delta) {
+                note_first_sentence(&mut sentence_sent, first_sentence, started);
                 if sentence_tx.send(sentence).await.is_err() {
                     return Ok(());
                 }
             }
         }
         if let Some(rest) = splitter.finish() {
+            note_first_sentence(&mut sentence_sent, first_sentence, started);
             let _ = sentence_tx.send(rest).await;
         }
         Ok::<(), TurnError>(())
     };
     let tts = async {
         let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
+        let mut first = true;
         while let Some(sentence) = sentence_rx.recv().await {
+            if first {
+                let llm_wait = Duration::from_micros(first_sentence.load(Ordering::Relaxed));
+                speaker.provider_wait = stt_wait + llm_wait;
+                first = false;
+            }
             speaker.say(sentence, out).await?;
         }
         Ok::<(), TurnError>(())
     };
     tokio::try_join!(llm, tts)?;
     Ok(())
+}
+
+/// Stores the time from `started` to the first sentence in `slot`, once per reply.
+fn note_first_sentence(sent: &mut bool, slot: &AtomicU64, started: Instant) {
+    if !*sent {
+        slot.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        *sent = true;
+    }
 }
 
 async fn speak(
@@ -173,6 +199,10 @@ struct Speaker<'a> {
     /// Audio at the call's rate not yet handed to the call task.
     resampled: Vec<i16>,
     pacer: HandOffPacer,
+    /// Provider time on the way to this reply's first audio before speech was asked for.
+    provider_wait: Duration,
+    /// [`TurnOutput::ProviderWait`] went out.
+    wait_reported: bool,
 }
 
 impl<'a> Speaker<'a> {
@@ -190,6 +220,8 @@ impl<'a> Speaker<'a> {
             pcm: Vec::new(),
             resampled: Vec::new(),
             pacer: HandOffPacer::new(out_rate),
+            provider_wait: Duration::ZERO,
+            wait_reported: false,
         })
     }
 
@@ -233,9 +265,13 @@ impl<'a> Speaker<'a> {
             };
             let chunk = chunk?;
             if first {
-                self.metrics
-                    .tts_first_byte
-                    .observe(started.elapsed().as_secs_f64());
+                let tts_wait = started.elapsed();
+                self.metrics.tts_first_byte.observe(tts_wait.as_secs_f64());
+                if !self.wait_reported {
+                    self.wait_reported = true;
+                    let wait = self.provider_wait + tts_wait;
+                    send(out, TurnOutput::ProviderWait(wait)).await?;
+                }
                 first = false;
             }
             self.pcm.clear();
