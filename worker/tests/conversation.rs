@@ -4,6 +4,7 @@
 mod support;
 
 use callfleet_tests::openai_standin::Endpoint;
+use callfleet_worker::providers::{ChatMessage, ChatRole};
 use support::calls::*;
 use support::*;
 
@@ -113,6 +114,43 @@ async fn realtime_mode_answers_and_barge_in_truncates() {
     assert_eq!(history[0].content, "tone 440");
     assert_truncated(&history[1].content, REPLY_440.len());
     assert!(standin.stats().endpoint(Endpoint::Realtime).requests >= 1);
+    send_text(
+        &mut s,
+        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
+    )
+    .await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_resumed_realtime_call_gives_the_provider_its_earlier_conversation() {
+    let (standin, w) = setup(r#","mode":"realtime","greeting":"Hello.""#).await;
+    let call = "CA-rt-resume";
+    // What an earlier connection of this call left behind (a dropped socket keeps history).
+    let store = w.worker().ctx.store.clone();
+    store
+        .save(
+            call,
+            vec![
+                ChatMessage::new(ChatRole::User, "tone 440"),
+                ChatMessage::new(ChatRole::Assistant, REPLY_440),
+            ],
+        )
+        .await;
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    // The stand-in checks each item's role and content type, and counts what it accepted.
+    eventually(async || standin.stats().realtime_items_created == 2).await;
+    assert!(standin.stats().endpoint(Endpoint::Realtime).requests >= 1);
+    // The conversation goes on where it was: no second greeting, a new turn is answered.
+    say_twilio(&mut s, call, &utterance(880.0, 8_000)).await;
+    wait_for(&mut s, "event", "media").await;
+    eventually(async || store.load(call).await.len() >= 4).await;
+    let history = store.load(call).await;
+    assert_eq!(history[0].content, "tone 440");
+    assert_eq!(history[2].content, "tone 880");
+    assert!(history.iter().all(|m| m.content != "Hello."), "{history:?}");
     send_text(
         &mut s,
         format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),

@@ -298,6 +298,7 @@ impl Session {
                 out.push(json!({"type": "input_audio_buffer.cleared"}));
             }
             "conversation.item.truncate" => self.on_truncate(&event, out),
+            "conversation.item.create" => self.on_item_create(&event, out),
             "response.create" => {
                 let text = event
                     .pointer("/response/instructions")
@@ -591,6 +592,71 @@ impl Session {
             "status_details": {"type": "cancelled", "reason": reason},
         }}));
         true
+    }
+
+    /// A message added by the client, e.g. a resumed call's history: checked like the API checks
+    /// it (`input_text` for user and system, `output_text` for assistant), then acknowledged. A
+    /// user message becomes what the next response answers.
+    fn on_item_create(&mut self, event: &Value, out: &mut Vec<Value>) {
+        let item = &event["item"];
+        if item.get("type").and_then(Value::as_str) != Some("message") {
+            out.push(error_event(
+                "invalid_value",
+                "the stand-in only accepts items of type \"message\"",
+            ));
+            return;
+        }
+        let role = item.get("role").and_then(Value::as_str).unwrap_or_default();
+        let wanted = match role {
+            "user" | "system" => "input_text",
+            "assistant" => "output_text",
+            other => {
+                out.push(error_event(
+                    "invalid_value",
+                    &format!("invalid role {other:?}"),
+                ));
+                return;
+            }
+        };
+        let Some(content) = item.get("content").and_then(Value::as_array) else {
+            out.push(error_event(
+                "missing_required_parameter",
+                "item.content is required",
+            ));
+            return;
+        };
+        let mut text = String::new();
+        for part in content {
+            let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
+            let Some(part_text) = part.get("text").and_then(Value::as_str) else {
+                out.push(error_event(
+                    "missing_required_parameter",
+                    "content text is required",
+                ));
+                return;
+            };
+            if kind != wanted {
+                out.push(error_event(
+                    "invalid_value",
+                    &format!("{role} message content must be {wanted}, not {kind:?}"),
+                ));
+                return;
+            }
+            text.push_str(part_text);
+        }
+        if role == "user" {
+            self.last_transcript = text;
+        }
+        self.shared.stats.item_created();
+        let id = self.id("item");
+        let mut item = item.clone();
+        item["id"] = json!(id);
+        item["object"] = json!("realtime.item");
+        item["status"] = json!("completed");
+        out.push(
+            json!({"type": "conversation.item.added", "previous_item_id": null, "item": item}),
+        );
+        out.push(json!({"type": "conversation.item.done", "previous_item_id": null, "item": item}));
     }
 
     fn on_truncate(&mut self, event: &Value, out: &mut Vec<Value>) {

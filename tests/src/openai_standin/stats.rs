@@ -25,6 +25,7 @@ pub struct Stats {
     unauthorized: AtomicU64,
     truncations: AtomicU64,
     cancelled_responses: AtomicU64,
+    items_created: AtomicU64,
 }
 
 /// What one endpoint saw.
@@ -53,6 +54,8 @@ pub struct StatsSnapshot {
     pub realtime_truncations: u64,
     /// Realtime responses cancelled (barge-in or `response.cancel`).
     pub realtime_cancelled_responses: u64,
+    /// `conversation.item.create` messages accepted (a resumed call's history).
+    pub realtime_items_created: u64,
 }
 
 impl StatsSnapshot {
@@ -95,6 +98,9 @@ impl Stats {
     pub fn cancelled_response(&self) {
         bump(&self.cancelled_responses);
     }
+    pub fn item_created(&self) {
+        bump(&self.items_created);
+    }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let endpoint = |e| {
@@ -114,6 +120,7 @@ impl Stats {
             unauthorized: self.unauthorized.load(Ordering::Relaxed),
             realtime_truncations: self.truncations.load(Ordering::Relaxed),
             realtime_cancelled_responses: self.cancelled_responses.load(Ordering::Relaxed),
+            realtime_items_created: self.items_created.load(Ordering::Relaxed),
         }
     }
 }

@@ -9,7 +9,7 @@ use callfleet_crds::aipipeline::TurnDetectionSpec;
 use futures::stream::BoxStream;
 use futures::{Sink, SinkExt};
 
-use super::{ProviderError, ProviderResult};
+use super::{ChatMessage, ProviderError, ProviderResult};
 
 /// How a realtime session is set up.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +60,9 @@ pub enum RealtimeCommand {
     CreateResponse { instructions: Option<String> },
     /// Stop the response in flight (`response.cancel`).
     CancelResponse,
+    /// Add an earlier message to the provider's conversation (`conversation.item.create`): a
+    /// resumed call's history, so the model answers with what was already said.
+    AddMessage(ChatMessage),
 }
 
 /// What a realtime session reports. Unknown provider events are skipped.

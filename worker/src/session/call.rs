@@ -744,6 +744,18 @@ impl CallSession {
         if self.out_format.sample_rate != 8_000 {
             self.from_8k = StreamResampler::new(8_000, self.out_format.sample_rate).ok();
         }
+        // A resumed call: the new provider session starts empty, so it is given what was said.
+        if let Some(rt) = self.realtime.as_mut() {
+            for message in self.history.messages() {
+                if message.role == ChatRole::System {
+                    continue;
+                }
+                let add = crate::providers::RealtimeCommand::AddMessage(message.clone());
+                if let Err(err) = rt.commands.send(add).await {
+                    return Err(format!("could not resume the conversation: {err}"));
+                }
+            }
+        }
         if self.history.is_empty()
             && let Some(greeting) = self.greeting()
             && let Some(rt) = self.realtime.as_mut()

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::http::{describe, with_retries};
 use super::retry::parse_retry_after;
 use crate::providers::{
-    ProviderConfig, ProviderError, ProviderResult, RealtimeCommand, RealtimeCommands,
+    ChatRole, ProviderConfig, ProviderError, ProviderResult, RealtimeCommand, RealtimeCommands,
     RealtimeEvent, RealtimeOptions, RealtimeSession,
 };
 use callfleet_crds::aipipeline::RealtimeSpec;
@@ -102,6 +102,22 @@ pub fn encode_command(command: &RealtimeCommand) -> String {
         }
         .to_string(),
         RealtimeCommand::CancelResponse => json!({"type": "response.cancel"}).to_string(),
+        RealtimeCommand::AddMessage(message) => {
+            // Text the model wrote is `output_text`; text it is given is `input_text`.
+            let content_type = match message.role {
+                ChatRole::Assistant => "output_text",
+                ChatRole::User | ChatRole::System => "input_text",
+            };
+            json!({
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": message.role,
+                    "content": [{"type": content_type, "text": message.content}],
+                },
+            })
+            .to_string()
+        }
     }
 }
 
@@ -283,7 +299,7 @@ fn ws_error(error: tungstenite::Error) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ServerVad;
+    use crate::providers::{ChatMessage, ServerVad};
     use callfleet_crds::aipipeline::TurnDetectionSpec;
 
     #[test]
@@ -349,6 +365,20 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(create["response"]["instructions"], "greet");
+        let said: Value = serde_json::from_str(&encode_command(&RealtimeCommand::AddMessage(
+            ChatMessage::new(ChatRole::Assistant, "Hello \"there\""),
+        )))
+        .unwrap();
+        assert_eq!(said["type"], "conversation.item.create");
+        assert_eq!(said["item"]["role"], "assistant");
+        assert_eq!(said["item"]["content"][0]["type"], "output_text");
+        assert_eq!(said["item"]["content"][0]["text"], "Hello \"there\"");
+        let heard: Value = serde_json::from_str(&encode_command(&RealtimeCommand::AddMessage(
+            ChatMessage::new(ChatRole::User, "tone 440"),
+        )))
+        .unwrap();
+        assert_eq!(heard["item"]["role"], "user");
+        assert_eq!(heard["item"]["content"][0]["type"], "input_text");
     }
 
     #[test]
