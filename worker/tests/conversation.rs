@@ -114,12 +114,7 @@ async fn realtime_mode_answers_and_barge_in_truncates() {
     assert_eq!(history[0].content, "tone 440");
     assert_truncated(&history[1].content, REPLY_440.len());
     assert!(standin.stats().endpoint(Endpoint::Realtime).requests >= 1);
-    send_text(
-        &mut s,
-        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
-    )
-    .await;
-    wait_closed(&mut s).await;
+    twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }
 
@@ -151,12 +146,7 @@ async fn a_resumed_realtime_call_gives_the_provider_its_earlier_conversation() {
     assert_eq!(history[0].content, "tone 440");
     assert_eq!(history[2].content, "tone 880");
     assert!(history.iter().all(|m| m.content != "Hello."), "{history:?}");
-    send_text(
-        &mut s,
-        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
-    )
-    .await;
-    wait_closed(&mut s).await;
+    twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }
 

@@ -170,12 +170,7 @@ async fn barge_in_clears_playback_and_truncates_history() {
     say_twilio(&mut s, call, &vec![0i16; 4_000]).await;
     eventually(async || store.load(call).await.len() >= 3).await;
     assert_eq!(store.load(call).await[2].content, "tone 880");
-    send_text(
-        &mut s,
-        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
-    )
-    .await;
-    wait_closed(&mut s).await;
+    twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }
 

@@ -62,6 +62,16 @@ pub fn twilio_start(call: &str) -> String {
     )
 }
 
+/// Hangs up a Twilio call started with [`twilio_start`] and waits for the worker's close code.
+pub async fn twilio_hang_up(socket: &mut Socket, call: &str) -> Option<u16> {
+    send_text(
+        socket,
+        format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#),
+    )
+    .await;
+    wait_closed(socket).await
+}
+
 pub fn twilio_media(call: &str, samples: &[i16]) -> String {
     format!(
         r#"{{"event":"media","streamSid":"MZ-{call}","media":{{"track":"inbound","payload":"{}"}}}}"#,
