@@ -146,6 +146,51 @@ async fn a_resumed_realtime_call_gives_the_provider_its_earlier_conversation() {
     assert_eq!(history[0].content, "tone 440");
     assert_eq!(history[2].content, "tone 880");
     assert!(history.iter().all(|m| m.content != "Hello."), "{history:?}");
+    // Keypad input reaches the realtime model as a user message and gets a response.
+    for digit in ["5", "#"] {
+        send_text(&mut s, twilio_dtmf(call, digit)).await;
+    }
+    eventually(async || standin.stats().realtime_items_created == 3).await;
+    eventually(async || {
+        store
+            .load(call)
+            .await
+            .iter()
+            .any(|m| m.content == "I heard Keypad input: 5. What else can I do for you?")
+    })
+    .await;
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn keypad_entries_are_caller_turns() {
+    let (standin, w) = setup("").await;
+    let call = "CA-keys";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    // `#` ends an entry; the model gets it as text, no speech-to-text involved.
+    for digit in ["4", "2", "#"] {
+        send_text(&mut s, twilio_dtmf(call, digit)).await;
+    }
+    wait_for(&mut s, "event", "media").await;
+    let store = w.worker().ctx.store.clone();
+    eventually(async || store.load(call).await.len() >= 2).await;
+    let history = store.load(call).await;
+    assert_eq!(history[0].content, "Keypad input: 42");
+    assert_eq!(
+        history[1].content,
+        "I heard Keypad input: 42. What else can I do for you?"
+    );
+    assert_eq!(
+        standin.stats().endpoint(Endpoint::Transcriptions).requests,
+        0
+    );
+    // A lone digit ends by itself once no other follows; junk is ignored.
+    send_text(&mut s, twilio_dtmf(call, "nine")).await;
+    send_text(&mut s, twilio_dtmf(call, "7")).await;
+    eventually(async || store.load(call).await.len() >= 3).await;
+    assert_eq!(store.load(call).await[2].content, "Keypad input: 7");
     twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }

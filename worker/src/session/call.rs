@@ -3,6 +3,7 @@
 //! `WorkerContext`'s atomics, so the media path takes no locks.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
+use tokio::time::{Sleep, sleep_until};
 
 use super::connection::PING_INTERVAL;
 use super::history::{History, SpokenSentence, heard_text};
+use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
 use super::socket::{CallSocket, SocketEvent, close_code};
 use super::turn::{TurnInput, TurnOutput, run_turn};
@@ -23,7 +25,8 @@ use crate::context::WorkerContext;
 use crate::media::{AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
 use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Protocol};
 use crate::providers::{
-    ChatMessage, ChatRole, RealtimeEvent, RealtimeOptions, RealtimeSession, ServerVad, Utterance,
+    ChatMessage, ChatRole, RealtimeCommand, RealtimeEvent, RealtimeOptions, RealtimeSession,
+    ServerVad, Utterance,
 };
 use crate::recording::CallRecorder;
 use callfleet_crds::PipelineMode;
@@ -195,6 +198,8 @@ struct CallSession {
     preroll: VecDeque<i16>,
     in_rate: u32,
     history: History,
+    /// Keypad digits of the entry being typed.
+    keypad: Keypad,
     playout: Playout,
     reply: Reply,
     turn: Option<ActiveTurn>,
@@ -235,6 +240,7 @@ impl CallSession {
             encoder: Encoder::new(protocol, &start),
             vad: Vad::new(&spec.turn_detection),
             history: History::new(spec.llm.max_history_turns, earlier),
+            keypad: Keypad::default(),
             playout: Playout::new(start.playback, start.outbound.sample_rate),
             out_format: start.outbound,
             in_rate: start.inbound.sample_rate,
@@ -284,19 +290,17 @@ impl CallSession {
         let pace_sleep = sleep_until(tokio::time::Instant::now());
         tokio::pin!(pace_sleep);
         let mut armed: Option<Instant> = None;
+        let keypad_sleep = sleep_until(tokio::time::Instant::now());
+        tokio::pin!(keypad_sleep);
+        let mut keypad_armed: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
         let ending = loop {
             let pace = self.playout.next_deadline();
-            if pace != armed {
-                if let Some(at) = pace {
-                    pace_sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(at));
-                }
-                armed = pace;
-            }
+            rearm(pace_sleep.as_mut(), pace, &mut armed);
+            let keypad_due = self.keypad.due();
+            rearm(keypad_sleep.as_mut(), keypad_due, &mut keypad_armed);
             tokio::select! {
                 biased;
                 event = self.socket.next() => {
@@ -325,6 +329,12 @@ impl CallSession {
                 _ = &mut pace_sleep, if pace.is_some() => {
                     armed = None;
                     self.send_due_frames().await;
+                }
+                _ = &mut keypad_sleep, if keypad_due.is_some() => {
+                    keypad_armed = None;
+                    if let Some(entry) = self.keypad.take_due(Instant::now()) {
+                        self.on_keypad_entry(entry).await;
+                    }
                 }
                 _ = &mut max_sleep => break Ending::MaxDuration,
                 _ = housekeeping.tick() => {
@@ -366,7 +376,7 @@ impl CallSession {
                 None
             }
             InboundEvent::Dtmf(digit) => {
-                tracing::debug!(call_id = %self.call_id, %digit, "dtmf");
+                self.on_keypad(&digit).await;
                 None
             }
             InboundEvent::End => Some(Ending::Hangup),
@@ -423,11 +433,32 @@ impl CallSession {
         self.preroll.drain(..excess);
     }
 
+    /// A reply is being produced or played.
+    fn is_replying(&self, now: Instant) -> bool {
+        self.turn.is_some() || self.playout.is_active(now)
+    }
+
     async fn on_speech_started(&mut self) {
-        let busy = self.turn.is_some() || self.playout.is_active(Instant::now());
-        if busy && self.pipeline.config.spec.turn_detection.barge_in {
+        if self.is_replying(Instant::now()) && self.pipeline.config.spec.turn_detection.barge_in {
             self.barge_in().await;
         }
+    }
+
+    /// The caller finished a turn: a reply still in flight is superseded, the latency clock
+    /// starts, and the prompt for the answer is returned.
+    async fn begin_caller_turn(&mut self, status: &str) -> Vec<ChatMessage> {
+        if self.is_replying(Instant::now()) {
+            self.barge_in().await;
+        }
+        self.commit_finished_reply().await;
+        self.speech_ended_at = Some(Instant::now());
+        self.provider_wait = None;
+        self.send(Outbound::Status {
+            status: "processing",
+            message: status,
+        });
+        self.history
+            .prompt(&self.pipeline.config.spec.llm.system_prompt)
     }
 
     async fn on_turn_ended(&mut self) {
@@ -435,20 +466,7 @@ impl CallSession {
         if samples.is_empty() {
             return;
         }
-        // A reply still in flight is superseded by the new utterance.
-        if self.turn.is_some() || self.playout.is_active(Instant::now()) {
-            self.barge_in().await;
-        }
-        self.commit_finished_reply().await;
-        self.speech_ended_at = Some(Instant::now());
-        self.provider_wait = None;
-        let prompt = self
-            .history
-            .prompt(&self.pipeline.config.spec.llm.system_prompt);
-        self.send(Outbound::Status {
-            status: "processing",
-            message: "caller turn ended",
-        });
+        let prompt = self.begin_caller_turn("caller turn ended").await;
         self.start_turn(TurnInput::Speech {
             utterance: Utterance {
                 samples,
@@ -456,6 +474,40 @@ impl CallSession {
             },
             prompt,
         });
+    }
+
+    /// A keypad digit: the first of an entry interrupts the reply like speech would.
+    async fn on_keypad(&mut self, digit: &str) {
+        let now = Instant::now();
+        let barge_in = self.pipeline.config.spec.turn_detection.barge_in;
+        if !self.keypad.is_typing() && barge_in && self.is_replying(now) {
+            self.barge_in().await;
+        }
+        match self.keypad.press(digit, now) {
+            Ok(Some(entry)) => self.on_keypad_entry(entry).await,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!(call_id = %self.call_id, error = %err, "dtmf ignored");
+            }
+        }
+    }
+
+    /// A finished keypad entry is a caller turn, answered without speech-to-text.
+    async fn on_keypad_entry(&mut self, entry: String) {
+        let text = caller_text(&entry);
+        tracing::debug!(call_id = %self.call_id, %entry, "keypad entry");
+        if let Some(rt) = self.realtime.as_mut() {
+            let add = RealtimeCommand::AddMessage(ChatMessage::new(ChatRole::User, text.clone()));
+            let respond = RealtimeCommand::CreateResponse { instructions: None };
+            if rt.commands.send(add).await.is_err() || rt.commands.send(respond).await.is_err() {
+                tracing::warn!(call_id = %self.call_id, "realtime session gone; keypad entry lost");
+                return;
+            }
+            self.history.push(ChatMessage::new(ChatRole::User, text));
+            return;
+        }
+        let prompt = self.begin_caller_turn("keypad entry").await;
+        self.start_turn(TurnInput::Typed { text, prompt });
     }
 
     fn start_turn(&mut self, input: TurnInput) {
@@ -750,7 +802,7 @@ impl CallSession {
                 if message.role == ChatRole::System {
                     continue;
                 }
-                let add = crate::providers::RealtimeCommand::AddMessage(message.clone());
+                let add = RealtimeCommand::AddMessage(message.clone());
                 if let Err(err) = rt.commands.send(add).await {
                     return Err(format!("could not resume the conversation: {err}"));
                 }
@@ -763,7 +815,7 @@ impl CallSession {
             let instructions = Some(format!("Say exactly: {greeting}"));
             let _ = rt
                 .commands
-                .send(crate::providers::RealtimeCommand::CreateResponse { instructions })
+                .send(RealtimeCommand::CreateResponse { instructions })
                 .await;
         }
         Ok(())
@@ -870,6 +922,16 @@ impl CallSession {
             | RealtimeEvent::Truncated { .. } => {}
         }
         None
+    }
+}
+
+/// Points a reused timer at `due` when that changed since it was last armed.
+fn rearm(timer: Pin<&mut Sleep>, due: Option<Instant>, armed: &mut Option<Instant>) {
+    if due != *armed {
+        if let Some(at) = due {
+            timer.reset(tokio::time::Instant::from_std(at));
+        }
+        *armed = due;
     }
 }
 

@@ -2,6 +2,7 @@
 //! played) and its WebSocket, so the media path takes no locks and a frame no channel hop.
 
 pub mod history;
+pub mod keypad;
 pub mod playout;
 pub mod sentences;
 pub mod store;

@@ -30,6 +30,11 @@ pub enum TurnInput {
         utterance: Utterance,
         prompt: Vec<ChatMessage>,
     },
+    /// Caller input that is already text (a keypad entry) to answer.
+    Typed {
+        text: String,
+        prompt: Vec<ChatMessage>,
+    },
     /// Fixed text to speak (the greeting).
     Say(String),
 }
@@ -68,6 +73,13 @@ pub async fn run_turn(
         TurnInput::Speech { utterance, prompt } => {
             answer(&pipeline, &metrics, utterance, prompt, out_rate, &out).await
         }
+        TurnInput::Typed { text, prompt } => {
+            let heard = Heard {
+                text,
+                provider_wait: Duration::ZERO,
+            };
+            reply(&pipeline, &metrics, heard, prompt, out_rate, &out).await
+        }
     };
     let last = match result {
         Ok(()) => TurnOutput::Done,
@@ -92,11 +104,12 @@ async fn send(out: &mpsc::Sender<TurnOutput>, item: TurnOutput) -> Result<(), Tu
     out.send(item).await.map_err(|_| TurnError::CallGone)
 }
 
+/// Transcribes the utterance, then answers what was heard.
 async fn answer(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
     utterance: Utterance,
-    mut prompt: Vec<ChatMessage>,
+    prompt: Vec<ChatMessage>,
     out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
@@ -110,7 +123,33 @@ async fn answer(
         .await?;
     let stt_wait = started.elapsed();
     metrics.stt_latency.observe(stt_wait.as_secs_f64());
-    let text = transcript.text.trim().to_owned();
+    let heard = Heard {
+        text: transcript.text.trim().to_owned(),
+        provider_wait: stt_wait,
+    };
+    reply(pipeline, metrics, heard, prompt, out_rate, out).await
+}
+
+/// What the caller said, and the provider time it took to know it.
+struct Heard {
+    text: String,
+    provider_wait: Duration,
+}
+
+/// Streams the model's answer to `heard` through TTS, sentence by sentence.
+async fn reply(
+    pipeline: &PipelineVersion,
+    metrics: &Metrics,
+    heard: Heard,
+    mut prompt: Vec<ChatMessage>,
+    out_rate: u32,
+    out: &mpsc::Sender<TurnOutput>,
+) -> Result<(), TurnError> {
+    let spec = &pipeline.config.spec;
+    let Heard {
+        text,
+        provider_wait: heard_wait,
+    } = heard;
     send(out, TurnOutput::Heard(text.clone())).await?;
     if text.is_empty() {
         return Ok(());
@@ -157,7 +196,7 @@ async fn answer(
         while let Some(sentence) = sentence_rx.recv().await {
             if first {
                 let llm_wait = Duration::from_micros(first_sentence.load(Ordering::Relaxed));
-                speaker.provider_wait = stt_wait + llm_wait;
+                speaker.provider_wait = heard_wait + llm_wait;
                 first = false;
             }
             speaker.say(sentence, out).await?;

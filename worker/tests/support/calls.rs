@@ -72,6 +72,12 @@ pub async fn twilio_hang_up(socket: &mut Socket, call: &str) -> Option<u16> {
     wait_closed(socket).await
 }
 
+pub fn twilio_dtmf(call: &str, digit: &str) -> String {
+    format!(
+        r#"{{"event":"dtmf","streamSid":"MZ-{call}","sequenceNumber":"9","dtmf":{{"track":"inbound_track","digit":"{digit}"}}}}"#
+    )
+}
+
 pub fn twilio_media(call: &str, samples: &[i16]) -> String {
     format!(
         r#"{{"event":"media","streamSid":"MZ-{call}","media":{{"track":"inbound","payload":"{}"}}}}"#,
