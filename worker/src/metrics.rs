@@ -39,6 +39,8 @@ pub struct Metrics {
     /// End of caller speech to first reply audio, less the time spent waiting on providers.
     pub turn_overhead: Histogram,
     pub barge_ins: Counter,
+    /// Reply audio frames a carrier was too far behind to be sent.
+    pub reply_frames_dropped: Counter,
     pub recordings: RecordingMetrics,
     calls_ended: AtomicU64,
     call_seconds_sum_ms: AtomicU64,
@@ -135,6 +137,7 @@ impl Metrics {
         );
         let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
+        let reply_frames_dropped = Counter::default();
         registry.register(
             "callfleet_active_calls",
             "Calls in progress on this worker",
@@ -187,6 +190,11 @@ impl Metrics {
             "Replies interrupted by caller speech",
             barge_ins.clone(),
         );
+        registry.register(
+            "callfleet_reply_frames_dropped",
+            "Reply audio frames dropped because the carrier stopped reading (a second queued)",
+            reply_frames_dropped.clone(),
+        );
         let recordings = RecordingMetrics::default();
         recordings.register(&mut registry);
         Self {
@@ -201,6 +209,7 @@ impl Metrics {
             tts_first_byte,
             turn_overhead,
             barge_ins,
+            reply_frames_dropped,
             recordings,
             calls_ended: AtomicU64::new(0),
             call_seconds_sum_ms: AtomicU64::new(0),

@@ -8,9 +8,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
 use callfleet_worker::media::l16;
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::calls::*;
 use support::*;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn seed_protocol_speech_in_reply_out() {
@@ -311,5 +313,74 @@ async fn rate_limited_provider_is_retried_and_the_turn_is_answered() {
     );
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     wait_closed(&mut s).await;
+    w.stop().await;
+}
+
+/// A carrier whose socket stops draining (a stalled media server): the call drops reply audio
+/// instead of queueing it or stalling, other calls go on, and once the carrier reads again the
+/// same call still listens and answers.
+#[tokio::test]
+async fn a_carrier_that_stops_reading_loses_reply_audio_not_the_call() {
+    // About 17 s of greeting audio: far more than the socket buffers hold.
+    let greeting = "This is a long greeting that keeps talking for a while. ".repeat(5);
+    let (_standin, w) = setup_with(&format!(r#","greeting":"{greeting}""#), |a| {
+        // A small kernel buffer on the worker's side too, so the queue fills in seconds.
+        a.socket_send_buffer = 4096;
+    })
+    .await;
+    let call = "CA-stalled";
+    let addr = w.worker().addr;
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let tcp = tcp.connect(addr).await.expect("connect");
+    let (mut stalled, _) = tokio_tungstenite::client_async(
+        w.url("/ws/twilio"),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .expect("handshake");
+    send_text(&mut stalled, twilio_start(call)).await;
+    // Not reading: the worker's queue for this carrier fills and reply frames are dropped.
+    eventually(async || {
+        let (_, metrics) = get_text(&w.http("/metrics"), None).await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("callfleet_reply_frames_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|dropped| dropped > 0)
+    })
+    .await;
+    // Another call on the same worker is served meanwhile.
+    let mut other = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut other, twilio_start("CA-other")).await;
+    wait_for(&mut other, "event", "media").await;
+    twilio_hang_up(&mut other, "CA-other").await;
+    // The stalled carrier reads again and speaks over the greeting: the call is alive, and
+    // what it hears is answered.
+    let (mut to_worker, mut from_worker) = stalled.split();
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = from_worker.next().await {} });
+    for frame in utterance(880.0, 8_000).chunks(160) {
+        to_worker
+            .send(Message::Text(twilio_media(call, frame).into()))
+            .await
+            .expect("send");
+    }
+    let store = w.worker().ctx.store.clone();
+    eventually(async || {
+        store
+            .load(call)
+            .await
+            .iter()
+            .any(|m| m.content == "tone 880")
+    })
+    .await;
+    to_worker
+        .send(Message::Text(
+            format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#).into(),
+        ))
+        .await
+        .expect("send");
+    let _ = tokio::time::timeout(PATIENCE, drain).await;
     w.stop().await;
 }

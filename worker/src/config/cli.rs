@@ -100,6 +100,11 @@ pub struct ServeArgs {
     /// No inbound frame for this long ends the call.
     #[arg(long, env = "CALLFLEET_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
     pub idle_timeout_seconds: u64,
+    /// Kernel send buffer per connection in bytes (SO_SNDBUF; 0 leaves the kernel's
+    /// autotuning, which lets a carrier that stops reading pin up to `tcp_wmem` max, often
+    /// 4 MiB, per call). 64 KiB holds seconds of any protocol's reply audio.
+    #[arg(long, env = "CALLFLEET_SOCKET_SEND_BUFFER", default_value_t = 64 * 1024)]
+    pub socket_send_buffer: usize,
     /// New connections per client IP per minute (0 = no limit). Connections that present a
     /// valid token in the URL or an `Authorization` header are not counted.
     #[arg(long, env = "CALLFLEET_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use axum::serve::{Listener, ListenerExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::admission::{CapacityGate, ConnectionRateLimiter, GcraLimiter, TokenSecret, Unlimited};
@@ -74,10 +75,26 @@ pub struct RunningWorker {
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
+/// Media sockets: frames go out the moment they are written (no Nagle delay waiting for the
+/// peer's ACK), and the kernel buffers a bounded amount per call.
+fn tune_connection(tcp: &mut TcpStream, send_buffer: usize) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %err, "could not set TCP_NODELAY");
+    }
+    if send_buffer > 0
+        && let Err(err) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+    {
+        tracing::debug!(error = %err, "could not set SO_SNDBUF");
+    }
+}
+
 /// Binds and serves `args` in the current runtime.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
     let ctx = build_context(args)?;
-    let listener = TcpListener::bind(args.listen).await?;
+    let send_buffer = args.socket_send_buffer;
+    let listener = TcpListener::bind(args.listen)
+        .await?
+        .tap_io(move |tcp| tune_connection(tcp, send_buffer));
     let addr = listener.local_addr()?;
     let watcher = tokio::spawn(ctx.pipelines.clone().watch(args.pipeline_poll()));
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);

@@ -647,6 +647,7 @@ impl CallSession {
             // A carrier that stops reading loses frames, not the call.
             if !self.socket.send_audio(frame) {
                 tracing::debug!(call_id = %self.call_id, "carrier not reading, frame dropped");
+                self.ctx.metrics.reply_frames_dropped.inc();
                 return;
             }
             // The recording holds what the carrier was handed, nothing it never got.
