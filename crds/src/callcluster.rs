@@ -61,13 +61,15 @@ pub struct CallClusterSpec {
     pub sip: SipSpec,
     /// Redis for the session registry, conversation history and rate limits. Without it every
     /// worker keeps this state in memory: calls cannot resume on another worker and rate limits
-    /// are per pod.
+    /// are per pod. Not used by the worker yet (it passes the URL on and logs a warning), so
+    /// today the in-memory behaviour applies either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
     /// Call recordings streamed to S3-compatible object storage.
     #[serde(default)]
     pub recordings: RecordingsSpec,
     /// PostgreSQL (Supabase works) for call logs. Without it call logs only go to the worker logs.
+    /// Not written by the worker yet (it logs a warning when this is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_log: Option<CallLogSpec>,
     /// Per-call and per-client limits enforced by the workers.

@@ -100,6 +100,12 @@ pub struct ServeArgs {
     /// No inbound frame for this long ends the call.
     #[arg(long, env = "CALLFLEET_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
     pub idle_timeout_seconds: u64,
+    /// Redis URL the operator passes from the CallCluster (not used yet: see `warn_unused`).
+    #[arg(long, env = "CALLFLEET_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// PostgreSQL URL for call logs (not used yet: see `warn_unused`).
+    #[arg(long, env = "CALLFLEET_CALL_LOG_URL", hide_env_values = true)]
+    pub call_log_url: Option<String>,
     /// Kernel send buffer per connection in bytes (SO_SNDBUF; 0 leaves the kernel's
     /// autotuning, which lets a carrier that stops reading pin up to `tcp_wmem` max, often
     /// 4 MiB, per call). 64 KiB holds seconds of any protocol's reply audio.
@@ -183,6 +189,22 @@ impl ServeArgs {
         Duration::from_millis(self.pipeline_poll_ms.max(10))
     }
 
+    /// Settings the operator passes that this worker does not act on yet, each with what that
+    /// means for the user, so a configured Redis or call log is never silently ignored.
+    pub fn unused_settings(&self) -> Vec<&'static str> {
+        let mut unused = Vec::new();
+        if self.redis_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            unused.push(
+                "CALLFLEET_REDIS_URL is set but not used yet: call history and rate limits stay \
+                 in this worker's memory, so a call resumes only on the worker that had it",
+            );
+        }
+        if self.call_log_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            unused.push("CALLFLEET_CALL_LOG_URL is set but not used yet: no call logs are written");
+        }
+        unused
+    }
+
     /// The recordings settings, or `None` when recordings are off.
     pub fn recordings(&self) -> Result<Option<RecordingSettings>, MissingBucket> {
         if !self.recordings_enabled {
@@ -232,12 +254,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn settings_not_acted_on_yet_are_named() {
+        let cli = Cli::try_parse_from([
+            "callfleet-worker",
+            "--redis-url",
+            "redis://redis:6379",
+            "--call-log-url",
+            "postgres://logs",
+        ])
+        .unwrap();
+        let unused = cli.serve.unused_settings();
+        assert_eq!(unused.len(), 2);
+        assert!(unused[0].starts_with("CALLFLEET_REDIS_URL"));
+        assert!(unused[1].starts_with("CALLFLEET_CALL_LOG_URL"));
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let cli = Cli::try_parse_from(["callfleet-worker"]).unwrap();
         assert!(cli.command.is_none());
         let s = cli.serve;
         assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(s.max_calls, 10_000);
+        assert!(s.unused_settings().is_empty());
         assert_eq!(s.max_call_seconds, 300);
         assert_eq!(s.idle_timeout_seconds, 30);
         assert_eq!(s.rate_limit_per_minute, 100);

@@ -24,6 +24,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Builds the shared state from settings (loads the token secret and the first pipeline, opens
 /// the recordings spool). Runs inside the Tokio runtime.
 pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
+    for warning in args.unused_settings() {
+        tracing::warn!("{warning}");
+    }
     let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
