@@ -99,7 +99,6 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits for the protocol's start message, answering bad frames with error frames.
 /// Waits for the protocol's start message, answering bad frames with error frames. On a
 /// timeout the socket is told why and closed (the caller then only shuts it down).
 async fn await_start(
