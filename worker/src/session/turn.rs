@@ -3,7 +3,6 @@
 //! which closes the HTTP requests in flight: that is how barge-in cancels LLM and TTS.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -159,33 +158,28 @@ async fn reply(
     // The LLM writes into a sentence channel while TTS reads from it, so the first sentence is
     // spoken while the model is still writing the rest.
     let (sentence_tx, mut sentence_rx) = mpsc::channel::<String>(16);
-    // Microseconds from the chat request to its first complete sentence, written before that
-    // sentence is sent and read after it is received.
-    let first_sentence_us = AtomicU64::new(0);
-    let first_sentence = &first_sentence_us;
+    // The chat model's share of the wait for the first audio: request to first sentence (as
+    // received here; the splitter and the channel hop add microseconds).
+    let chat_started = Instant::now();
     let llm = async move {
-        let started = Instant::now();
         let mut tokens = pipeline.providers.chat.stream_chat(prompt, &spec.llm);
         let mut splitter = SentenceSplitter::default();
         let mut first = true;
-        let mut sentence_sent = false;
         while let Some(delta) = tokens.next().await {
             let delta = delta?;
             if first {
                 metrics
                     .llm_first_token
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(chat_started.elapsed().as_secs_f64());
                 first = false;
             }
             for sentence in splitter.push(&delta) {
-                note_first_sentence(&mut sentence_sent, first_sentence, started);
                 if sentence_tx.send(sentence).await.is_err() {
                     return Ok(());
                 }
             }
         }
         if let Some(rest) = splitter.finish() {
-            note_first_sentence(&mut sentence_sent, first_sentence, started);
             let _ = sentence_tx.send(rest).await;
         }
         Ok::<(), TurnError>(())
@@ -195,8 +189,7 @@ async fn reply(
         let mut first = true;
         while let Some(sentence) = sentence_rx.recv().await {
             if first {
-                let llm_wait = Duration::from_micros(first_sentence.load(Ordering::Relaxed));
-                speaker.provider_wait = heard_wait + llm_wait;
+                speaker.provider_wait = heard_wait + chat_started.elapsed();
                 first = false;
             }
             speaker.say(sentence, out).await?;
@@ -205,14 +198,6 @@ async fn reply(
     };
     tokio::try_join!(llm, tts)?;
     Ok(())
-}
-
-/// Stores the time from `started` to the first sentence in `slot`, once per reply.
-fn note_first_sentence(sent: &mut bool, slot: &AtomicU64, started: Instant) {
-    if !*sent {
-        slot.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        *sent = true;
-    }
 }
 
 async fn speak(
@@ -286,7 +271,7 @@ impl<'a> Speaker<'a> {
             .tts
             .stream_speech(sentence, &self.pipeline.config.spec.tts);
         let mut first = true;
-        let hold = tokio::time::sleep(std::time::Duration::ZERO);
+        let hold = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
         loop {
