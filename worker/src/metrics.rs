@@ -21,7 +21,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Buckets from 0.25 ms to about 1 s for the latency the worker itself adds to a turn.
-pub fn overhead_histogram() -> Histogram {
+fn overhead_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 1.5, 21))
 }
 

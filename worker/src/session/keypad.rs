@@ -60,9 +60,9 @@ impl Keypad {
         }
     }
 
-    /// Whether digits are waiting for the entry to end.
+    /// Whether digits are waiting for the entry to end (exactly when an end is due).
     pub fn is_typing(&self) -> bool {
-        !self.digits.is_empty()
+        self.due.is_some()
     }
 
     fn finish(&mut self) -> Option<String> {
