@@ -151,13 +151,11 @@ async fn a_resumed_realtime_call_gives_the_provider_its_earlier_conversation() {
         send_text(&mut s, twilio_dtmf(call, digit)).await;
     }
     eventually(async || standin.stats().realtime_items_created == 3).await;
-    eventually(async || {
-        store
-            .load(call)
-            .await
-            .iter()
-            .any(|m| m.content == "I heard Keypad input: 5. What else can I do for you?")
-    })
+    until_history_has(
+        &w,
+        call,
+        "I heard Keypad input: 5. What else can I do for you?",
+    )
     .await;
     twilio_hang_up(&mut s, call).await;
     w.stop().await;

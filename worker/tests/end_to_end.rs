@@ -67,10 +67,7 @@ async fn seed_protocol_speech_in_reply_out() {
     // The worker's own share is what is left of the first-audio latency once the provider
     // waits (the stand-in's configured latencies among them) are taken out.
     let sum = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_sum ")))
-            .and_then(|v| v.trim().parse().ok())
+        metric_value(&metrics, &format!("{name}_sum"))
             .unwrap_or_else(|| panic!("{name}_sum in {metrics}"))
     };
     let (overhead, first_audio) = (
@@ -344,11 +341,8 @@ async fn a_carrier_that_stops_reading_loses_reply_audio_not_the_call() {
     // Not reading: the worker's queue for this carrier fills and reply frames are dropped.
     eventually(async || {
         let (_, metrics) = get_text(&w.http("/metrics"), None).await;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("callfleet_reply_frames_dropped_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|dropped| dropped > 0)
+        metric_value(&metrics, "callfleet_reply_frames_dropped_total")
+            .is_some_and(|dropped| dropped > 0.0)
     })
     .await;
     // Another call on the same worker is served meanwhile.
@@ -366,15 +360,7 @@ async fn a_carrier_that_stops_reading_loses_reply_audio_not_the_call() {
             .await
             .expect("send");
     }
-    let store = w.worker().ctx.store.clone();
-    eventually(async || {
-        store
-            .load(call)
-            .await
-            .iter()
-            .any(|m| m.content == "tone 880")
-    })
-    .await;
+    until_history_has(&w, call, "tone 880").await;
     to_worker
         .send(Message::Text(
             format!(r#"{{"event":"stop","streamSid":"MZ-{call}"}}"#).into(),

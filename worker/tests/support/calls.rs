@@ -62,6 +62,12 @@ pub fn twilio_start(call: &str) -> String {
     )
 }
 
+/// Waits until the call's stored history holds a message saying exactly `content`.
+pub async fn until_history_has(w: &TestWorker, call: &str, content: &str) {
+    let store = w.worker().ctx.store.clone();
+    eventually(async || store.load(call).await.iter().any(|m| m.content == content)).await;
+}
+
 /// Hangs up a Twilio call started with [`twilio_start`] and waits for the worker's close code.
 pub async fn twilio_hang_up(socket: &mut Socket, call: &str) -> Option<u16> {
     send_text(

@@ -183,6 +183,14 @@ pub async fn get_text(url: &str, accept: Option<&str>) -> (u16, String) {
     (status, response.text().await.expect("body"))
 }
 
+/// The value of the sample `name` (exact name, no labels) in Prometheus text, if present.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// Polls `check` until true (hang-guarded).
 pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
