@@ -414,7 +414,7 @@ impl CallSession {
             let too_long =
                 self.utterance.len() as u64 >= MAX_UTTERANCE.as_secs() * u64::from(self.in_rate);
             match event {
-                Some(VadEvent::SpeechStarted) => self.on_speech_started().await,
+                Some(VadEvent::SpeechStarted) => self.on_caller_input_started().await,
                 Some(VadEvent::TurnEnded) => self.on_turn_ended().await,
                 None if too_long => {
                     self.vad.reset();
@@ -437,7 +437,8 @@ impl CallSession {
         self.turn.is_some() || self.playout.is_active(now)
     }
 
-    async fn on_speech_started(&mut self) {
+    /// The caller began speaking or typing: with barge-in on, the reply in flight stops.
+    async fn on_caller_input_started(&mut self) {
         if self.is_replying(Instant::now()) && self.pipeline.config.spec.turn_detection.barge_in {
             self.barge_in().await;
         }
@@ -475,14 +476,12 @@ impl CallSession {
         });
     }
 
-    /// A keypad digit: the first of an entry interrupts the reply like speech would.
+    /// A keypad digit: the first of an entry interrupts the reply as speech does.
     async fn on_keypad(&mut self, digit: &str) {
-        let now = Instant::now();
-        let barge_in = self.pipeline.config.spec.turn_detection.barge_in;
-        if !self.keypad.is_typing() && barge_in && self.is_replying(now) {
-            self.barge_in().await;
+        if !self.keypad.is_typing() {
+            self.on_caller_input_started().await;
         }
-        match self.keypad.press(digit, now) {
+        match self.keypad.press(digit, Instant::now()) {
             Ok(Some(entry)) => self.on_keypad_entry(entry).await,
             Ok(None) => {}
             Err(err) => {
