@@ -14,7 +14,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use operator_support::*;
 use serde_json::json;
 
@@ -94,21 +94,7 @@ async fn samples_become_a_ready_fleet_of_owned_children() -> Result<()> {
 
     let ccs = ns.api::<CallCluster>();
     wait_condition(&ccs, "fleet", "Ready", "True", &op).await?;
-    // The settled fleet: Ready with every tier at its spec (the worker Deployment starts at
-    // one replica until the autoscaler applies minReplicas) and both media pods dispatched to.
-    let cc = eventually("the fleet settled at its spec", CONVERGE, || async {
-        let cc = ccs.get("fleet").await?;
-        let settled = cc.status.as_ref().is_some_and(|s| {
-            is_true(&s.conditions, "Ready")
-                && s.workers.ready == "2/2"
-                && s.media.ready == "2/2"
-                && s.sip.ready == "1/1"
-                && s.dispatcher_destinations.len() == 2
-        });
-        Ok(settled.then_some(cc))
-    })
-    .await
-    .with_context(|| format!("operator log: {}", op.log.display()))?;
+    let cc = wait_settled(&ccs, "fleet", &op).await?;
     let uid = cc.metadata.uid.clone().context("no uid")?;
 
     // Every child exists, controlled by the CallCluster.
@@ -460,6 +446,25 @@ async fn deleted_or_edited_children_are_restored() -> Result<()> {
     Ok(())
 }
 
+/// Waits for the sample fleet to settle: Ready with every tier at its spec (the worker
+/// Deployment starts at one replica until the autoscaler applies minReplicas) and both media
+/// pods in the dispatcher list.
+async fn wait_settled(ccs: &Api<CallCluster>, name: &str, op: &Operator) -> Result<CallCluster> {
+    eventually("the fleet settled at its spec", CONVERGE, || async {
+        let cc = ccs.get(name).await?;
+        let settled = cc.status.as_ref().is_some_and(|s| {
+            is_true(&s.conditions, "Ready")
+                && s.workers.ready == "2/2"
+                && s.media.ready == "2/2"
+                && s.sip.ready == "1/1"
+                && s.dispatcher_destinations.len() == 2
+        });
+        Ok(settled.then_some(cc))
+    })
+    .await
+    .with_context(|| format!("operator log: {}", op.log.display()))
+}
+
 /// Sum of the operator's `callfleet_operator_applies_total` over child kinds, and the kinds.
 fn applies(op: &Operator) -> Result<(u64, Vec<String>)> {
     let (_, body) = op.http_get("/metrics")?;
@@ -487,6 +492,9 @@ async fn a_restarted_operator_reapplies_only_what_changed_meanwhile() -> Result<
     kubectl_apply(cluster, &ns, &sample("fleet", "assistant", "openai"))?;
     let ccs = ns.api::<CallCluster>();
     wait_condition(&ccs, "fleet", "Ready", "True", &first).await?;
+    // Only a settled first operator has rendered what the pods now are (a FreeSWITCH pod that
+    // turned Ready after the CallCluster did changes the dispatcher list).
+    wait_settled(&ccs, "fleet", &first).await?;
     let (applied, _) = applies(&first)?;
     ensure!(
         applied >= 13,
