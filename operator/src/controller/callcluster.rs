@@ -232,6 +232,7 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
             missing_secrets.push(secret);
         }
     }
+    caches_listed(&ctx).await;
     let destinations = dispatcher_destinations(&cc, &ctx.media_pods.state());
 
     let mut children = Children::default();
@@ -247,7 +248,6 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
             new_token_secret: None,
             dispatcher_destinations: &destinations,
         };
-        ctx.applied.wait_listed(OWNED_KINDS, CHILD_LIST_LIMIT).await;
         let mut rendered = render_call_cluster(&cc, &inputs).map_err(render_error)?;
         let fleet = fleet_key(&namespace, &name);
         let mut keyed = Vec::with_capacity(rendered.len() + 1);
@@ -333,8 +333,20 @@ pub async fn reconcile(cc: Arc<CallCluster>, ctx: Arc<Context>) -> Result<Action
 /// Child kinds the controller owns and watches (ConfigMap, Secret, Service, Deployment,
 /// StatefulSet, HorizontalPodAutoscaler, PodDisruptionBudget).
 pub const OWNED_KINDS: usize = 7;
-/// How long a new term's first reconciles wait for the child watches' initial lists.
+/// How long a new term's first reconciles wait for their caches' initial lists.
 const CHILD_LIST_LIMIT: Duration = Duration::from_secs(30);
+
+/// A new term renders only once its caches have listed: the child watches (whose annotations
+/// say what an earlier term applied) and the media pods (the dispatcher list; rendered from a
+/// cache still listing, Kamailio would be handed an empty or partial list and then the full one
+/// again). Bounded: a watch that cannot list delays reconciling, never stops it.
+async fn caches_listed(ctx: &Context) {
+    let pods = async {
+        let _ = ctx.media_pods.wait_until_ready().await;
+    };
+    let children = ctx.applied.wait_listed(OWNED_KINDS, CHILD_LIST_LIMIT);
+    let _ = tokio::time::timeout(CHILD_LIST_LIMIT, future::join(children, pods)).await;
+}
 
 /// Configuration and Secrets first (workloads mount them), then everything else; each phase
 /// in parallel, so a reconcile costs two round trips of latency, not thirteen. Each success is
