@@ -296,6 +296,9 @@ impl CallSession {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
         let ending = loop {
+            // Whatever woke the call (mostly the caller's own 20 ms frames) also sends the reply
+            // frames that are nearly due: the pacing timer is the fallback, not the clock.
+            self.send_due_frames(Instant::now());
             let pace = self.playout.next_deadline();
             rearm(pace_sleep.as_mut(), pace, &mut armed);
             let keypad_due = self.keypad.due();
@@ -325,10 +328,8 @@ impl CallSession {
                         break ending;
                     }
                 }
-                _ = &mut pace_sleep, if pace.is_some() => {
-                    armed = None;
-                    self.send_due_frames().await;
-                }
+                // The frames go out at the top of the loop.
+                _ = &mut pace_sleep, if pace.is_some() => armed = None,
                 _ = &mut keypad_sleep, if keypad_due.is_some() => {
                     keypad_armed = None;
                     if let Some(entry) = self.keypad.take_due(Instant::now()) {
@@ -603,23 +604,21 @@ impl CallSession {
         }
     }
 
-    async fn send_due_frames(&mut self) {
-        let now = Instant::now();
-        while self.playout.next_deadline().is_some_and(|at| at <= now) {
-            let before = self.playout.sent();
-            for item in self.playout.pop_frame(now) {
-                match item {
-                    PlayoutItem::Audio(frame) => {
-                        let caption = match self.reply.captions.front() {
-                            Some((at, _)) if *at < before + frame.len() as u64 => {
-                                self.reply.captions.pop_front().map(|(_, t)| t)
-                            }
-                            _ => None,
-                        };
-                        self.send_audio(frame, caption.as_deref());
-                    }
-                    PlayoutItem::Mark(name) => self.send(Outbound::Mark(&name)),
+    fn send_due_frames(&mut self, now: Instant) {
+        let mut offset = self.playout.sent();
+        for item in self.playout.pop_due(now) {
+            match item {
+                PlayoutItem::Audio(frame) => {
+                    let caption = match self.reply.captions.front() {
+                        Some((at, _)) if *at < offset + frame.len() as u64 => {
+                            self.reply.captions.pop_front().map(|(_, t)| t)
+                        }
+                        _ => None,
+                    };
+                    offset += frame.len() as u64;
+                    self.send_audio(frame, caption.as_deref());
                 }
+                PlayoutItem::Mark(name) => self.send(Outbound::Mark(&name)),
             }
         }
     }

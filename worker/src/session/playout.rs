@@ -14,6 +14,17 @@ use crate::protocols::PlaybackMode;
 /// runs dry on the first frames.
 pub const LEAD_FRAMES: u32 = 2;
 
+/// A frame may leave up to this long before it is due. Carriers stream caller audio every
+/// 20 ms, so the call task is awake once in any such window anyway: that wake-up carries the
+/// reply frames, and the pacing timer (set for when the frame is due) only fires when the
+/// caller's audio pauses.
+pub const SEND_EARLY: Duration = FRAME;
+
+/// Reply frames leave this many at a time, in one socket write: one write (and at most one
+/// wake-up) per 40 ms instead of one per frame. The carrier holds at most one frame more than
+/// the lead, and barge-in clears it.
+pub const FRAMES_PER_WRITE: u32 = 2;
+
 /// What to send next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PlayoutItem {
@@ -147,6 +158,20 @@ impl Playout {
         self.next_frame_at
     }
 
+    /// What to send at `now`: nothing until the next frame is within [`SEND_EARLY`] of being
+    /// due, then [`FRAMES_PER_WRITE`] frames (or every overdue one), each followed by its marks.
+    pub fn pop_due(&mut self, now: Instant) -> Vec<PlayoutItem> {
+        let mut items = Vec::new();
+        let Some(first) = self.next_deadline().filter(|&at| at <= now + SEND_EARLY) else {
+            return items;
+        };
+        let last = (first + FRAME * (FRAMES_PER_WRITE - 1)).max(now);
+        while self.next_deadline().is_some_and(|at| at <= last) {
+            self.pop_frame_into(now, &mut items);
+        }
+        items
+    }
+
     fn frame_ready(&self) -> bool {
         self.queue.len() >= self.frame_samples || (!self.queue.is_empty() && !self.open)
     }
@@ -165,12 +190,11 @@ impl Playout {
         }
     }
 
-    /// The frame due at `now` and the marks that follow it. A last partial frame is padded with
-    /// silence so every frame has the carrier's frame size.
-    pub fn pop_frame(&mut self, now: Instant) -> Vec<PlayoutItem> {
-        let mut items = Vec::new();
+    /// Appends the frame due at `now` and the marks that follow it. A last partial frame is
+    /// padded with silence so every frame has the carrier's frame size.
+    fn pop_frame_into(&mut self, now: Instant, items: &mut Vec<PlayoutItem>) {
         if !self.frame_ready() {
-            return items;
+            return;
         }
         let take = self.frame_samples.min(self.queue.len());
         let mut frame: Vec<i16> = self.queue.drain(..take).collect();
@@ -188,7 +212,6 @@ impl Playout {
             }
         }
         self.next_frame_at = self.next_frame_at.map(|at| at + FRAME);
-        items
     }
 
     /// Samples the caller has heard by `now`, by the playhead model.
@@ -210,6 +233,15 @@ impl Playout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Playout {
+        /// The next frame regardless of its due time.
+        fn pop_frame(&mut self, now: Instant) -> Vec<PlayoutItem> {
+            let mut items = Vec::new();
+            self.pop_frame_into(now, &mut items);
+            items
+        }
+    }
 
     fn audio_len(items: &[PlayoutItem]) -> Vec<usize> {
         items
@@ -275,6 +307,86 @@ mod tests {
             assert_eq!(pair[1] - pair[0], FRAME);
         }
         assert_eq!(deadlines[LEAD_FRAMES as usize], t0);
+    }
+
+    /// Sends a 50-frame reply by calling `pop_due` at each of `wakes` (and at the playout's own
+    /// wake time whenever that comes first); returns (sent at, due at, frames in that write).
+    /// The lead frames are due before the reply starts, so they are left out.
+    fn send_reply(
+        t0: Instant,
+        wakes: impl Iterator<Item = Instant>,
+    ) -> Vec<(Instant, Instant, usize)> {
+        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
+        p.push(&[1; 160 * 50]);
+        p.end_sentence(None, t0);
+        p.arm(t0);
+        let first_due = t0 - FRAME * LEAD_FRAMES;
+        let mut sent = Vec::new();
+        let mut wakes = wakes.peekable();
+        while let Some(timer) = p.next_deadline() {
+            let now = match wakes.peek() {
+                Some(&inbound) if inbound < timer => {
+                    wakes.next();
+                    inbound
+                }
+                _ => timer.max(t0),
+            };
+            let batch = audio_len(&p.pop_due(now)).len();
+            for _ in 0..batch {
+                sent.push((now, first_due + FRAME * sent.len() as u32, batch));
+            }
+        }
+        assert_eq!(sent.len(), 50);
+        sent.split_off(LEAD_FRAMES as usize)
+    }
+
+    #[test]
+    fn inbound_wakeups_carry_reply_frames_in_pairs() {
+        let t0 = Instant::now();
+        // Caller frames every 20 ms at some phase against the reply's pacing.
+        let inbound = (0..200).map(|n| t0 + Duration::from_millis(7) + FRAME * n);
+        let sent = send_reply(t0, inbound);
+        for &(at, due, _) in &sent {
+            assert!(at <= due, "a frame left late");
+            assert!(due <= at + SEND_EARLY + FRAME, "a frame left too early");
+        }
+        // After the lead, every write carries two frames (but the last), and none comes from
+        // the timer.
+        let steady = &sent[1..sent.len() - 1];
+        assert!(steady.iter().all(|&(_, _, batch)| batch == 2));
+        let phase = Duration::from_millis(7);
+        assert!(
+            steady
+                .iter()
+                .all(|&(at, _, _)| (at - t0).as_micros() % FRAME.as_micros() == phase.as_micros())
+        );
+    }
+
+    #[test]
+    fn without_inbound_audio_the_timer_sends_pairs_on_time() {
+        let sent = send_reply(Instant::now(), std::iter::empty());
+        for &(at, due, _) in &sent {
+            assert!(at <= due, "a frame left late");
+        }
+        let pairs = sent.iter().filter(|&&(_, _, batch)| batch == 2).count();
+        // 50 frames: the lead and the first due one, 23 pairs, the last one alone.
+        assert_eq!(pairs, 46, "every frame after the lead leaves in a pair");
+    }
+
+    #[test]
+    fn nothing_is_sent_more_than_one_frame_early() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
+        p.push(&[1; 160 * 10]);
+        p.arm(t0);
+        assert_eq!(audio_len(&p.pop_due(t0)).len(), LEAD_FRAMES as usize + 1);
+        let due = p.next_deadline().unwrap();
+        assert_eq!(due, t0 + FRAME);
+        assert!(
+            p.pop_due(due - SEND_EARLY - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(audio_len(&p.pop_due(due - SEND_EARLY)), [160, 160]);
     }
 
     #[test]
