@@ -172,7 +172,7 @@ impl Decoder {
 #[derive(Debug, Clone)]
 pub enum Encoder {
     CallSession,
-    Twilio { stream_sid: String },
+    Twilio(twilio::TwilioEncoder),
     FreeSwitch { playback: PlaybackMode },
 }
 
@@ -181,9 +181,9 @@ impl Encoder {
     pub fn new(protocol: Protocol, start: &CallStart) -> Self {
         match protocol {
             Protocol::CallSession => Self::CallSession,
-            Protocol::Twilio => Self::Twilio {
-                stream_sid: start.stream_id.clone().unwrap_or_default(),
-            },
+            Protocol::Twilio => Self::Twilio(twilio::TwilioEncoder::new(
+                start.stream_id.clone().unwrap_or_default(),
+            )),
             Protocol::FreeSwitch => Self::FreeSwitch {
                 playback: start.playback,
             },
@@ -194,9 +194,7 @@ impl Encoder {
     pub fn before_start(protocol: Protocol) -> Self {
         match protocol {
             Protocol::CallSession => Self::CallSession,
-            Protocol::Twilio => Self::Twilio {
-                stream_sid: String::new(),
-            },
+            Protocol::Twilio => Self::Twilio(twilio::TwilioEncoder::new(String::new())),
             Protocol::FreeSwitch => Self::FreeSwitch {
                 playback: PlaybackMode::PerSentence,
             },
@@ -208,7 +206,7 @@ impl Encoder {
     pub fn encode(&self, out: Outbound<'_>) -> Option<WireFrame> {
         match self {
             Self::CallSession => call_session::encode(out),
-            Self::Twilio { stream_sid } => twilio::encode(stream_sid, out),
+            Self::Twilio(encoder) => encoder.encode(out),
             Self::FreeSwitch { playback } => freeswitch::encode(*playback, out),
         }
     }

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::payload::{decode_audio_with, encode_audio};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::payload::{decode_audio_with, encode_raw};
 use super::{CallStart, InboundEvent, Incoming, Outbound, PlaybackMode, ProtocolError, WireFrame};
 use crate::media::AudioFormat;
 
@@ -160,7 +163,7 @@ enum ServerMessage<'a> {
     #[serde(rename_all = "camelCase")]
     Media {
         stream_sid: &'a str,
-        media: OutMedia,
+        media: OutMedia<'a>,
     },
     #[serde(rename_all = "camelCase")]
     Mark {
@@ -172,8 +175,8 @@ enum ServerMessage<'a> {
 }
 
 #[derive(Serialize)]
-struct OutMedia {
-    payload: String,
+struct OutMedia<'a> {
+    payload: &'a str,
 }
 
 #[derive(Serialize)]
@@ -181,25 +184,64 @@ struct OutMark<'a> {
     name: &'a str,
 }
 
-/// The Twilio frame for `out`; audio must already be µ-law 8 kHz frames.
-pub fn encode(stream_sid: &str, out: Outbound<'_>) -> Option<WireFrame> {
-    let message = match out {
-        Outbound::Audio {
-            samples, format, ..
-        } => ServerMessage::Media {
-            stream_sid,
+/// Marks the spot of the payload in a media message rendered once per stream; base64 never
+/// contains it, and serde leaves it as it is.
+const PAYLOAD_SLOT: &str = "@payload@";
+
+/// Encoder state for one Twilio stream. A media message goes out 50 times a second per call,
+/// so its JSON around the payload is rendered once (with the stream id escaped by serde) and
+/// each frame is one exactly sized string: prefix, base64, suffix.
+#[derive(Debug, Clone)]
+pub struct TwilioEncoder {
+    stream_sid: String,
+    media_prefix: String,
+    media_suffix: String,
+}
+
+impl TwilioEncoder {
+    pub fn new(stream_sid: String) -> Self {
+        let template = serde_json::to_string(&ServerMessage::Media {
+            stream_sid: &stream_sid,
             media: OutMedia {
-                payload: encode_audio(samples, format),
+                payload: PAYLOAD_SLOT,
             },
-        },
-        Outbound::Mark(name) => ServerMessage::Mark {
+        })
+        .unwrap_or_default();
+        let (prefix, suffix) = template.split_once(PAYLOAD_SLOT).unwrap_or_default();
+        Self {
+            media_prefix: prefix.to_owned(),
+            media_suffix: suffix.to_owned(),
             stream_sid,
-            mark: OutMark { name },
-        },
-        Outbound::Clear => ServerMessage::Clear { stream_sid },
-        Outbound::Status { .. } | Outbound::Error { .. } | Outbound::Hangup => return None,
-    };
-    serde_json::to_string(&message).ok().map(WireFrame::Text)
+        }
+    }
+
+    /// The Twilio frame for `out`; audio must already be µ-law 8 kHz frames.
+    pub fn encode(&self, out: Outbound<'_>) -> Option<WireFrame> {
+        let stream_sid = self.stream_sid.as_str();
+        let message = match out {
+            Outbound::Audio {
+                samples, format, ..
+            } => return Some(WireFrame::Text(self.media(samples, format))),
+            Outbound::Mark(name) => ServerMessage::Mark {
+                stream_sid,
+                mark: OutMark { name },
+            },
+            Outbound::Clear => ServerMessage::Clear { stream_sid },
+            Outbound::Status { .. } | Outbound::Error { .. } | Outbound::Hangup => return None,
+        };
+        serde_json::to_string(&message).ok().map(WireFrame::Text)
+    }
+
+    fn media(&self, samples: &[i16], format: AudioFormat) -> String {
+        let raw = encode_raw(samples, format);
+        let mut text = String::with_capacity(
+            self.media_prefix.len() + raw.len().div_ceil(3) * 4 + self.media_suffix.len(),
+        );
+        text.push_str(&self.media_prefix);
+        STANDARD.encode_string(&raw, &mut text);
+        text.push_str(&self.media_suffix);
+        text
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +253,30 @@ mod tests {
 
     fn text(d: &mut Decoder, s: &str) -> Result<InboundEvent, ProtocolError> {
         d.decode(Incoming::Text(s))
+    }
+
+    #[test]
+    fn media_frames_escape_the_stream_id() {
+        for sid in [r#"odd "sid" \ with escapes"#, ""] {
+            let encoder = TwilioEncoder::new(sid.to_owned());
+            let samples = [0i16, 1000, -1000, 32124, 7];
+            let Some(WireFrame::Text(frame)) = encoder.encode(Outbound::Audio {
+                samples: &samples,
+                format: AudioFormat::MULAW_8K,
+                text: None,
+            }) else {
+                panic!("no media frame")
+            };
+            let payload = crate::protocols::payload::encode_audio(&samples, AudioFormat::MULAW_8K);
+            let expected = serde_json::to_string(&ServerMessage::Media {
+                stream_sid: sid,
+                media: OutMedia { payload: &payload },
+            })
+            .unwrap();
+            assert_eq!(frame, expected);
+            let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            assert_eq!(parsed["streamSid"], sid);
+        }
     }
 
     #[test]
@@ -291,14 +357,12 @@ mod tests {
 
     #[test]
     fn twilio_outbound() {
-        let media = encode(
-            "MZ1",
-            Outbound::Audio {
-                samples: &[0, 0],
-                format: AudioFormat::MULAW_8K,
-                text: Some("ignored"),
-            },
-        );
+        let encoder = TwilioEncoder::new("MZ1".into());
+        let media = encoder.encode(Outbound::Audio {
+            samples: &[0, 0],
+            format: AudioFormat::MULAW_8K,
+            text: Some("ignored"),
+        });
         assert_eq!(
             media,
             Some(WireFrame::Text(
@@ -306,17 +370,17 @@ mod tests {
             ))
         );
         assert_eq!(
-            encode("MZ1", Outbound::Mark("s1")),
+            encoder.encode(Outbound::Mark("s1")),
             Some(WireFrame::Text(
                 r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"s1"}}"#.into()
             ))
         );
         assert_eq!(
-            encode("MZ1", Outbound::Clear),
+            encoder.encode(Outbound::Clear),
             Some(WireFrame::Text(
                 r#"{"event":"clear","streamSid":"MZ1"}"#.into()
             ))
         );
-        assert_eq!(encode("MZ1", Outbound::Hangup), None);
+        assert_eq!(encoder.encode(Outbound::Hangup), None);
     }
 }

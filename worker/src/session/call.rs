@@ -31,6 +31,8 @@ use crate::providers::{
 use crate::recording::CallRecorder;
 use callfleet_crds::PipelineMode;
 
+/// Room reserved for an utterance when speech starts: most caller turns fit.
+const UTTERANCE_RESERVE: Duration = Duration::from_secs(3);
 /// Longest utterance kept for STT; longer speech is cut into turns of this length.
 const MAX_UTTERANCE: Duration = Duration::from_secs(30);
 /// How often a call checks its idle timeout and commits a finished reply: coarse, so 10,000
@@ -402,6 +404,9 @@ impl CallSession {
             let event = self.vad.process(chunk, frame_ms.max(1));
             if self.vad.in_utterance() || event == Some(VadEvent::TurnEnded) {
                 if !was_in_utterance {
+                    // Sized for a typical turn up front rather than regrown a dozen times.
+                    self.utterance
+                        .reserve(self.in_rate as usize * UTTERANCE_RESERVE.as_secs() as usize);
                     self.utterance.extend(self.preroll.drain(..));
                 }
                 self.utterance.extend_from_slice(chunk);

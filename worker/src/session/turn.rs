@@ -255,7 +255,10 @@ impl<'a> Speaker<'a> {
             return Ok(());
         }
         self.pacer.handed(self.resampled.len(), Instant::now());
-        send(out, TurnOutput::Audio(std::mem::take(&mut self.resampled))).await
+        // The next batch gets a buffer of a batch's size, not one regrown from empty.
+        let next = Vec::with_capacity(self.resampled.capacity());
+        let batch = std::mem::replace(&mut self.resampled, next);
+        send(out, TurnOutput::Audio(batch)).await
     }
 
     async fn say(
