@@ -7,6 +7,7 @@ pub mod admission;
 pub mod config;
 pub mod context;
 pub mod media;
+pub mod media_thread;
 pub mod metrics;
 pub mod protocols;
 pub mod providers;

@@ -41,7 +41,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The first media thread, which also runs the pipeline watcher, recordings and the drain;
+    // `server::start` starts one more single-threaded runtime per further core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {

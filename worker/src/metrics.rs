@@ -30,6 +30,8 @@ pub struct Metrics {
     registry: Registry,
     active_calls: Gauge,
     calls_total: Counter,
+    /// Calls admitted per media thread: how evenly the kernel spreads calls over the threads.
+    calls_by_thread: Family<[(&'static str, String); 1], Counter>,
     errors: Family<[(&'static str, &'static str); 1], Counter>,
     pub reload_errors: Counter,
     pub first_audio: Histogram,
@@ -127,6 +129,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let active_calls = Gauge::default();
         let calls_total = Counter::default();
+        let calls_by_thread = Family::default();
         let errors = Family::default();
         let reload_errors = Counter::default();
         let (first_audio, stt_latency, llm_first_token, tts_first_byte) = (
@@ -147,6 +150,11 @@ impl Metrics {
             "callfleet_calls",
             "Calls admitted since start",
             calls_total.clone(),
+        );
+        registry.register(
+            "callfleet_media_thread_calls",
+            "Calls admitted since start, by the media thread serving them",
+            calls_by_thread.clone(),
         );
         registry.register(
             "callfleet_errors",
@@ -201,6 +209,7 @@ impl Metrics {
             registry,
             active_calls,
             calls_total,
+            calls_by_thread,
             errors,
             reload_errors,
             first_audio,
@@ -221,6 +230,10 @@ impl Metrics {
 
     pub fn call_started(&self) {
         self.calls_total.inc();
+        let thread = crate::media_thread::index().to_string();
+        self.calls_by_thread
+            .get_or_create(&[("thread", thread)])
+            .inc();
     }
 
     /// Records a finished call's duration and whether it saw an error.

@@ -370,3 +370,50 @@ async fn a_carrier_that_stops_reading_loses_reply_audio_not_the_call() {
     let _ = tokio::time::timeout(PATIENCE, drain).await;
     w.stop().await;
 }
+
+/// With several media threads the kernel spreads calls over their listeners, and each thread
+/// serves its calls whole (socket, timers, provider requests): every call gets its reply, and
+/// more than one thread served calls.
+#[tokio::test]
+async fn calls_spread_over_media_threads_are_each_answered() {
+    const CALLS: usize = 16;
+    let (_standin, w) = setup_with("", |a| a.media_threads = 4).await;
+    let calls = (0..CALLS).map(|n| {
+        let url = w.url("/ws/twilio");
+        async move {
+            let call = format!("CA-thread-{n}");
+            let mut s = connect(&url).await;
+            send_text(&mut s, twilio_start(&call)).await;
+            say_twilio(&mut s, &call, &utterance(440.0, 8_000)).await;
+            loop {
+                let m = next_json(&mut s).await.expect("reply");
+                if m["event"] == "media" {
+                    break;
+                }
+            }
+            twilio_hang_up(&mut s, &call).await
+        }
+    });
+    for closed in futures::future::join_all(calls).await {
+        assert_eq!(closed, Some(1000));
+    }
+    let metrics = reqwest::get(w.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let per_thread: Vec<f64> = (0..4)
+        .filter_map(|t| {
+            metric_value(
+                &metrics,
+                &format!("callfleet_media_thread_calls_total{{thread=\"{t}\"}}"),
+            )
+        })
+        .collect();
+    assert_eq!(per_thread.iter().sum::<f64>(), CALLS as f64, "{metrics}");
+    assert!(
+        per_thread.len() > 1,
+        "all calls on one thread: {per_thread:?}"
+    );
+}

@@ -111,6 +111,11 @@ pub struct ServeArgs {
     /// 4 MiB, per call). 64 KiB holds seconds of any protocol's reply audio.
     #[arg(long, env = "CALLFLEET_SOCKET_SEND_BUFFER", default_value_t = 64 * 1024)]
     pub socket_send_buffer: usize,
+    /// Media threads (0 = one per available core). Each runs its own single-threaded runtime
+    /// with its own listener on the shared port (SO_REUSEPORT, the kernel spreads connections),
+    /// so a call is served start to end on one thread: no cross-thread wake-ups per frame.
+    #[arg(long, env = "CALLFLEET_MEDIA_THREADS", default_value_t = 0)]
+    pub media_threads: usize,
     /// New connections per client IP per minute (0 = no limit). Connections that present a
     /// valid token in the URL or an `Authorization` header are not counted.
     #[arg(long, env = "CALLFLEET_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
@@ -184,6 +189,13 @@ impl ServeArgs {
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+    /// Media threads to run: as configured, or one per available core.
+    pub fn media_thread_count(&self) -> usize {
+        match self.media_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
     pub fn pipeline_poll(&self) -> Duration {
         Duration::from_millis(self.pipeline_poll_ms.max(10))

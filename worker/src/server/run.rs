@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::{Listener, ListenerExt};
+use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::admission::{CapacityGate, ConnectionRateLimiter, GcraLimiter, TokenSecret, Unlimited};
 use crate::config::{PipelineSource, ServeArgs};
 use crate::context::{CallLimits, WorkerContext};
+use crate::media_thread;
 use crate::metrics::Metrics;
 use crate::providers::openai::ProviderHttp;
 use crate::recording::Recordings;
@@ -24,13 +25,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Builds the shared state from settings (loads the token secret and the first pipeline, opens
 /// the recordings spool). Runs inside the Tokio runtime.
 pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
+    build_context_for(args, 1)
+}
+
+/// As [`build_context`], with provider connection pools for `media_threads` threads.
+fn build_context_for(args: &ServeArgs, media_threads: usize) -> anyhow::Result<Arc<WorkerContext>> {
     for warning in args.unused_settings() {
         tracing::warn!("{warning}");
     }
     let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
-    let http = ProviderHttp::new(limit)?;
+    let http = ProviderHttp::per_thread(limit, media_threads)?;
     let pipelines = Arc::new(PipelineSource::new(
         args.pipeline_file.clone(),
         args.provider_api_key_file.clone(),
@@ -91,26 +97,29 @@ fn tune_connection(tcp: &mut TcpStream, send_buffer: usize) {
     }
 }
 
-/// Binds and serves `args` in the current runtime.
+/// Binds and serves `args`: the first media thread is the current runtime, each further one
+/// (`--media-threads`, default one per core) a thread of its own with a single-threaded
+/// runtime and its own listener on the same port.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
-    let ctx = build_context(args)?;
-    let send_buffer = args.socket_send_buffer;
-    let listener = TcpListener::bind(args.listen)
-        .await?
-        .tap_io(move |tcp| tune_connection(tcp, send_buffer));
-    let addr = listener.local_addr()?;
+    let threads = args.media_thread_count();
+    let ctx = build_context_for(args, threads)?;
+    let mut listeners = media_thread::listeners(args.listen, threads)?.into_iter();
+    let first = listeners
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+    let addr = first.local_addr()?;
     let watcher = tokio::spawn(ctx.pipelines.clone().watch(args.pipeline_poll()));
-    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let app =
-        crate::server::router(ctx.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
-    tracing::info!(%addr, "worker listening");
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    let serving = Serving {
+        ctx: ctx.clone(),
+        send_buffer: args.socket_send_buffer,
+        stop,
+    };
+    for (n, listener) in listeners.enumerate() {
+        spawn_media_thread(n + 1, listener, serving.clone())?;
+    }
+    let server = tokio::spawn(serving.serve(TcpListener::from_std(first)?));
+    tracing::info!(%addr, media_threads = threads, "worker listening");
     Ok(RunningWorker {
         addr,
         ctx,
@@ -118,6 +127,66 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
         watcher,
         shutdown,
     })
+}
+
+/// What every media thread needs to serve its listener.
+#[derive(Clone)]
+struct Serving {
+    ctx: Arc<WorkerContext>,
+    send_buffer: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Serving {
+    /// Serves `listener` on the current runtime until the worker stops.
+    async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let Self {
+            ctx,
+            send_buffer,
+            mut stop,
+        } = self;
+        let listener = listener.tap_io(move |tcp| tune_connection(tcp, send_buffer));
+        let app = crate::server::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    }
+}
+
+/// Starts media thread `index`: a single-threaded runtime serving `listener`. A thread that
+/// cannot start its runtime logs why; its listener closes and the kernel stops sending it calls.
+fn spawn_media_thread(
+    index: usize,
+    listener: std::net::TcpListener,
+    serving: Serving,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("callfleet-media-{index}"))
+        .spawn(move || {
+            media_thread::enter(index);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(index, error = %err, "media thread: no runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let served = match TcpListener::from_std(listener) {
+                    Ok(listener) => serving.serve(listener).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = served {
+                    tracing::error!(index, error = %err, "media thread stopped serving");
+                }
+            });
+        })
+        .map(|_| ())
 }
 
 impl RunningWorker {

@@ -14,11 +14,15 @@ use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::{SseDecoder, SseEvent};
 use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
 
-/// One per worker process: the HTTP connection pool every call shares (keep-alive connections
+/// One per worker process: the HTTP connection pools the calls share (keep-alive connections
 /// are reused across calls and pipeline versions) and the optional limit on requests in flight.
+///
+/// One pool per media thread ([`crate::media_thread`]): a connection is driven by the runtime
+/// that opened it, so a call reusing another thread's connection would get every body chunk
+/// through a cross-thread wake-up.
 #[derive(Clone, Debug)]
 pub struct ProviderHttp {
-    client: reqwest::Client,
+    clients: Arc<[reqwest::Client]>,
     limit: Option<Arc<Semaphore>>,
 }
 
@@ -26,16 +30,33 @@ impl ProviderHttp {
     /// `max_concurrent_requests` bounds the provider requests (and open streams) of this worker;
     /// `None` leaves them unbounded. Requests over the limit wait for a slot.
     pub fn new(max_concurrent_requests: Option<usize>) -> ProviderResult<Self> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("callfleet-worker/", env!("CARGO_PKG_VERSION")))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| ProviderError::Transport(describe(&e)))?;
+        Self::per_thread(max_concurrent_requests, 1)
+    }
+
+    /// As [`ProviderHttp::new`], with a connection pool for each of `threads` media threads.
+    pub fn per_thread(
+        max_concurrent_requests: Option<usize>,
+        threads: usize,
+    ) -> ProviderResult<Self> {
+        let clients = (0..threads.max(1))
+            .map(|_| {
+                reqwest::Client::builder()
+                    .user_agent(concat!("callfleet-worker/", env!("CARGO_PKG_VERSION")))
+                    .tcp_nodelay(true)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build()
+                    .map_err(|e| ProviderError::Transport(describe(&e)))
+            })
+            .collect::<ProviderResult<Arc<[_]>>>()?;
         Ok(Self {
-            client,
+            clients,
             limit: max_concurrent_requests.map(|n| Arc::new(Semaphore::new(n.max(1)))),
         })
+    }
+
+    /// The calling media thread's connection pool.
+    fn client(&self) -> &reqwest::Client {
+        &self.clients[crate::media_thread::index() % self.clients.len()]
     }
 
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
@@ -57,7 +78,7 @@ impl ProviderHttp {
         let build = &build;
         with_retries(config.max_retries, move || async move {
             let permit = self.permit().await;
-            let request = build(&self.client).bearer_auth(&config.api_key);
+            let request = build(self.client()).bearer_auth(&config.api_key);
             let response = match timeout(config.timeout, request.send()).await {
                 Err(_) => return Err(ProviderError::Timeout("waiting for the response")),
                 Ok(Err(e)) => return Err(request_error(&e)),

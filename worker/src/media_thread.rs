@@ -1,0 +1,76 @@
+//! Thread-per-core serving. The worker runs one single-threaded Tokio runtime per core, each
+//! accepting on its own listener bound to the shared port with `SO_REUSEPORT`, so the kernel
+//! spreads new calls across them and a call then lives on one thread from start to end: its
+//! socket, its timers and its provider connections are driven by the same reactor, and no frame
+//! costs a cross-thread wake-up (futex and eventfd writes were ~12% of the worker's CPU under
+//! a work-stealing runtime, measured in BENCHMARKS.md).
+//!
+//! Per-thread resources (the provider connection pools) are picked by [`index`].
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Pending connections per listener before the kernel refuses more.
+const BACKLOG: i32 = 1024;
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The media thread this code runs on: 0 on the main runtime (and on any thread that is not a
+/// media thread), 1.. on the extra ones.
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// Marks the calling thread as media thread `index`.
+pub fn enter(index: usize) {
+    INDEX.with(|cell| cell.set(index));
+}
+
+/// A non-blocking listener on `addr` that other listeners on the same address (this process's
+/// other media threads) share: the kernel hashes each new connection to one of them.
+pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// `count` listeners on `addr` (a port of 0 is resolved by the first, the rest join it).
+pub fn listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = reuseport_listener(addr)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..count.max(1) {
+        all.push(reuseport_listener(bound)?);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_share_one_port() {
+        let all = listeners(SocketAddr::from(([127, 0, 0, 1], 0)), 3).unwrap();
+        let ports: Vec<u16> = all.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|&p| p == ports[0] && p != 0));
+    }
+
+    #[test]
+    fn index_is_per_thread() {
+        enter(3);
+        assert_eq!(index(), 3);
+        assert_eq!(std::thread::spawn(index).join().unwrap(), 0);
+    }
+}
