@@ -357,9 +357,9 @@ mod tests {
             format: AudioFormat::MULAW_8K,
             text: Some("Hi."),
         };
-        let twilio = Encoder::Twilio {
-            stream_sid: "MZ1".into(),
-        };
+        let twilio = Encoder::Twilio(callfleet_worker::protocols::twilio::TwilioEncoder::new(
+            "MZ1".into(),
+        ));
         let text = |e: &Encoder, out| match e.encode(out) {
             Some(WireFrame::Text(t)) => t,
             other => panic!("{other:?}"),
