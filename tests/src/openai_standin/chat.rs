@@ -37,6 +37,7 @@ pub async fn chat_completions(
     State(shared): State<Arc<Shared>>,
     Json(request): Json<Value>,
 ) -> Response {
+    let arrived = tokio::time::Instant::now();
     let mid_stream = match gate(&shared, Endpoint::Chat).await {
         Gate::Serve(mid_stream) => mid_stream,
         Gate::Refuse(response) => return response,
@@ -74,6 +75,7 @@ pub async fn chat_completions(
             &shared,
             Endpoint::Chat,
             "application/json",
+            arrived,
             vec![Piece::new(first, body.to_string())],
             mid_stream,
         );
@@ -104,6 +106,7 @@ pub async fn chat_completions(
         &shared,
         Endpoint::Chat,
         "text/event-stream",
+        arrived,
         pieces,
         mid_stream,
     )

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream;
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::Shared;
 use super::faults::{Endpoint, Fault};
@@ -97,12 +98,14 @@ impl Piece {
     }
 }
 
-/// A streamed response sending `pieces` at their pace. With a mid-stream fault, only the first
+/// A streamed response sending `pieces` at their pace, the first one its delay after `arrived`
+/// (when the request came in), each later one its delay after the one before. With a mid-stream fault, only the first
 /// piece (or the first half of a single piece) is sent, then the stream stalls or breaks.
 pub fn paced_response(
     shared: &Shared,
     endpoint: Endpoint,
     content_type: &'static str,
+    arrived: Instant,
     pieces: Vec<Piece>,
     mid_stream: Option<Fault>,
 ) -> Response {
@@ -131,7 +134,12 @@ pub fn paced_response(
             }
         }
         let piece = pieces.pop_front()?;
-        if !piece.delay.is_zero() {
+        if sent == 0 {
+            // The first byte is due its delay after the request arrived, as with a real
+            // provider: reading the upload and preparing the answer take from that time, not
+            // add to it.
+            tokio::time::sleep_until(arrived + piece.delay).await;
+        } else if !piece.delay.is_zero() {
             tokio::time::sleep(piece.delay).await;
         }
         Some((Ok(piece.bytes), (pieces, sent.saturating_add(1))))

@@ -20,6 +20,7 @@ use super::rules::speech_samples;
 pub const SPEECH_SAMPLE_RATE: u32 = 24_000;
 
 pub async fn speech(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> Response {
+    let arrived = tokio::time::Instant::now();
     let mid_stream = match gate(&shared, Endpoint::Speech).await {
         Gate::Serve(mid_stream) => mid_stream,
         Gate::Refuse(response) => return response,
@@ -76,5 +77,12 @@ pub async fn speech(State(shared): State<Arc<Shared>>, Json(request): Json<Value
         pieces.push(Piece::new(delay, pcm.slice(offset..end)));
         offset = end;
     }
-    paced_response(&shared, Endpoint::Speech, "audio/pcm", pieces, mid_stream)
+    paced_response(
+        &shared,
+        Endpoint::Speech,
+        "audio/pcm",
+        arrived,
+        pieces,
+        mid_stream,
+    )
 }

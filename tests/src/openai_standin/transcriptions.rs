@@ -45,6 +45,7 @@ async fn read_upload(mut multipart: Multipart) -> Result<Upload, String> {
 }
 
 pub async fn transcriptions(State(shared): State<Arc<Shared>>, multipart: Multipart) -> Response {
+    let arrived = tokio::time::Instant::now();
     let mid_stream = match gate(&shared, Endpoint::Transcriptions).await {
         Gate::Serve(mid_stream) => mid_stream,
         Gate::Refuse(response) => return response,
@@ -82,6 +83,7 @@ pub async fn transcriptions(State(shared): State<Arc<Shared>>, multipart: Multip
             &shared,
             Endpoint::Transcriptions,
             "text/event-stream",
+            arrived,
             pieces,
             mid_stream,
         )
@@ -92,6 +94,7 @@ pub async fn transcriptions(State(shared): State<Arc<Shared>>, multipart: Multip
             &shared,
             Endpoint::Transcriptions,
             "application/json",
+            arrived,
             pieces,
             mid_stream,
         )
