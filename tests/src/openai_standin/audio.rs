@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 /// Reads a mono or multi-channel 16-bit WAV, keeping the first channel.
 pub fn read_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
-    let mut reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    let reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| e.to_string())?;
     let spec = reader.spec();
     if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
         return Err(format!(
