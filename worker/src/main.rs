@@ -6,7 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use callfleet_worker::admission::{TokenSecret, mint_token};
-use callfleet_worker::config::{Cli, Command, LogFormat, ServeArgs};
+use callfleet_worker::config::{Cli, Command, LogFormat, MediaRuntime, ServeArgs};
 
 /// mimalloc instead of glibc's malloc: every call allocates small, short-lived buffers for each
 /// 20 ms frame, and glibc's allocator was 9% of the worker's CPU at 1,000 calls.
@@ -41,11 +41,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
-    // The first media thread, which also runs the pipeline watcher, recordings and the drain;
-    // `server::start` starts one more single-threaded runtime per further core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // With single-threaded media runtimes this is the first one, which also runs the pipeline
+    // watcher, recordings and the drain; `server::start` starts the others.
+    let runtime = match args.media_runtime() {
+        MediaRuntime::WorkStealing(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?,
+        MediaRuntime::PerThread(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         let worker = callfleet_worker::server::start(&args).await?;
         shutdown_signal().await;

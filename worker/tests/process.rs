@@ -14,6 +14,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_callfleet-worker");
 
 #[tokio::test]
 async fn token_subcommand_and_sigterm_drain() {
+    token_and_drain(&[]).await;
+}
+
+/// The same with four single-threaded media runtimes: the drain covers calls on every thread.
+#[tokio::test]
+async fn sigterm_drain_with_media_threads() {
+    token_and_drain(&[("CALLFLEET_MEDIA_THREADS", "4")]).await;
+}
+
+async fn token_and_drain(settings: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("pipeline.json");
     std::fs::write(&pipeline, pipeline_json("http://127.0.0.1:9/v1", 1, "")).unwrap();
@@ -36,6 +46,7 @@ async fn token_subcommand_and_sigterm_drain() {
         .env("CALLFLEET_TOKEN_SECRET_FILE", &secret_file)
         .env("CALLFLEET_PROVIDER_API_KEY_FILE", dir.path().join("none"))
         .env("CALLFLEET_DRAIN_SECONDS", "60")
+        .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -111,9 +111,10 @@ pub struct ServeArgs {
     /// 4 MiB, per call). 64 KiB holds seconds of any protocol's reply audio.
     #[arg(long, env = "CALLFLEET_SOCKET_SEND_BUFFER", default_value_t = 64 * 1024)]
     pub socket_send_buffer: usize,
-    /// Media threads (0 = one per available core). Each runs its own single-threaded runtime
+    /// Media threads. 0 (default): one work-stealing runtime over the usable cores, or a
+    /// single-threaded one when the pod may use one core. N: N single-threaded runtimes, each
     /// with its own listener on the shared port (SO_REUSEPORT, the kernel spreads connections),
-    /// so a call is served start to end on one thread: no cross-thread wake-ups per frame.
+    /// so a call is served start to end on one thread with no cross-thread wake-ups.
     #[arg(long, env = "CALLFLEET_MEDIA_THREADS", default_value_t = 0)]
     pub media_threads: usize,
     /// New connections per client IP per minute (0 = no limit). Connections that present a
@@ -180,6 +181,37 @@ pub struct ServeArgs {
     pub recordings_retry_max_seconds: u64,
 }
 
+/// The runtime layout serving calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaRuntime {
+    /// One work-stealing runtime over this many threads: idle threads take over a busy or
+    /// descheduled one's calls, which keeps reply pacing when the CPU is oversubscribed.
+    WorkStealing(usize),
+    /// This many single-threaded runtimes, each with its own listener: about 10% less CPU per
+    /// call with one thread; with several, no cheaper than work stealing and worse at pacing
+    /// under CPU contention (BENCHMARKS.md).
+    PerThread(usize),
+}
+
+impl MediaRuntime {
+    /// `configured` threads (0 = automatic) on a process that may use `cores` cores.
+    pub fn choose(configured: usize, cores: usize) -> Self {
+        match (configured, cores) {
+            (0, 0 | 1) => Self::PerThread(1),
+            (0, cores) => Self::WorkStealing(cores),
+            (threads, _) => Self::PerThread(threads),
+        }
+    }
+
+    /// Listeners (and provider connection pools) to set up: one per single-threaded runtime.
+    pub fn listeners(self) -> usize {
+        match self {
+            Self::WorkStealing(_) => 1,
+            Self::PerThread(threads) => threads.max(1),
+        }
+    }
+}
+
 impl ServeArgs {
     pub fn max_call_duration(&self) -> Duration {
         Duration::from_secs(self.max_call_seconds)
@@ -190,12 +222,11 @@ impl ServeArgs {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
     }
-    /// Media threads to run: as configured, or one per available core.
-    pub fn media_thread_count(&self) -> usize {
-        match self.media_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+    /// How calls are spread over threads: as configured, or by the cores the process may use
+    /// (`available_parallelism` reads the cgroup CPU quota too).
+    pub fn media_runtime(&self) -> MediaRuntime {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        MediaRuntime::choose(self.media_threads, cores)
     }
     pub fn pipeline_poll(&self) -> Duration {
         Duration::from_millis(self.pipeline_poll_ms.max(10))
@@ -264,6 +295,15 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_runtime_follows_the_usable_cores_unless_configured() {
+        assert_eq!(MediaRuntime::choose(0, 1), MediaRuntime::PerThread(1));
+        assert_eq!(MediaRuntime::choose(0, 4), MediaRuntime::WorkStealing(4));
+        assert_eq!(MediaRuntime::choose(3, 8), MediaRuntime::PerThread(3));
+        assert_eq!(MediaRuntime::WorkStealing(4).listeners(), 1);
+        assert_eq!(MediaRuntime::PerThread(3).listeners(), 3);
+    }
 
     #[test]
     fn settings_not_acted_on_yet_are_named() {

@@ -4,5 +4,5 @@
 pub mod cli;
 pub mod pipeline;
 
-pub use cli::{Cli, Command, LogFormat, RecordingFormat, ServeArgs, TokenArgs};
+pub use cli::{Cli, Command, LogFormat, MediaRuntime, RecordingFormat, ServeArgs, TokenArgs};
 pub use pipeline::{PipelineError, PipelineSource, PipelineVersion, parse_pipeline};

@@ -97,11 +97,11 @@ fn tune_connection(tcp: &mut TcpStream, send_buffer: usize) {
     }
 }
 
-/// Binds and serves `args`: the first media thread is the current runtime, each further one
-/// (`--media-threads`, default one per core) a thread of its own with a single-threaded
-/// runtime and its own listener on the same port.
+/// Binds and serves `args` on the current runtime; with [`crate::config::MediaRuntime::PerThread`] layouts
+/// (`--media-threads N`) the current runtime serves the first listener and each further one
+/// gets a thread of its own with a single-threaded runtime.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
-    let threads = args.media_thread_count();
+    let threads = args.media_runtime().listeners();
     let ctx = build_context_for(args, threads)?;
     let mut listeners = media_thread::listeners(args.listen, threads)?.into_iter();
     let first = listeners
