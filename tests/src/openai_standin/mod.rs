@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod audio;
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod faults;
 pub mod realtime;

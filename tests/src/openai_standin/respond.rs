@@ -138,7 +138,7 @@ pub fn paced_response(
             // The first byte is due its delay after the request arrived, as with a real
             // provider: reading the upload and preparing the answer take from that time, not
             // add to it.
-            tokio::time::sleep_until(arrived + piece.delay).await;
+            super::clock::sleep_until(arrived + piece.delay).await;
         } else if !piece.delay.is_zero() {
             tokio::time::sleep(piece.delay).await;
         }
