@@ -1,9 +1,10 @@
-//! Thread-per-core serving. The worker runs one single-threaded Tokio runtime per core, each
-//! accepting on its own listener bound to the shared port with `SO_REUSEPORT`, so the kernel
-//! spreads new calls across them and a call then lives on one thread from start to end: its
-//! socket, its timers and its provider connections are driven by the same reactor, and no frame
-//! costs a cross-thread wake-up (futex and eventfd writes were ~12% of the worker's CPU under
-//! a work-stealing runtime, measured in BENCHMARKS.md).
+//! Single-threaded media runtimes (`CALLFLEET_MEDIA_THREADS=N`, and the default on a pod that
+//! may use one core). Each runs its own single-threaded Tokio runtime accepting on its own
+//! listener bound to the shared port with `SO_REUSEPORT`, so the kernel spreads new calls across
+//! them and a call then lives on one thread from start to end: its socket, its timers and its
+//! provider connections are driven by the same reactor, with no cross-thread wake-ups (one such
+//! runtime used ~10% less CPU per call than work stealing at 1,000 calls; several were no
+//! cheaper, see BENCHMARKS.md).
 //!
 //! Per-thread resources (the provider connection pools) are picked by [`index`].
 
