@@ -185,7 +185,8 @@ struct OutMark<'a> {
 }
 
 /// Marks the spot of the payload in a media message rendered once per stream; base64 never
-/// contains it, and serde leaves it as it is.
+/// contains it, serde leaves it as it is, and the payload is the message's last field, so the
+/// last occurrence is the slot even if a stream id contains the same text.
 const PAYLOAD_SLOT: &str = "@payload@";
 
 /// Encoder state for one Twilio stream. A media message goes out 50 times a second per call,
@@ -207,7 +208,7 @@ impl TwilioEncoder {
             },
         })
         .unwrap_or_default();
-        let (prefix, suffix) = template.split_once(PAYLOAD_SLOT).unwrap_or_default();
+        let (prefix, suffix) = template.rsplit_once(PAYLOAD_SLOT).unwrap_or_default();
         Self {
             media_prefix: prefix.to_owned(),
             media_suffix: suffix.to_owned(),
@@ -257,7 +258,7 @@ mod tests {
 
     #[test]
     fn media_frames_escape_the_stream_id() {
-        for sid in [r#"odd "sid" \ with escapes"#, ""] {
+        for sid in [r#"odd "sid" \ with escapes"#, "", "MZ@payload@"] {
             let encoder = TwilioEncoder::new(sid.to_owned());
             let samples = [0i16, 1000, -1000, 32124, 7];
             let Some(WireFrame::Text(frame)) = encoder.encode(Outbound::Audio {
