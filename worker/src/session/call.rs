@@ -300,7 +300,7 @@ impl CallSession {
         let ending = loop {
             // Whatever woke the call (mostly the caller's own 20 ms frames) also sends the reply
             // frames that are nearly due: the pacing timer is the fallback, not the clock.
-            self.send_due_frames(Instant::now());
+            self.send_due_frames();
             let pace = self.playout.next_deadline();
             rearm(pace_sleep.as_mut(), pace, &mut armed);
             let keypad_due = self.keypad.due();
@@ -609,9 +609,13 @@ impl CallSession {
         }
     }
 
-    fn send_due_frames(&mut self, now: Instant) {
+    fn send_due_frames(&mut self) {
+        // Most wake-ups come with no reply queued: no clock read for those.
+        if self.playout.next_deadline().is_none() {
+            return;
+        }
         let mut offset = self.playout.sent();
-        for item in self.playout.pop_due(now) {
+        for item in self.playout.pop_due(Instant::now()) {
             match item {
                 PlayoutItem::Audio(frame) => {
                     let caption = match self.reply.captions.front() {
