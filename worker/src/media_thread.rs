@@ -32,13 +32,22 @@ pub fn enter(index: usize) {
     INDEX.with(|cell| cell.set(index));
 }
 
-/// A non-blocking listener on `addr` that other listeners on the same address (this process's
-/// other media threads) share: the kernel hashes each new connection to one of them.
-pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// The single-threaded runtime a media thread runs.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// A non-blocking listener on `addr`. `shared`: other listeners on the same address (this
+/// process's other media threads) may join it, and the kernel hashes each new connection to one
+/// of them. A lone listener does not allow that, so a second worker started on the same port
+/// fails to bind instead of silently taking half the calls.
+fn listener(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     #[cfg(unix)]
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(shared)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -47,11 +56,12 @@ pub fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener>
 
 /// `count` listeners on `addr` (a port of 0 is resolved by the first, the rest join it).
 pub fn listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = reuseport_listener(addr)?;
+    let shared = count > 1;
+    let first = listener(addr, shared)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..count.max(1) {
-        all.push(reuseport_listener(bound)?);
+        all.push(listener(bound, shared)?);
     }
     Ok(all)
 }
@@ -66,6 +76,14 @@ mod tests {
         let ports: Vec<u16> = all.iter().map(|l| l.local_addr().unwrap().port()).collect();
         assert_eq!(ports.len(), 3);
         assert!(ports.iter().all(|&p| p == ports[0] && p != 0));
+    }
+
+    #[test]
+    fn a_lone_listener_keeps_its_port_to_itself() {
+        let one = listeners(SocketAddr::from(([127, 0, 0, 1], 0)), 1).unwrap();
+        let addr = one[0].local_addr().unwrap();
+        assert!(listeners(addr, 1).is_err());
+        assert!(listeners(addr, 2).is_err());
     }
 
     #[test]
