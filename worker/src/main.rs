@@ -48,9 +48,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .worker_threads(threads)
             .enable_all()
             .build()?,
-        MediaRuntime::PerThread(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
+        MediaRuntime::PerThread(_) => callfleet_worker::media_thread::runtime()?,
     };
     runtime.block_on(async move {
         let worker = callfleet_worker::server::start(&args).await?;

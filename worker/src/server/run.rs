@@ -23,13 +23,9 @@ const RESUME_WINDOW: Duration = Duration::from_secs(600);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the shared state from settings (loads the token secret and the first pipeline, opens
-/// the recordings spool). Runs inside the Tokio runtime.
-pub fn build_context(args: &ServeArgs) -> anyhow::Result<Arc<WorkerContext>> {
-    build_context_for(args, 1)
-}
-
-/// As [`build_context`], with provider connection pools for `media_threads` threads.
-fn build_context_for(args: &ServeArgs, media_threads: usize) -> anyhow::Result<Arc<WorkerContext>> {
+/// the recordings spool), with a provider connection pool for each of `media_threads` threads.
+/// Runs inside the Tokio runtime.
+pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<Arc<WorkerContext>> {
     for warning in args.unused_settings() {
         tracing::warn!("{warning}");
     }
@@ -102,7 +98,7 @@ fn tune_connection(tcp: &mut TcpStream, send_buffer: usize) {
 /// gets a thread of its own with a single-threaded runtime.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
     let threads = args.media_runtime().listeners();
-    let ctx = build_context_for(args, threads)?;
+    let ctx = build_context(args, threads)?;
     let mut listeners = media_thread::listeners(args.listen, threads)?.into_iter();
     let first = listeners
         .next()
@@ -166,10 +162,7 @@ fn spawn_media_thread(
         .name(format!("callfleet-media-{index}"))
         .spawn(move || {
             media_thread::enter(index);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match media_thread::runtime() {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     tracing::error!(index, error = %err, "media thread: no runtime");
