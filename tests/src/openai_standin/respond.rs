@@ -99,8 +99,9 @@ impl Piece {
 }
 
 /// A streamed response sending `pieces` at their pace, the first one its delay after `arrived`
-/// (when the request came in), each later one its delay after the one before. With a mid-stream fault, only the first
-/// piece (or the first half of a single piece) is sent, then the stream stalls or breaks.
+/// (when the request came in), each later one its delay after the one before. With a mid-stream
+/// fault, only the first piece (or the first half of a single piece) is sent, then the stream
+/// stalls or breaks.
 pub fn paced_response(
     shared: &Shared,
     endpoint: Endpoint,
