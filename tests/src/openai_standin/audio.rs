@@ -132,22 +132,26 @@ mod tests {
         assert!((dbfs(&loud) + 9.0).abs() < 0.5, "{}", dbfs(&loud));
     }
 
+    /// A 16-bit PCM WAV file of interleaved `samples`.
+    fn wav(channels: u16, sample_rate: u32, samples: &[i16]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::new(Cursor::new(&mut bytes), spec).unwrap();
+        for &s in samples {
+            w.write_sample(s).unwrap();
+        }
+        w.finalize().unwrap();
+        bytes
+    }
+
     #[test]
     fn reads_wav() {
-        let mut bytes = Vec::new();
-        {
-            let spec = hound::WavSpec {
-                channels: 1,
-                sample_rate: 16_000,
-                bits_per_sample: 16,
-                sample_format: hound::SampleFormat::Int,
-            };
-            let mut w = hound::WavWriter::new(Cursor::new(&mut bytes), spec).unwrap();
-            for s in [1i16, -2, 3] {
-                w.write_sample(s).unwrap();
-            }
-            w.finalize().unwrap();
-        }
+        let bytes = wav(1, 16_000, &[1, -2, 3]);
         assert_eq!(read_wav(&bytes).unwrap(), (vec![1, -2, 3], 16_000));
         assert!(read_wav(b"not a wav").is_err());
         // A header promising more than the upload holds is refused.
@@ -157,18 +161,7 @@ mod tests {
 
     #[test]
     fn reads_the_first_channel_of_stereo() {
-        let mut bytes = Vec::new();
-        let spec = hound::WavSpec {
-            channels: 2,
-            sample_rate: 8_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::new(Cursor::new(&mut bytes), spec).unwrap();
-        for s in [1i16, 100, -2, 200, 3, 300] {
-            w.write_sample(s).unwrap();
-        }
-        w.finalize().unwrap();
+        let bytes = wav(2, 8_000, &[1, 100, -2, 200, 3, 300]);
         assert_eq!(read_wav(&bytes).unwrap(), (vec![1, -2, 3], 8_000));
     }
 

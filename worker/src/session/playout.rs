@@ -243,6 +243,14 @@ mod tests {
         }
     }
 
+    /// A paced 8 kHz playout holding `frames` frames, armed at `t0`.
+    fn armed(t0: Instant, frames: usize) -> Playout {
+        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
+        p.push(&vec![1; 160 * frames]);
+        p.arm(t0);
+        p
+    }
+
     fn audio_len(items: &[PlayoutItem]) -> Vec<usize> {
         items
             .iter()
@@ -292,9 +300,7 @@ mod tests {
     #[test]
     fn deadlines_advance_one_frame_at_a_time() {
         let t0 = Instant::now();
-        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
-        p.push(&[0; 160 * 10]);
-        p.arm(t0);
+        let mut p = armed(t0, 10);
         let mut deadlines = Vec::new();
         while let Some(at) = p.next_deadline() {
             deadlines.push(at);
@@ -316,10 +322,8 @@ mod tests {
         t0: Instant,
         wakes: impl Iterator<Item = Instant>,
     ) -> Vec<(Instant, Instant, usize)> {
-        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
-        p.push(&[1; 160 * 50]);
+        let mut p = armed(t0, 50);
         p.end_sentence(None, t0);
-        p.arm(t0);
         let first_due = t0 - FRAME * LEAD_FRAMES;
         let mut sent = Vec::new();
         let mut wakes = wakes.peekable();
@@ -376,9 +380,7 @@ mod tests {
     #[test]
     fn nothing_is_sent_more_than_one_frame_early() {
         let t0 = Instant::now();
-        let mut p = Playout::new(PlaybackMode::Paced, 8_000);
-        p.push(&[1; 160 * 10]);
-        p.arm(t0);
+        let mut p = armed(t0, 10);
         assert_eq!(audio_len(&p.pop_due(t0)).len(), LEAD_FRAMES as usize + 1);
         let due = p.next_deadline().unwrap();
         assert_eq!(due, t0 + FRAME);
