@@ -407,7 +407,10 @@ impl CallSession {
                     // Sized for a typical turn up front rather than regrown a dozen times.
                     self.utterance
                         .reserve(self.in_rate as usize * UTTERANCE_RESERVE.as_secs() as usize);
-                    self.utterance.extend(self.preroll.drain(..));
+                    let (head, tail) = self.preroll.as_slices();
+                    self.utterance.extend_from_slice(head);
+                    self.utterance.extend_from_slice(tail);
+                    self.preroll.clear();
                 }
                 self.utterance.extend_from_slice(chunk);
             } else {
@@ -433,7 +436,7 @@ impl CallSession {
 
     fn push_preroll(&mut self, chunk: &[i16]) {
         let cap = (PREROLL.as_millis() as u64 * u64::from(self.in_rate) / 1000) as usize;
-        self.preroll.extend(chunk.iter().copied());
+        self.preroll.extend(chunk);
         let excess = self.preroll.len().saturating_sub(cap);
         self.preroll.drain(..excess);
     }

@@ -122,7 +122,7 @@ impl Playout {
 
     /// Adds reply samples for the current sentence.
     pub fn push(&mut self, samples: &[i16]) {
-        self.queue.extend(samples.iter().copied());
+        self.queue.extend(samples);
         self.enqueued += samples.len() as u64;
         self.open = true;
     }
@@ -139,7 +139,8 @@ impl Playout {
                 Vec::new()
             }
             PlaybackMode::PerSentence => {
-                let samples: Vec<i16> = self.queue.drain(..).collect();
+                let queued = self.queue.len();
+                let samples = take_front(&mut self.queue, queued, 0);
                 if samples.is_empty() {
                     return Vec::new();
                 }
@@ -197,7 +198,7 @@ impl Playout {
             return;
         }
         let take = self.frame_samples.min(self.queue.len());
-        let mut frame: Vec<i16> = self.queue.drain(..take).collect();
+        let mut frame = take_front(&mut self.queue, take, self.frame_samples);
         self.sent += take as u64;
         frame.resize(self.frame_samples, 0);
         self.clock
@@ -228,6 +229,18 @@ impl Playout {
     pub fn clear(&mut self) {
         *self = Self::new(self.mode, self.rate);
     }
+}
+
+/// The first `n` queued samples as one vector with room for `capacity`: two slice copies
+/// rather than a sample-by-sample drain (this runs for every reply frame of every call).
+fn take_front(queue: &mut VecDeque<i16>, n: usize, capacity: usize) -> Vec<i16> {
+    let mut taken = Vec::with_capacity(capacity.max(n));
+    let (head, tail) = queue.as_slices();
+    let from_head = n.min(head.len());
+    taken.extend_from_slice(&head[..from_head]);
+    taken.extend_from_slice(&tail[..n - from_head]);
+    queue.drain(..n);
+    taken
 }
 
 #[cfg(test)]
@@ -418,5 +431,20 @@ mod tests {
         assert_eq!(p.enqueued(), 0);
         assert!(!p.is_active(t0));
         assert_eq!(p.next_deadline(), None);
+    }
+
+    #[test]
+    fn take_front_keeps_order_across_the_ring_buffers_wrap() {
+        let mut queue: VecDeque<i16> = VecDeque::with_capacity(8);
+        queue.extend([0, 0, 0, 0, 0, 1, 2, 3]);
+        queue.drain(..5);
+        queue.extend([4, 5, 6, 7]); // now stored wrapped around the buffer's end
+        assert!(!queue.as_slices().1.is_empty());
+        let taken = take_front(&mut queue, 5, 160);
+        assert_eq!(taken, [1, 2, 3, 4, 5]);
+        assert!(taken.capacity() >= 160);
+        assert_eq!(queue, [6, 7]);
+        assert_eq!(take_front(&mut queue, 2, 0), [6, 7]);
+        assert!(queue.is_empty());
     }
 }
