@@ -69,8 +69,11 @@ pub enum PipelineMode {
 }
 
 /// An OpenAI-compatible API endpoint.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.caBundle) || self.caBundle.contains('-----BEGIN CERTIFICATE-----')").message("provider.caBundle must hold PEM certificates (-----BEGIN CERTIFICATE----- blocks)")
+)]
 pub struct ProviderSpec {
     /// Base URL including the version prefix, e.g. `https://api.openai.com/v1`.
     #[serde(default = "default_base_url")]
@@ -86,6 +89,13 @@ pub struct ProviderSpec {
     #[serde(default = "default_max_retries")]
     #[schemars(range(min = 0, max = 10))]
     pub max_retries: u32,
+    /// PEM certificates of the certificate authorities that sign the provider's TLS
+    /// certificate, trusted in addition to the public roots: for a self-hosted
+    /// OpenAI-compatible server (vLLM, a gateway) behind a private CA. Certificates are
+    /// public, so they live here rather than in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 262144))]
+    pub ca_bundle: Option<String>,
 }
 
 /// A key in a Secret in the same namespace.

@@ -1,5 +1,5 @@
-//! Invalid CallCluster specs are rejected by the API server at apply time, with messages that
-//! say what is wrong (schema types, ranges, enums and CEL rules from the CRD).
+//! Invalid CallCluster and AiPipeline specs are rejected by the API server at apply time, with
+//! messages that say what is wrong (schema types, ranges, enums and CEL rules from the CRD).
 
 mod operator_support;
 
@@ -67,5 +67,30 @@ async fn invalid_specs_are_rejected_with_clear_messages() -> Result<()> {
             "  {PIPELINE}\n  workers: {{minReplicas: 2, maxReplicas: 5}}"
         )),
     )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ai_pipeline_ca_bundle_must_hold_pem_certificates() -> Result<()> {
+    let (cluster, ns) = namespace("op-invalid-ca").await?;
+    let pipeline = |ca_bundle: &str| {
+        let indented = ca_bundle.trim_end().replace('\n', "\n      ");
+        format!(
+            "apiVersion: callfleet.dev/v1alpha1\nkind: AiPipeline\nmetadata: {{name: private}}\nspec:\n  provider:\n    baseUrl: https://llm.internal.example/v1\n    apiKeySecretRef: {{name: llm-key}}\n    caBundle: |\n      {indented}\n"
+        )
+    };
+    match kubectl_apply(cluster, &ns, &pipeline("not a certificate")) {
+        Ok(out) => anyhow::bail!(
+            "a caBundle without certificates was accepted: {}",
+            out.trim()
+        ),
+        Err(e) => ensure!(
+            e.to_string()
+                .contains("provider.caBundle must hold PEM certificates"),
+            "unexpected error: {e}"
+        ),
+    }
+    let ca = callfleet_tests::tls::TestPki::generate()?.ca_pem;
+    kubectl_apply(cluster, &ns, &pipeline(&ca))?;
     Ok(())
 }

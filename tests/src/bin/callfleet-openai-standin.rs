@@ -1,11 +1,13 @@
 //! The OpenAI stand-in as a process, for the local stack:
-//! `callfleet-openai-standin --listen 127.0.0.1:9090 [--chat-first-token-ms 300 ...]`.
+//! `callfleet-openai-standin --listen 127.0.0.1:9090 [--tls-dir DIR] [--chat-first-token-ms 300 ...]`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 
 use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig};
+use callfleet_tests::tls::TestPki;
 
 /// mimalloc: the stand-in shares the machine with the worker under load: its allocations are
 /// HTTP requests and streamed chunks, cheaper under mimalloc than glibc malloc.
@@ -21,6 +23,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "STANDIN_LISTEN", default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
+    /// Serve HTTPS (and `wss://` realtime) with the certificate in this folder: `server.pem`,
+    /// `server-key.pem`, signed by `ca.pem` (a worker's `provider.caBundle`). Generated there
+    /// first if `server.pem` is missing.
+    #[arg(long, env = "STANDIN_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
     #[command(flatten)]
     config: StandinConfig,
 }
@@ -34,7 +41,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let standin = OpenAiStandin::start_on(args.config, args.listen).await?;
+    let standin = match &args.tls_dir {
+        None => OpenAiStandin::start_on(args.config, args.listen).await?,
+        Some(dir) => {
+            let tls = TestPki::in_dir(dir)?.server_config()?;
+            OpenAiStandin::start_tls(args.config, args.listen, tls).await?
+        }
+    };
     println!("openai stand-in: base URL {}", standin.base_url());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

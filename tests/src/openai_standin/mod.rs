@@ -1,5 +1,6 @@
 //! A local process speaking the OpenAI wire format, for tests and the local stack: the worker's
-//! provider code runs unchanged against it (base URL `http://<addr>/v1`).
+//! provider code runs unchanged against it (base URL `http://<addr>/v1`, or `https://` when
+//! started with a certificate, see [`OpenAiStandin::start_tls`]).
 //!
 //! Answers are deterministic so tests can check what was heard and said (`rules`), latencies are
 //! configurable (`config`), faults can be injected at start or at run time (`faults`, the
@@ -20,6 +21,7 @@ pub mod respond;
 pub mod rules;
 pub mod speech;
 pub mod stats;
+pub mod tls_listener;
 pub mod transcriptions;
 
 use std::net::SocketAddr;
@@ -117,6 +119,32 @@ impl OpenAiStandin {
     ) -> std::io::Result<StandinHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        Ok(Self::serve(config, listener, addr, "http"))
+    }
+
+    /// Listens on `addr` over TLS with `tls` (see [`crate::tls::TestPki::server_config`]);
+    /// the base URL is `https://…` and the realtime WebSocket `wss://…`.
+    pub async fn start_tls(
+        config: StandinConfig,
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<StandinHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let listener = tls_listener::TlsListener::new(listener, tls);
+        Ok(Self::serve(config, listener, addr, "https"))
+    }
+
+    fn serve<L>(
+        config: StandinConfig,
+        listener: L,
+        addr: SocketAddr,
+        scheme: &'static str,
+    ) -> StandinHandle
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let shared = Arc::new(Shared {
             faults: FaultBook::new(config.faults.clone()),
             config,
@@ -128,14 +156,21 @@ impl OpenAiStandin {
                 tracing::error!(%error, "openai stand-in stopped");
             }
         });
-        tracing::info!(%addr, "openai stand-in listening");
-        Ok(StandinHandle { addr, shared, task })
+        tracing::info!(%addr, scheme, "openai stand-in listening");
+        StandinHandle {
+            addr,
+            scheme,
+            shared,
+            task,
+        }
     }
 }
 
 /// A running stand-in. Dropping it stops accepting connections.
 pub struct StandinHandle {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
@@ -145,9 +180,10 @@ impl StandinHandle {
         self.addr
     }
 
-    /// The provider base URL to configure clients with (`http://127.0.0.1:<port>/v1`).
+    /// The provider base URL to configure clients with (`http://127.0.0.1:<port>/v1`, or
+    /// `https://…` over TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}://{}/v1", self.scheme, self.addr)
     }
 
     pub fn stats(&self) -> StatsSnapshot {

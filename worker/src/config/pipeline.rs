@@ -15,6 +15,7 @@ use callfleet_crds::PipelineConfig;
 
 use crate::metrics::Metrics;
 use crate::providers::openai::ProviderHttp;
+use crate::providers::openai::trust::{TrustError, parse_ca_bundle};
 use crate::providers::{ProviderConfig, Providers};
 
 /// Why a pipeline file was refused.
@@ -27,6 +28,10 @@ pub enum PipelineError {
     },
     #[error("pipeline file is not a valid pipeline config: {0}")]
     Parse(#[from] serde_json::Error),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("provider connections could not be set up: {0}")]
+    Transport(String),
 }
 
 /// One usable pipeline: the config and the providers built for it.
@@ -112,17 +117,14 @@ impl PipelineSource {
         }
         *seen = Some((bytes.clone(), api_key.clone()));
         drop(seen);
-        match parse_pipeline(&bytes) {
-            Ok(config) => {
-                let provider = ProviderConfig::from_spec(&config.spec.provider, api_key);
-                let providers = Providers::openai(self.http.clone(), provider);
+        match parse_pipeline(&bytes).and_then(|config| self.build(config, api_key)) {
+            Ok(version) => {
                 tracing::info!(
-                    pipeline = %config.name,
-                    generation = config.generation,
+                    pipeline = %version.config.name,
+                    generation = version.config.generation,
                     "pipeline config loaded"
                 );
-                self.current
-                    .store(Some(Arc::new(PipelineVersion { config, providers })));
+                self.current.store(Some(Arc::new(version)));
                 true
             }
             Err(err) => {
@@ -131,6 +133,24 @@ impl PipelineSource {
                 false
             }
         }
+    }
+
+    /// The providers for `config`: the shared pools, or pools that also trust its `caBundle`.
+    fn build(
+        &self,
+        config: PipelineConfig,
+        api_key: String,
+    ) -> Result<PipelineVersion, PipelineError> {
+        let http = match config.spec.provider.ca_bundle.as_deref() {
+            None => self.http.clone(),
+            Some(pem) => self
+                .http
+                .trusting(&parse_ca_bundle(pem)?)
+                .map_err(|e| PipelineError::Transport(e.to_string()))?,
+        };
+        let provider = ProviderConfig::from_spec(&config.spec.provider, api_key);
+        let providers = Providers::openai(http, provider);
+        Ok(PipelineVersion { config, providers })
     }
 
     fn note_failure(&self, err: &PipelineError) {

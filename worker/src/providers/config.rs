@@ -58,6 +58,7 @@ mod tests {
             },
             timeout_seconds: 7,
             max_retries: 3,
+            ca_bundle: None,
         };
         let c = ProviderConfig::from_spec(&spec, "sk-secret");
         assert_eq!(c.base_url, "http://127.0.0.1:9000/v1");

@@ -10,8 +10,11 @@ use futures::stream::{self, BoxStream, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
+use rustls::pki_types::CertificateDer;
+
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::{SseDecoder, SseEvent};
+use super::trust;
 use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
 
 /// One per worker process: the HTTP connection pools the calls share (keep-alive connections
@@ -24,6 +27,9 @@ use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
 pub struct ProviderHttp {
     clients: Arc<[reqwest::Client]>,
     limit: Option<Arc<Semaphore>>,
+    /// Set when a pipeline's `caBundle` adds roots: the realtime WebSocket's TLS config.
+    /// `None`: the public roots, as the HTTP pools.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ProviderHttp {
@@ -38,20 +44,28 @@ impl ProviderHttp {
         max_concurrent_requests: Option<usize>,
         threads: usize,
     ) -> ProviderResult<Self> {
-        let clients = (0..threads.max(1))
-            .map(|_| {
-                reqwest::Client::builder()
-                    .user_agent(concat!("callfleet-worker/", env!("CARGO_PKG_VERSION")))
-                    .tcp_nodelay(true)
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build()
-                    .map_err(|e| ProviderError::Transport(describe(&e)))
-            })
-            .collect::<ProviderResult<Arc<[_]>>>()?;
         Ok(Self {
-            clients,
+            clients: build_clients(threads, &[])?,
             limit: max_concurrent_requests.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            tls: None,
         })
+    }
+
+    /// New connection pools that also trust `extra` CA certificates (a pipeline's
+    /// `caBundle`), under the same worker-wide request limit.
+    pub fn trusting(&self, extra: &[CertificateDer<'static>]) -> ProviderResult<Self> {
+        let tls =
+            trust::client_config(extra).map_err(|e| ProviderError::Transport(e.to_string()))?;
+        Ok(Self {
+            clients: build_clients(self.clients.len(), extra)?,
+            limit: self.limit.clone(),
+            tls: Some(tls),
+        })
+    }
+
+    /// The TLS config for the realtime WebSocket when it differs from the default roots.
+    pub fn realtime_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     /// The calling media thread's connection pool.
@@ -106,6 +120,29 @@ impl ProviderHttp {
         })
         .await
     }
+}
+
+/// One reqwest client per media thread, trusting the public roots plus `extra`.
+fn build_clients(
+    threads: usize,
+    extra: &[CertificateDer<'static>],
+) -> ProviderResult<Arc<[reqwest::Client]>> {
+    (0..threads.max(1))
+        .map(|_| {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(concat!("callfleet-worker/", env!("CARGO_PKG_VERSION")))
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(90));
+            for cert in extra {
+                let cert = reqwest::Certificate::from_der(cert)
+                    .map_err(|e| ProviderError::Transport(describe(&e)))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            builder
+                .build()
+                .map_err(|e| ProviderError::Transport(describe(&e)))
+        })
+        .collect()
 }
 
 /// Runs `attempt` until it succeeds, fails permanently or the retries are used up, sleeping

@@ -8,6 +8,7 @@ pub mod realtime;
 pub mod retry;
 pub mod sse;
 pub mod stt;
+pub mod trust;
 pub mod tts;
 pub mod wav;
 
@@ -164,6 +165,9 @@ impl Realtime for OpenAi {
     ) -> BoxFuture<'static, ProviderResult<RealtimeSession>> {
         let this = self.clone();
         let spec = spec.clone();
-        Box::pin(async move { realtime::connect(&this.config, &spec, &options).await })
+        Box::pin(async move {
+            let tls = this.http.realtime_tls();
+            realtime::connect(&this.config, tls, &spec, &options).await
+        })
     }
 }

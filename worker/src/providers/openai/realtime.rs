@@ -2,6 +2,8 @@
 //! `session.update` we send first, command encoding, server event decoding, and the connect
 //! shell that wires them into a [`RealtimeSession`].
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -204,6 +206,7 @@ pub fn decode_server_event(text: &str) -> ProviderResult<Option<RealtimeEvent>> 
 /// session's two halves.
 pub async fn connect(
     config: &ProviderConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
     spec: &RealtimeSpec,
     options: &RealtimeOptions,
 ) -> ProviderResult<RealtimeSession> {
@@ -215,7 +218,7 @@ pub async fn connect(
                 message: "API key is not a valid header value".into(),
             }
         })?;
-    let (url, authorization) = (&url, &authorization);
+    let (url, authorization, tls) = (&url, &authorization, &tls);
     let socket = with_retries(config.max_retries, move || async move {
         let mut request = url
             .as_str()
@@ -225,8 +228,13 @@ pub async fn connect(
             .headers_mut()
             .insert("authorization", authorization.clone());
         let ws_config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        let handshake =
-            tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+        let connector = tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let handshake = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(ws_config),
+            true,
+            connector,
+        );
         match timeout(config.timeout, handshake).await {
             Err(_) => Err(ProviderError::Timeout("realtime handshake")),
             Ok(Err(e)) => Err(handshake_error(e)),

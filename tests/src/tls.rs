@@ -1,0 +1,87 @@
+//! Throwaway TLS for tests and benchmarks: a private CA and a certificate it signs for
+//! `127.0.0.1` and `localhost`, so the worker's provider connections can be tested over real
+//! TLS (what production uses towards OpenAI) against a local server.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A CA certificate (what a client trusts) and a server certificate and key it signed.
+#[derive(Clone)]
+pub struct TestPki {
+    /// PEM of the CA certificate: a pipeline's `provider.caBundle`.
+    pub ca_pem: String,
+    /// PEM of the server certificate (for 127.0.0.1 and localhost).
+    pub server_cert_pem: String,
+    /// PEM (PKCS#8) of the server's private key.
+    pub server_key_pem: String,
+}
+
+impl TestPki {
+    /// Generates a fresh CA and server certificate (ECDSA P-256).
+    pub fn generate() -> anyhow::Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "callfleet test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate()?;
+        let mut server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "callfleet test server");
+        let server_cert = server_params.signed_by(&server_key, &issuer)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        })
+    }
+
+    /// Reads `ca.pem`, `server.pem` and `server-key.pem` from `dir`, generating and writing
+    /// them first if `server.pem` is missing (the benchmark and local stack share one CA).
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        let (ca, cert, key) = (
+            dir.join("ca.pem"),
+            dir.join("server.pem"),
+            dir.join("server-key.pem"),
+        );
+        if !cert.exists() {
+            std::fs::create_dir_all(dir)?;
+            let pki = Self::generate()?;
+            std::fs::write(&ca, &pki.ca_pem)?;
+            std::fs::write(&key, &pki.server_key_pem)?;
+            std::fs::write(&cert, &pki.server_cert_pem)?;
+            return Ok(pki);
+        }
+        Ok(Self {
+            ca_pem: std::fs::read_to_string(ca)?,
+            server_cert_pem: std::fs::read_to_string(cert)?,
+            server_key_pem: std::fs::read_to_string(key)?,
+        })
+    }
+
+    /// A rustls server config presenting the server certificate (HTTP/1.1 only, as OpenAI's
+    /// endpoints are reached by the worker).
+    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let chain = CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
