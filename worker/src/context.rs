@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::admission::{CapacityGate, ConnectionRateLimiter, TokenSecret};
+use crate::admission::{CapacityGate, ConnectionRateLimiter, LoadShedder, TokenSecret};
 use crate::config::PipelineSource;
 use crate::metrics::Metrics;
 use crate::recording::Recordings;
@@ -30,6 +30,8 @@ pub struct WorkerContext {
     pub store: Arc<dyn SessionStore>,
     /// Call recordings, when `CALLFLEET_RECORDINGS_ENABLED`.
     pub recordings: Option<Arc<Recordings>>,
+    /// Load shedding: whether each media runtime keeps up.
+    pub load: Arc<LoadShedder>,
     pub started_at: Instant,
     draining: AtomicBool,
 }
@@ -54,6 +56,7 @@ impl WorkerContext {
             metrics,
             store,
             recordings: None,
+            load: LoadShedder::new(None, 1),
             started_at: Instant::now(),
             draining: AtomicBool::new(false),
         }
@@ -62,6 +65,12 @@ impl WorkerContext {
     /// Records calls with `recordings`.
     pub fn with_recordings(mut self, recordings: Option<Arc<Recordings>>) -> Self {
         self.recordings = recordings;
+        self
+    }
+
+    /// Sheds new calls per `load`.
+    pub fn with_load_shedding(mut self, load: Arc<LoadShedder>) -> Self {
+        self.load = load;
         self
     }
 

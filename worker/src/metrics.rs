@@ -41,6 +41,10 @@ pub struct Metrics {
     /// End of caller speech to first reply audio, less the time spent waiting on providers.
     pub turn_overhead: Histogram,
     pub barge_ins: Counter,
+    /// How late each media runtime's 100 ms probe timer fired (load shedding's signal).
+    pub event_loop_lag: Histogram,
+    /// Media runtimes currently shedding new calls.
+    pub overloaded_runtimes: Gauge,
     /// Reply audio frames a carrier was too far behind to be sent.
     pub reply_frames_dropped: Counter,
     pub recordings: RecordingMetrics,
@@ -140,6 +144,8 @@ impl Metrics {
         );
         let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
+        let event_loop_lag = overhead_histogram();
+        let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
         registry.register(
             "callfleet_active_calls",
@@ -194,6 +200,17 @@ impl Metrics {
             turn_overhead.clone(),
         );
         registry.register(
+            "callfleet_event_loop_lag_seconds",
+            "How late a media runtime's 100 ms probe timer fired: how long frames wait before \
+             the worker reads them",
+            event_loop_lag.clone(),
+        );
+        registry.register(
+            "callfleet_overloaded_runtimes",
+            "Media runtimes refusing new calls because their event loop is behind",
+            overloaded_runtimes.clone(),
+        );
+        registry.register(
             "callfleet_barge_ins",
             "Replies interrupted by caller speech",
             barge_ins.clone(),
@@ -218,6 +235,8 @@ impl Metrics {
             tts_first_byte,
             turn_overhead,
             barge_ins,
+            event_loop_lag,
+            overloaded_runtimes,
             reply_frames_dropped,
             recordings,
             calls_ended: AtomicU64::new(0),

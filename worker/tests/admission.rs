@@ -1,4 +1,5 @@
-//! Admission against a real in-process worker: tokens, the call limit, the rate limit, drain.
+//! Admission against a real in-process worker: tokens, the call limit, the rate limit, drain,
+//! load shedding.
 
 mod support;
 
@@ -203,5 +204,61 @@ async fn authenticated_connections_bypass_the_ip_rate_limit() {
         Err(WsError::Http(response)) => assert_eq!(response.status().as_u16(), 429),
         other => panic!("expected 429 for a bad token, got {other:?}"),
     }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_event_loop_falls_behind_sheds_new_calls_then_recovers() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |a| {
+        a.overload_lag_ms = 50
+    })
+    .await;
+    let mut live = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut live, start_call("live", Some(&token("live")))).await;
+    wait_for(&mut live, "type", "status").await;
+
+    // Starve the worker's event loop the way a CPU hog does: this test's runtime is the
+    // worker's, and this task blocks its thread 80 ms at a time.
+    let hogging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hog = tokio::spawn({
+        let hogging = hogging.clone();
+        async move {
+            while hogging.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(80));
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    eventually(async || get_text(&w.http("/ready"), None).await.0 == 503).await;
+    let (_, ready) = get_text(&w.http("/ready"), None).await;
+    assert!(ready.contains(r#""overloaded":true"#), "{ready}");
+    match connect_async(w.url("/ws/call-session")).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("OVERLOADED"), "{body}");
+            assert!(body.contains("ms behind"), "{body}");
+        }
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+
+    // The hog stops: the worker catches up and takes calls again; the live call was never cut.
+    hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+    hog.await.expect("hog task");
+    eventually(async || get_text(&w.http("/ready"), None).await.0 == 200).await;
+    let mut next = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut next, start_call("next", Some(&token("next")))).await;
+    wait_for(&mut next, "type", "status").await;
+    assert_eq!(w.worker().ctx.active_calls(), 2);
+    let (_, metrics) = get_text(&w.http("/metrics"), None).await;
+    assert!(
+        metric_value(&metrics, r#"callfleet_errors_total{code="OVERLOADED"}"#) >= Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "callfleet_overloaded_runtimes"),
+        Some(0.0)
+    );
+    assert!(metrics.contains("callfleet_event_loop_lag_seconds_bucket"));
     w.stop().await;
 }

@@ -15,10 +15,12 @@ pub enum ErrorCode {
     BadRequest,
     /// The worker is shutting down and admits no new calls.
     Draining,
+    /// The worker's event loop is behind: it sheds new calls to keep its live ones real-time.
+    Overloaded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::RateLimit,
         ErrorCode::Timeout,
         ErrorCode::InternalError,
@@ -26,6 +28,7 @@ impl ErrorCode {
         ErrorCode::WorkerFull,
         ErrorCode::BadRequest,
         ErrorCode::Draining,
+        ErrorCode::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::WorkerFull => "WORKER_FULL",
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::Draining => "DRAINING",
+            ErrorCode::Overloaded => "OVERLOADED",
         }
     }
 

@@ -1,6 +1,6 @@
-//! Routes. Admission checks that need no call id (drain, rate limit, capacity) run before the
-//! WebSocket upgrade, so a refused connection costs one HTTP response; the token is checked on
-//! the call's first message because it must match the call id announced there.
+//! Routes. Admission checks that need no call id (drain, load, rate limit, capacity) run before
+//! the WebSocket upgrade, so a refused connection costs one HTTP response; the token is checked
+//! on the call's first message because it must match the call id announced there.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +74,17 @@ async fn upgrade(
             None,
         );
     }
+    let runtime = crate::media_thread::index();
+    if ctx.load.is_shedding(runtime) {
+        let lag_ms = ctx.load.smoothed_lag(runtime).as_millis();
+        return refuse(
+            &ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            &format!("worker is overloaded (its event loop is {lag_ms} ms behind); try another"),
+            Some(1),
+        );
+    }
     let token = query.token.or_else(|| bearer(&headers));
     let authenticated = token
         .as_deref()
@@ -145,7 +156,8 @@ async fn health(State(ctx): State<Arc<WorkerContext>>) -> Response {
 
 async fn ready(State(ctx): State<Arc<WorkerContext>>) -> Response {
     let has_pipeline = ctx.pipelines.current().is_some();
-    let ready = !ctx.is_draining() && has_pipeline;
+    let overloaded = ctx.load.any_shedding();
+    let ready = !ctx.is_draining() && has_pipeline && !overloaded;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -155,6 +167,7 @@ async fn ready(State(ctx): State<Arc<WorkerContext>>) -> Response {
         "ready": ready,
         "draining": ctx.is_draining(),
         "pipelineLoaded": has_pipeline,
+        "overloaded": overloaded,
     });
     (status, axum::Json(body)).into_response()
 }

@@ -8,7 +8,10 @@ use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::admission::{CapacityGate, ConnectionRateLimiter, GcraLimiter, TokenSecret, Unlimited};
+use crate::admission::{
+    CapacityGate, ConnectionRateLimiter, GcraLimiter, LoadShedder, OverloadPolicy, TokenSecret,
+    Unlimited,
+};
 use crate::config::{PipelineSource, ServeArgs};
 use crate::context::{CallLimits, WorkerContext};
 use crate::media_thread;
@@ -59,7 +62,11 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
             metrics,
             Arc::new(InMemorySessionStore::new(RESUME_WINDOW)),
         )
-        .with_recordings(recordings),
+        .with_recordings(recordings)
+        .with_load_shedding(LoadShedder::new(
+            OverloadPolicy::from_lag_ms(args.overload_lag_ms),
+            media_threads,
+        )),
     ))
 }
 
@@ -142,12 +149,20 @@ impl Serving {
             mut stop,
         } = self;
         let listener = listener.tap_io(move |tcp| tune_connection(tcp, send_buffer));
+        // Each media runtime measures its own lag: it is that runtime's calls that wait.
+        let probe = tokio::spawn(
+            ctx.load
+                .clone()
+                .probe(media_thread::index(), ctx.metrics.clone()),
+        );
         let app = crate::server::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             })
-            .await
+            .await;
+        probe.abort();
+        served
     }
 }
 
