@@ -132,3 +132,39 @@ async fn a_bad_ca_bundle_is_refused_at_reload_and_the_previous_version_stays() {
     wait_closed(&mut s).await;
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_pipeline_version_brings_its_own_ca_and_endpoint() {
+    let (first, w, _pki) = tls_setup("", true).await;
+    // Another provider behind another private CA; the reloaded pipeline points there.
+    let pki = TestPki::generate().expect("second CA");
+    let second = OpenAiStandin::start_tls(
+        StandinConfig::instant(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        pki.server_config().expect("server TLS config"),
+    )
+    .await
+    .expect("second stand-in");
+    let mut pipeline: Value =
+        serde_json::from_str(&pipeline_json(&second.base_url(), 2, TURNS)).expect("pipeline JSON");
+    pipeline["spec"]["provider"]["caBundle"] = Value::String(pki.ca_pem.clone());
+    write_pipeline(&w.pipeline_path(), &pipeline.to_string());
+    let pipelines = w.worker().ctx.pipelines.clone();
+    eventually(async || {
+        pipelines
+            .current()
+            .is_some_and(|p| p.config.generation == 2)
+    })
+    .await;
+
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call("tls-4", Some(&token("tls-4")))).await;
+    wait_for(&mut s, "status", "ready").await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    assert_eq!(seed_captions(&mut s, 1).await, ["I heard tone 440."]);
+    assert!(second.stats().endpoint(Endpoint::Chat).requests >= 1);
+    assert_eq!(first.stats().endpoint(Endpoint::Chat).requests, 0);
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}

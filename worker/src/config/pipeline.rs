@@ -38,6 +38,8 @@ pub enum PipelineError {
 pub struct PipelineVersion {
     pub config: PipelineConfig,
     pub providers: Providers,
+    /// The connection pools its providers use (kept so the next version can reuse them).
+    http: ProviderHttp,
 }
 
 impl std::fmt::Debug for PipelineVersion {
@@ -135,7 +137,9 @@ impl PipelineSource {
         }
     }
 
-    /// The providers for `config`: the shared pools, or pools that also trust its `caBundle`.
+    /// The providers for `config`: the shared pools, or pools that also trust its `caBundle`
+    /// (the previous version's when its bundle is the same, so a prompt edit keeps the
+    /// provider connections warm).
     fn build(
         &self,
         config: PipelineConfig,
@@ -143,14 +147,25 @@ impl PipelineSource {
     ) -> Result<PipelineVersion, PipelineError> {
         let http = match config.spec.provider.ca_bundle.as_deref() {
             None => self.http.clone(),
-            Some(pem) => self
-                .http
-                .trusting(&parse_ca_bundle(pem)?)
-                .map_err(|e| PipelineError::Transport(e.to_string()))?,
+            Some(pem) => match self.current.load().as_deref() {
+                Some(previous)
+                    if previous.config.spec.provider.ca_bundle.as_deref() == Some(pem) =>
+                {
+                    previous.http.clone()
+                }
+                _ => self
+                    .http
+                    .trusting(&parse_ca_bundle(pem)?)
+                    .map_err(|e| PipelineError::Transport(e.to_string()))?,
+            },
         };
         let provider = ProviderConfig::from_spec(&config.spec.provider, api_key);
-        let providers = Providers::openai(http, provider);
-        Ok(PipelineVersion { config, providers })
+        let providers = Providers::openai(http.clone(), provider);
+        Ok(PipelineVersion {
+            config,
+            providers,
+            http,
+        })
     }
 
     fn note_failure(&self, err: &PipelineError) {
@@ -249,6 +264,34 @@ mod tests {
         assert_eq!(source.current().unwrap().config.generation, 4);
         // The call that took the first version still has it.
         assert_eq!(first.config.generation, 3);
+    }
+
+    #[test]
+    fn a_ca_bundle_gets_its_own_pools_kept_while_the_bundle_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, _) = source(dir.path());
+        let with_bundle = |generation: u32, ca: &str| {
+            let mut config: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            config["generation"] = generation.into();
+            config["spec"]["provider"]["caBundle"] = ca.into();
+            std::fs::write(dir.path().join("pipeline.json"), config.to_string()).unwrap();
+            assert!(source.reload(), "generation {generation} loads");
+            source.current().unwrap()
+        };
+        let first_ca = callfleet_tests::tls::TestPki::generate().unwrap().ca_pem;
+        let v1 = with_bundle(1, &first_ca);
+        assert!(
+            !v1.http.same_pools(&source.http),
+            "a bundle gets its own pools"
+        );
+        let v2 = with_bundle(2, &first_ca);
+        assert!(v2.http.same_pools(&v1.http), "same bundle, same pools");
+        let second_ca = callfleet_tests::tls::TestPki::generate().unwrap().ca_pem;
+        let v3 = with_bundle(3, &second_ca);
+        assert!(!v3.http.same_pools(&v2.http), "another bundle, new pools");
+        std::fs::write(dir.path().join("pipeline.json"), GOOD).unwrap();
+        assert!(source.reload());
+        assert!(source.current().unwrap().http.same_pools(&source.http));
     }
 
     #[test]

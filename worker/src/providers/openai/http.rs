@@ -63,6 +63,11 @@ impl ProviderHttp {
         })
     }
 
+    /// Whether `self` and `other` are the same connection pools (not merely alike).
+    pub fn same_pools(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.clients, &other.clients)
+    }
+
     /// The TLS config for the realtime WebSocket when it differs from the default roots.
     pub fn realtime_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.tls.clone()
