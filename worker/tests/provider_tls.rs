@@ -12,17 +12,22 @@ use serde_json::Value;
 use support::calls::*;
 use support::*;
 
-/// An HTTPS stand-in with a fresh private CA, and a worker whose pipeline (with `extra` spec
-/// fields) trusts that CA when `trust` is set.
-async fn tls_setup(extra: &str, trust: bool) -> (StandinHandle, TestWorker, TestPki) {
-    let pki = TestPki::generate().expect("test CA");
-    let standin = OpenAiStandin::start_tls(
+/// The stand-in (no artificial delays) serving HTTPS with `pki`'s server certificate.
+async fn https_standin(pki: &TestPki) -> StandinHandle {
+    OpenAiStandin::start_tls(
         StandinConfig::instant(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
         pki.server_config().expect("server TLS config"),
     )
     .await
-    .expect("stand-in");
+    .expect("stand-in")
+}
+
+/// An HTTPS stand-in with a fresh private CA, and a worker whose pipeline (with `extra` spec
+/// fields) trusts that CA when `trust` is set.
+async fn tls_setup(extra: &str, trust: bool) -> (StandinHandle, TestWorker, TestPki) {
+    let pki = TestPki::generate().expect("test CA");
+    let standin = https_standin(&pki).await;
     assert!(standin.base_url().starts_with("https://"));
     let mut pipeline: Value = serde_json::from_str(&pipeline_json(
         &standin.base_url(),
@@ -138,13 +143,7 @@ async fn a_new_pipeline_version_brings_its_own_ca_and_endpoint() {
     let (first, w, _pki) = tls_setup("", true).await;
     // Another provider behind another private CA; the reloaded pipeline points there.
     let pki = TestPki::generate().expect("second CA");
-    let second = OpenAiStandin::start_tls(
-        StandinConfig::instant(),
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        pki.server_config().expect("server TLS config"),
-    )
-    .await
-    .expect("second stand-in");
+    let second = https_standin(&pki).await;
     let mut pipeline: Value =
         serde_json::from_str(&pipeline_json(&second.base_url(), 2, TURNS)).expect("pipeline JSON");
     pipeline["spec"]["provider"]["caBundle"] = Value::String(pki.ca_pem.clone());
