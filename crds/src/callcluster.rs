@@ -134,6 +134,12 @@ pub struct WorkersSpec {
     /// Worker log format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Load shedding: while a worker's event loop is on average this many milliseconds behind,
+    /// the worker reports not ready and refuses new calls (`OVERLOADED`) so the calls it carries
+    /// stay real-time. `0` turns shedding off; unset, the worker's default (50 ms) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub overload_lag_ms: Option<i32>,
 }
 
 /// How worker pods are autoscaled.
@@ -649,6 +655,7 @@ impl Default for WorkersSpec {
             resources: None,
             autoscaling: AutoscalingSpec::default(),
             log_format: LogFormat::default(),
+            overload_lag_ms: None,
         }
     }
 }

@@ -215,6 +215,11 @@ fn env(ctx: &Context<'_>, drain: i64) -> Vec<EnvVar> {
         field("CALLFLEET_POD_NAME", "metadata.name"),
         field("CALLFLEET_POD_NAMESPACE", "metadata.namespace"),
     ];
+    // Only when set: a default written here would change every existing worker pod template on
+    // an operator upgrade, and roll pods with live calls.
+    if let Some(lag_ms) = spec.workers.overload_lag_ms {
+        env.push(value("CALLFLEET_OVERLOAD_LAG_MS", lag_ms.to_string()));
+    }
     if let Some(redis) = &spec.redis {
         env.push(secret_env(
             "CALLFLEET_REDIS_URL",
@@ -566,6 +571,10 @@ mod tests {
             assert_eq!(env[name], value, "{name}");
         }
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 360);
+        assert!(
+            !env.contains_key("CALLFLEET_OVERLOAD_LAG_MS"),
+            "the worker's default"
+        );
         assert!(!env.contains_key("CALLFLEET_REDIS_URL"));
         assert!(!env.contains_key("CALLFLEET_RECORDINGS_ENABLED"));
         assert!(
@@ -582,9 +591,10 @@ mod tests {
     fn limits_flow_into_env_and_grace_period() {
         let pod = worker_pod(json!({
             "limits": {"maxCallDurationSeconds": 600, "idleTimeoutSeconds": 10, "requestsPerMinutePerIp": 5},
-            "workers": {"maxCallsPerPod": 2000, "logFormat": "text"},
+            "workers": {"maxCallsPerPod": 2000, "logFormat": "text", "overloadLagMs": 0},
         }));
         let env = env_map(&pod);
+        assert_eq!(env["CALLFLEET_OVERLOAD_LAG_MS"], "0");
         assert_eq!(env["CALLFLEET_MAX_CALL_SECONDS"], "600");
         assert_eq!(env["CALLFLEET_IDLE_TIMEOUT_SECONDS"], "10");
         assert_eq!(env["CALLFLEET_RATE_LIMIT_PER_MINUTE"], "5");
