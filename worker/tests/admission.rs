@@ -95,6 +95,10 @@ async fn a_full_worker_refuses_new_calls() {
     let mut first = connect(&w.url("/ws/call-session")).await;
     send_text(&mut first, start_call("a", Some(&token("a")))).await;
     wait_for(&mut first, "type", "status").await;
+    // Full: not ready, so the Service sends new calls to workers with room.
+    let (status, ready) = get_text(&w.http("/ready"), None).await;
+    assert_eq!(status, 503);
+    assert!(ready.contains(r#""full":true"#), "{ready}");
 
     match connect_async(w.url("/ws/call-session")).await {
         Err(WsError::Http(response)) => {
@@ -109,6 +113,7 @@ async fn a_full_worker_refuses_new_calls() {
     wait_closed(&mut first).await;
     let ctx = w.worker().ctx.clone();
     eventually(async || ctx.active_calls() == 0).await;
+    assert_eq!(get_text(&w.http("/ready"), None).await.0, 200);
     let mut again = connect(&w.url("/ws/call-session")).await;
     send_text(&mut again, start_call("b", Some(&token("b")))).await;
     wait_for(&mut again, "type", "status").await;

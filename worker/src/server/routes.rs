@@ -157,7 +157,8 @@ async fn health(State(ctx): State<Arc<WorkerContext>>) -> Response {
 async fn ready(State(ctx): State<Arc<WorkerContext>>) -> Response {
     let has_pipeline = ctx.pipelines.current().is_some();
     let overloaded = ctx.load.any_shedding();
-    let ready = !ctx.is_draining() && has_pipeline && !overloaded;
+    let full = ctx.capacity.is_full();
+    let ready = !ctx.is_draining() && has_pipeline && !overloaded && !full;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -168,6 +169,7 @@ async fn ready(State(ctx): State<Arc<WorkerContext>>) -> Response {
         "draining": ctx.is_draining(),
         "pipelineLoaded": has_pipeline,
         "overloaded": overloaded,
+        "full": full,
     });
     (status, axum::Json(body)).into_response()
 }
