@@ -42,6 +42,8 @@ impl CapacityGate {
             })
             .ok()?;
         if before + 1 >= self.max {
+            // Not atomic with the count: if a tenth of the calls ended in between, the flag
+            // stays set until the next call ends, which clears it. Readiness, not admission.
             self.full.store(true, Ordering::Release);
         }
         Some(CallPermit { gate: self.clone() })
