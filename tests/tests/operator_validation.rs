@@ -44,6 +44,11 @@ async fn invalid_specs_are_rejected_with_clear_messages() -> Result<()> {
             "spec.sip.dispatchAlgorithm: Unsupported value: \"leastBusy\"",
         ),
         (
+            "negative load-shedding threshold",
+            format!("  {PIPELINE}\n  workers: {{overloadLagMs: -1}}"),
+            "spec.workers.overloadLagMs",
+        ),
+        (
             "missing pipelineRef",
             "  workers: {minReplicas: 1}".to_owned(),
             "spec.pipelineRef: Required value",
