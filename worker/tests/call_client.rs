@@ -154,7 +154,7 @@ async fn refusals_have_clear_errors_and_exit_codes() {
     let refused = call(&full_url, &wav, &out, &transcript, &[]).await;
     assert_eq!(refused.status.code(), Some(4));
     assert!(
-        stderr(&refused).contains("the worker is full"),
+        stderr(&refused).contains("the worker has no room"),
         "{}",
         stderr(&refused)
     );
@@ -180,4 +180,52 @@ async fn refusals_have_clear_errors_and_exit_codes() {
     assert!(!out.exists(), "no reply file from failed calls");
     worker.stop().await;
     full.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_wss_url_through_a_private_ca_with_ca_file() {
+    let (_standin, worker) = setup("").await;
+    let pki = callfleet_tests::tls::TestPki::generate().expect("test CA");
+    let front = callfleet_tests::tls::TlsFront::start(&pki, worker.worker().addr)
+        .await
+        .expect("TLS front");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wav = dir.path().join("caller.wav");
+    write_caller_wav(&wav);
+    let (out, transcript) = (dir.path().join("reply.wav"), dir.path().join("t.txt"));
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write CA");
+    let ca = ca.to_str().expect("utf-8 path");
+    let url = format!("wss://{}", front.addr());
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Not trusted by the public roots: a connection error naming the certificate.
+    let untrusted = call(&url, &wav, &out, &transcript, &["--protocol", "seed"]).await;
+    assert_eq!(untrusted.status.code(), Some(3));
+    assert!(
+        stderr(&untrusted).contains("certificate"),
+        "{}",
+        stderr(&untrusted)
+    );
+
+    let trusted = call(
+        &url,
+        &wav,
+        &out,
+        &transcript,
+        &["--protocol", "seed", "--ca-file", ca],
+    )
+    .await;
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
+    assert_eq!(
+        std::fs::read_to_string(&transcript).expect("transcript"),
+        "assistant: I heard tone 440.\nassistant: What else can I do for you?\n"
+    );
+
+    // A file that holds no certificate is a usage error, before any connection.
+    let wav_as_ca = wav.to_str().expect("utf-8 path");
+    let bad = call(&url, &wav, &out, &transcript, &["--ca-file", wav_as_ca]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--ca-file"), "{}", stderr(&bad));
+    worker.stop().await;
 }

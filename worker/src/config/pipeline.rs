@@ -28,7 +28,7 @@ pub enum PipelineError {
     },
     #[error("pipeline file is not a valid pipeline config: {0}")]
     Parse(#[from] serde_json::Error),
-    #[error(transparent)]
+    #[error("provider.caBundle: {0}")]
     Trust(#[from] TrustError),
     #[error("provider connections could not be set up: {0}")]
     Transport(String),

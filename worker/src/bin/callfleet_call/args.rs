@@ -79,6 +79,10 @@ pub struct Args {
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// PEM CA certificate(s) to trust for a `wss://` URL in addition to the public roots: a
+    /// deployment whose ingress has a certificate from a private CA.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

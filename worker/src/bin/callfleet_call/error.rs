@@ -11,7 +11,8 @@ pub enum CallError {
     Audio { path: String, reason: String },
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("the worker is full: {0}; retry later or call another worker")]
+    /// At its call limit, or shedding load.
+    #[error("the worker has no room: {0}; retry later or call another worker")]
     WorkerFull(String),
     #[error("the worker refused the call token: {0}")]
     TokenRefused(String),
@@ -48,7 +49,7 @@ impl CallError {
             format!("{message} ({code})")
         };
         match code {
-            "WORKER_FULL" => CallError::WorkerFull(detail),
+            "WORKER_FULL" | "OVERLOADED" => CallError::WorkerFull(detail),
             "UNAUTHORIZED" => CallError::TokenRefused(detail),
             _ => CallError::Refused(detail),
         }
@@ -63,6 +64,10 @@ mod tests {
     fn refusals_by_code() {
         assert!(matches!(
             CallError::refusal("WORKER_FULL", "worker is at its call limit"),
+            CallError::WorkerFull(_)
+        ));
+        assert!(matches!(
+            CallError::refusal("OVERLOADED", "worker is overloaded"),
             CallError::WorkerFull(_)
         ));
         let token = CallError::refusal("UNAUTHORIZED", "the call token expired");

@@ -12,11 +12,14 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 
 use callfleet_worker::media::format::FRAME;
 use callfleet_worker::media::vad::frame_dbfs;
 use callfleet_worker::protocols::{Incoming, WireFrame};
+use callfleet_worker::providers::openai::trust::{client_config, parse_ca_bundle};
 
 use super::args::{Args, TokenVia};
 use super::audio_file::{Mono, convert, read_wav};
@@ -244,6 +247,10 @@ async fn dial(args: &Args, endpoint: &str, token: &str) -> Result<Socket, CallEr
         request.headers_mut().insert("authorization", value);
     }
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let connector = match &args.ca_file {
+        None => None,
+        Some(path) => Some(trusting(path)?),
+    };
     let timeout = Duration::from_secs(args.connect_timeout.max(1));
     let connect_error = |reason: String| CallError::Connect {
         url: endpoint.to_owned(),
@@ -251,7 +258,7 @@ async fn dial(args: &Args, endpoint: &str, token: &str) -> Result<Socket, CallEr
     };
     match tokio::time::timeout(
         timeout,
-        connect_async_with_config(request, Some(config), true),
+        connect_async_tls_with_config(request, Some(config), true, connector),
     )
     .await
     {
@@ -288,6 +295,16 @@ async fn dial(args: &Args, endpoint: &str, token: &str) -> Result<Socket, CallEr
             timeout.as_secs()
         ))),
     }
+}
+
+/// A TLS connector trusting the public roots and the CA certificates in `path`.
+fn trusting(path: &std::path::Path) -> Result<Connector, CallError> {
+    let usage =
+        |reason: String| CallError::Usage(format!("--ca-file {}: {reason}", path.display()));
+    let pem = std::fs::read_to_string(path).map_err(|e| usage(e.to_string()))?;
+    let certs = parse_ca_bundle(&pem).map_err(|e| usage(e.to_string()))?;
+    let config = client_config(&certs).map_err(|e| usage(e.to_string()))?;
+    Ok(Connector::Rustls(config))
 }
 
 async fn send(socket: &mut Socket, frame: WireFrame) -> Result<(), CallError> {

@@ -8,17 +8,16 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::{self, PemObject};
 
-/// Why a `caBundle` cannot be used. The pipeline version carrying it is refused, so calls keep
-/// the previous version instead of failing every TLS handshake.
+/// Why a CA bundle (a pipeline's `caBundle`, the smoke client's `--ca-file`) cannot be used. A
+/// pipeline version carrying a bad one is refused, so calls keep the previous version instead
+/// of failing every TLS handshake.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrustError {
-    #[error(
-        "provider.caBundle holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks)"
-    )]
+    #[error("no PEM certificate in it (expected -----BEGIN CERTIFICATE----- blocks)")]
     NoCertificate,
-    #[error("provider.caBundle is not valid PEM: {0}")]
+    #[error("not valid PEM: {0}")]
     BadPem(String),
-    #[error("provider.caBundle certificate {index} is not a usable CA certificate: {reason}")]
+    #[error("certificate {index} is not a usable CA certificate: {reason}")]
     BadCertificate { index: usize, reason: String },
 }
 
