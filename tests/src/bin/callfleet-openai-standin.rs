@@ -1,5 +1,5 @@
-//! The OpenAI stand-in as a process, for the local stack:
-//! `callfleet-openai-standin --listen 127.0.0.1:9090 [--tls-dir DIR] [--chat-first-token-ms 300 ...]`.
+//! The OpenAI stand-in as a process, for the local stack and benchmarks:
+//! `callfleet-openai-standin --listen 127.0.0.1:9090 [--tls-dir DIR] [--chat-first-token-ms 300]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
