@@ -117,13 +117,13 @@ pub struct ServeArgs {
     /// so a call is served start to end on one thread with no cross-thread wake-ups.
     #[arg(long, env = "CALLFLEET_MEDIA_THREADS", default_value_t = 0)]
     pub media_threads: usize,
-    /// New connections per client IP per minute (0 = no limit). Connections that present a
-    /// valid token in the URL or an `Authorization` header are not counted.
     /// Load shedding: while a media runtime's event loop is on average this many milliseconds
     /// behind, the worker reports not ready and refuses new calls (`OVERLOADED`) so its live
     /// calls stay real-time; it takes calls again under a fifth of it. `0` turns it off.
     #[arg(long, env = "CALLFLEET_OVERLOAD_LAG_MS", default_value_t = 50)]
     pub overload_lag_ms: u64,
+    /// New connections per client IP per minute (0 = no limit). Connections that present a
+    /// valid token in the URL or an `Authorization` header are not counted.
     #[arg(long, env = "CALLFLEET_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
     pub rate_limit_per_minute: u32,
     /// On SIGTERM: stop admitting and wait this long for calls to end.
