@@ -9,6 +9,25 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 const NO_PROVIDER: &str = "http://127.0.0.1:9/v1";
 
+/// The HTTP answer refusing a WebSocket upgrade.
+struct Refusal {
+    status: u16,
+    body: String,
+    retry_after: bool,
+}
+
+/// Connects to `url` expecting the worker to refuse before the upgrade.
+async fn refusal(url: &str) -> Refusal {
+    match connect_async(url).await {
+        Err(WsError::Http(response)) => Refusal {
+            status: response.status().as_u16(),
+            body: String::from_utf8(response.body().clone().unwrap_or_default()).unwrap(),
+            retry_after: response.headers().contains_key("retry-after"),
+        },
+        other => panic!("expected a refusal from {url}, got {other:?}"),
+    }
+}
+
 async fn refused_with(socket: &mut Socket, code: &str) {
     let error = wait_for(socket, "type", "error").await;
     assert_eq!(error["code"], code, "{error}");
@@ -100,14 +119,9 @@ async fn a_full_worker_refuses_new_calls() {
     assert_eq!(status, 503);
     assert!(ready.contains(r#""full":true"#), "{ready}");
 
-    match connect_async(w.url("/ws/call-session")).await {
-        Err(WsError::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 503);
-            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
-            assert!(body.contains("WORKER_FULL"), "{body}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    let refused = refusal(&w.url("/ws/call-session")).await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("WORKER_FULL"), "{}", refused.body);
     // The admitted call is unaffected, and its slot frees when it ends.
     send_text(&mut first, r#"{"type":"end_call"}"#).await;
     wait_closed(&mut first).await;
@@ -128,13 +142,9 @@ async fn new_connections_are_rate_limited_per_ip() {
     .await;
     let _a = connect(&w.url("/ws/call-session")).await;
     let _b = connect(&w.url("/ws/call-session")).await;
-    match connect_async(w.url("/ws/call-session")).await {
-        Err(WsError::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 429);
-            assert!(response.headers().contains_key("retry-after"));
-        }
-        other => panic!("expected 429, got {other:?}"),
-    }
+    let refused = refusal(&w.url("/ws/call-session")).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.retry_after);
     w.stop().await;
 }
 
@@ -156,10 +166,7 @@ async fn draining_turns_ready_off_and_refuses_calls() {
 
     w.worker().ctx.start_draining();
     assert_eq!(get_text(&w.http("/ready"), None).await.0, 503);
-    match connect_async(w.url("/ws/twilio")).await {
-        Err(WsError::Http(response)) => assert_eq!(response.status().as_u16(), 503),
-        other => panic!("expected 503, got {other:?}"),
-    }
+    assert_eq!(refusal(&w.url("/ws/twilio")).await.status, 503);
     // The live call goes on until it ends.
     send_text(&mut live, r#"{"type":"mark","name":"x"}"#).await;
     send_text(&mut live, r#"{"type":"end_call"}"#).await;
@@ -205,10 +212,8 @@ async fn authenticated_connections_bypass_the_ip_rate_limit() {
         send_text(&mut s, r#"{"type":"stop"}"#).await;
         wait_for(&mut s, "type", "disconnect").await;
     }
-    match connect_async(w.url("/ws/freeswitch?token=forged.1.x")).await {
-        Err(WsError::Http(response)) => assert_eq!(response.status().as_u16(), 429),
-        other => panic!("expected 429 for a bad token, got {other:?}"),
-    }
+    let forged = refusal(&w.url("/ws/freeswitch?token=forged.1.x")).await;
+    assert_eq!(forged.status, 429, "a bad token is rate limited");
     w.stop().await;
 }
 
@@ -237,15 +242,10 @@ async fn a_worker_whose_event_loop_falls_behind_sheds_new_calls_then_recovers() 
     eventually(async || get_text(&w.http("/ready"), None).await.0 == 503).await;
     let (_, ready) = get_text(&w.http("/ready"), None).await;
     assert!(ready.contains(r#""overloaded":true"#), "{ready}");
-    match connect_async(w.url("/ws/call-session")).await {
-        Err(WsError::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 503);
-            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
-            assert!(body.contains("OVERLOADED"), "{body}");
-            assert!(body.contains("ms behind"), "{body}");
-        }
-        other => panic!("expected a 503 refusal, got {other:?}"),
-    }
+    let refused = refusal(&w.url("/ws/call-session")).await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("OVERLOADED"), "{}", refused.body);
+    assert!(refused.body.contains("ms behind"), "{}", refused.body);
 
     // The hog stops: the worker catches up and takes calls again; the live call was never cut.
     hogging.store(false, std::sync::atomic::Ordering::Relaxed);
