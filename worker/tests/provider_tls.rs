@@ -12,6 +12,20 @@ use serde_json::Value;
 use support::calls::*;
 use support::*;
 
+/// A seed-protocol call on `w` that has said a 440 Hz tone (the stand-in hears "tone 440").
+async fn seed_call_saying_440(w: &TestWorker, call: &str) -> Socket {
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    s
+}
+
+async fn hang_up(s: &mut Socket) {
+    send_text(s, r#"{"type":"end_call"}"#).await;
+    wait_closed(s).await;
+}
+
 /// The stand-in (no artificial delays) serving HTTPS with `pki`'s server certificate.
 async fn https_standin(pki: &TestPki) -> StandinHandle {
     OpenAiStandin::start_tls(
@@ -48,10 +62,7 @@ async fn tls_setup(extra: &str, trust: bool) -> (StandinHandle, TestWorker, Test
 #[tokio::test]
 async fn a_cascade_call_reaches_a_provider_behind_a_private_ca() {
     let (standin, w, _pki) = tls_setup("", true).await;
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call("tls-1", Some(&token("tls-1")))).await;
-    wait_for(&mut s, "status", "ready").await;
-    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let mut s = seed_call_saying_440(&w, "tls-1").await;
     assert_eq!(
         seed_captions(&mut s, 2).await,
         ["I heard tone 440.", "What else can I do for you?"]
@@ -62,18 +73,14 @@ async fn a_cascade_call_reaches_a_provider_behind_a_private_ca() {
             "{endpoint:?}"
         );
     }
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    wait_closed(&mut s).await;
+    hang_up(&mut s).await;
     w.stop().await;
 }
 
 #[tokio::test]
 async fn an_untrusted_provider_certificate_is_a_clear_error_and_the_call_goes_on() {
     let (standin, w, _pki) = tls_setup("", false).await;
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call("tls-2", Some(&token("tls-2")))).await;
-    wait_for(&mut s, "status", "ready").await;
-    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let mut s = seed_call_saying_440(&w, "tls-2").await;
     let error = wait_for(&mut s, "type", "error").await;
     assert_eq!(error["code"], "INTERNAL_ERROR", "{error}");
     let message = error["message"].as_str().unwrap_or_default().to_lowercase();
@@ -84,8 +91,7 @@ async fn an_untrusted_provider_certificate_is_a_clear_error_and_the_call_goes_on
         0
     );
     // The call is still up: it hangs up cleanly.
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    wait_closed(&mut s).await;
+    hang_up(&mut s).await;
     w.stop().await;
 }
 
@@ -128,13 +134,9 @@ async fn a_bad_ca_bundle_is_refused_at_reload_and_the_previous_version_stays() {
         current.config.spec.provider.ca_bundle.as_deref(),
         Some(pki.ca_pem.as_str())
     );
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call("tls-3", Some(&token("tls-3")))).await;
-    wait_for(&mut s, "status", "ready").await;
-    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let mut s = seed_call_saying_440(&w, "tls-3").await;
     assert_eq!(seed_captions(&mut s, 1).await, ["I heard tone 440."]);
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    wait_closed(&mut s).await;
+    hang_up(&mut s).await;
     w.stop().await;
 }
 
@@ -156,14 +158,10 @@ async fn a_new_pipeline_version_brings_its_own_ca_and_endpoint() {
     })
     .await;
 
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call("tls-4", Some(&token("tls-4")))).await;
-    wait_for(&mut s, "status", "ready").await;
-    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let mut s = seed_call_saying_440(&w, "tls-4").await;
     assert_eq!(seed_captions(&mut s, 1).await, ["I heard tone 440."]);
     assert!(second.stats().endpoint(Endpoint::Chat).requests >= 1);
     assert_eq!(first.stats().endpoint(Endpoint::Chat).requests, 0);
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    wait_closed(&mut s).await;
+    hang_up(&mut s).await;
     w.stop().await;
 }
