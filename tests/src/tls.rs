@@ -1,13 +1,19 @@
 //! Throwaway TLS for tests and benchmarks: a private CA and a certificate it signs for
 //! `127.0.0.1` and `localhost`, so the worker's provider connections can be tested over real
-//! TLS (what production uses towards OpenAI) against a local server.
+//! TLS (what production uses towards OpenAI) against a local server; a listener that serves
+//! HTTPS with it (the stand-in's) and a TLS front for a plain server (an ingress's).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// A CA certificate (what a client trusts) and a server certificate and key it signed.
 #[derive(Clone)]
@@ -90,24 +96,21 @@ impl TestPki {
 /// certificate would be: each connection's TLS is terminated here and its bytes piped to the
 /// backend.
 pub struct TlsFront {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsFront {
     /// Listens on an ephemeral 127.0.0.1 port, presenting `pki`'s server certificate.
-    pub async fn start(pki: &TestPki, backend: std::net::SocketAddr) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
+    pub async fn start(pki: &TestPki, backend: SocketAddr) -> anyhow::Result<Self> {
+        let tcp = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = tcp.local_addr()?;
+        let mut listener = TlsListener::new(tcp, pki.server_config()?);
         let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
+            loop {
+                let (mut tls, _) = axum::serve::Listener::accept(&mut listener).await;
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await else {
+                    let Ok(mut upstream) = TcpStream::connect(backend).await else {
                         return;
                     };
                     let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
@@ -117,7 +120,7 @@ impl TlsFront {
         Ok(Self { addr, task })
     }
 
-    pub fn addr(&self) -> std::net::SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 }
@@ -125,5 +128,53 @@ impl TlsFront {
 impl Drop for TlsFront {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A client that connects and never finishes its handshake is dropped after this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An axum listener that completes each connection's TLS handshake before handing it to the
+/// server (the stand-in's HTTPS, the TLS front's accept loop).
+pub struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            tcp,
+            acceptor: TlsAcceptor::from(config),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, addr) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // e.g. out of file descriptors: wait rather than spin
+                    tracing::warn!(%error, "TLS listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }

@@ -21,7 +21,6 @@ pub mod respond;
 pub mod rules;
 pub mod speech;
 pub mod stats;
-pub mod tls_listener;
 pub mod transcriptions;
 
 use std::net::SocketAddr;
@@ -131,7 +130,7 @@ impl OpenAiStandin {
     ) -> std::io::Result<StandinHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let listener = tls_listener::TlsListener::new(listener, tls);
+        let listener = crate::tls::TlsListener::new(listener, tls);
         Ok(Self::serve(config, listener, addr, "https"))
     }
 
