@@ -1,6 +1,6 @@
 //! Who may start a call: signed call tokens, the per-worker call limit, the per-IP rate of
-//! new connections and load shedding when the event loop falls behind. All checks happen before a call task exists, so a rejected connection
-//! costs almost nothing.
+//! new connections and load shedding when the event loop falls behind. All checks happen
+//! before a call task exists, so a rejected connection costs almost nothing.
 
 pub mod capacity;
 pub mod overload;

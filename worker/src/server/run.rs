@@ -100,9 +100,10 @@ fn tune_connection(tcp: &mut TcpStream, send_buffer: usize) {
     }
 }
 
-/// Binds and serves `args` on the current runtime; with [`crate::config::MediaRuntime::PerThread`] layouts
-/// (`--media-threads N`) the current runtime serves the first listener and each further one
-/// gets a thread of its own with a single-threaded runtime.
+/// Binds and serves `args` on the current runtime. With
+/// [`crate::config::MediaRuntime::PerThread`] layouts (`--media-threads N`) the current runtime
+/// serves the first listener and each further one gets a thread of its own with a
+/// single-threaded runtime.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
     let threads = args.media_runtime().listeners();
     let ctx = build_context(args, threads)?;
