@@ -180,6 +180,13 @@ pub struct RealtimeSpec {
     #[serde(default = "default_voice")]
     #[schemars(length(min = 1))]
     pub voice: String,
+    /// Caller audio per `input_audio_buffer.append` while the caller is quiet: one provider
+    /// message per this many ms instead of one per 20 ms frame. Speech, its onset, and the
+    /// end-of-turn window after it always go frame by frame, so batching adds no latency to
+    /// barge-in or to the end of a turn.
+    #[serde(default = "default_input_chunk_ms")]
+    #[schemars(range(min = 20, max = 1000))]
+    pub input_chunk_ms: u32,
 }
 
 /// Energy VAD with hysteresis, end of turn and barge-in.
@@ -261,6 +268,9 @@ fn default_speed() -> f64 {
 fn default_realtime_model() -> String {
     "gpt-realtime".into()
 }
+fn default_input_chunk_ms() -> u32 {
+    100
+}
 fn default_vad_threshold_dbfs() -> i32 {
     -40
 }
@@ -307,6 +317,7 @@ impl Default for RealtimeSpec {
         Self {
             model: default_realtime_model(),
             voice: default_voice(),
+            input_chunk_ms: default_input_chunk_ms(),
         }
     }
 }

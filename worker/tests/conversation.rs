@@ -119,6 +119,27 @@ async fn realtime_mode_answers_and_barge_in_truncates() {
 }
 
 #[tokio::test]
+async fn realtime_mode_sends_quiet_audio_in_chunks_and_speech_frame_by_frame() {
+    let (standin, w) = setup(r#","mode":"realtime","realtime":{"inputChunkMs":100}"#).await;
+    let call = "CA-rt-chunks";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    // A second of quiet reaches the provider as ten 100 ms appends, not fifty 20 ms ones.
+    say_twilio(&mut s, call, &vec![0; 8_000]).await;
+    eventually(async || standin.stats().realtime_appended_ms == 1_000).await;
+    assert_eq!(standin.stats().realtime_appends, 10);
+    // Speech (600 ms) and the end-of-turn window after it (300 ms here) go frame by frame, so
+    // the provider's VAD hears them as early as ever; the quiet after that is chunked again.
+    say_twilio(&mut s, call, &utterance(440.0, 8_000)).await;
+    eventually(async || standin.stats().realtime_appended_ms == 2_100).await;
+    assert_eq!(standin.stats().realtime_appends, 10 + 30 + 15 + 2);
+    wait_for(&mut s, "event", "media").await;
+    until_history_has(&w, call, "tone 440").await;
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn a_resumed_realtime_call_gives_the_provider_its_earlier_conversation() {
     let (standin, w) = setup(r#","mode":"realtime","greeting":"Hello.""#).await;
     let call = "CA-rt-resume";

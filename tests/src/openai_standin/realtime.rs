@@ -283,6 +283,8 @@ impl Session {
                     return;
                 };
                 let samples = self.input.decode(&audio);
+                let ms = samples.len() as u64 * 1000 / u64::from(self.input.rate());
+                self.shared.stats.appended(ms);
                 self.on_audio(&samples, out);
             }
             "input_audio_buffer.commit" => match self.speech.take() {

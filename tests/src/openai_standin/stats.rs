@@ -26,6 +26,8 @@ pub struct Stats {
     truncations: AtomicU64,
     cancelled_responses: AtomicU64,
     items_created: AtomicU64,
+    appends: AtomicU64,
+    appended_ms: AtomicU64,
 }
 
 /// What one endpoint saw.
@@ -56,6 +58,9 @@ pub struct StatsSnapshot {
     pub realtime_cancelled_responses: u64,
     /// `conversation.item.create` messages accepted (a resumed call's history).
     pub realtime_items_created: u64,
+    /// `input_audio_buffer.append` messages accepted, and the audio they carried.
+    pub realtime_appends: u64,
+    pub realtime_appended_ms: u64,
 }
 
 impl StatsSnapshot {
@@ -101,6 +106,10 @@ impl Stats {
     pub fn item_created(&self) {
         bump(&self.items_created);
     }
+    pub fn appended(&self, ms: u64) {
+        bump(&self.appends);
+        self.appended_ms.fetch_add(ms, Ordering::Relaxed);
+    }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let endpoint = |e| {
@@ -121,6 +130,8 @@ impl Stats {
             realtime_truncations: self.truncations.load(Ordering::Relaxed),
             realtime_cancelled_responses: self.cancelled_responses.load(Ordering::Relaxed),
             realtime_items_created: self.items_created.load(Ordering::Relaxed),
+            realtime_appends: self.appends.load(Ordering::Relaxed),
+            realtime_appended_ms: self.appended_ms.load(Ordering::Relaxed),
         }
     }
 }

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,6 +18,7 @@ use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
 use super::socket::{CallSocket, SocketEvent, close_code};
 use super::turn::{TurnInput, TurnOutput, run_turn};
+use super::uplink::Uplink;
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
 use crate::context::WorkerContext;
@@ -217,6 +217,8 @@ struct CallSession {
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
     from_8k: Option<StreamResampler>,
+    /// Realtime mode: caller audio collected into fewer provider messages while quiet.
+    uplink: Option<Uplink>,
     /// This call's recording, when the worker records calls: it is handed frames, never
     /// waited on.
     recorder: Option<CallRecorder>,
@@ -261,6 +263,7 @@ impl CallSession {
             realtime: None,
             to_8k: None,
             from_8k: None,
+            uplink: None,
             recorder,
             pipeline,
             ctx,
@@ -800,6 +803,10 @@ impl CallSession {
             .await
             .map_err(|e| e.to_string())?;
         self.realtime = Some(session);
+        self.uplink = Some(Uplink::new(
+            &spec.turn_detection,
+            spec.realtime.input_chunk_ms,
+        ));
         if self.in_rate != 8_000 {
             self.to_8k = StreamResampler::new(self.in_rate, 8_000).ok();
         }
@@ -842,10 +849,11 @@ impl CallSession {
             }
             _ => samples,
         };
-        let mut bytes = Vec::with_capacity(samples.len());
-        mulaw::encode_into(samples, &mut bytes);
+        let Some(mulaw) = self.uplink.as_mut().and_then(|u| u.push(samples)) else {
+            return;
+        };
         if let Some(rt) = self.realtime.as_mut()
-            && let Err(err) = rt.commands.append_audio(Bytes::from(bytes)).await
+            && let Err(err) = rt.commands.append_audio(mulaw).await
         {
             tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
         }

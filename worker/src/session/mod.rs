@@ -13,3 +13,4 @@ pub mod connection;
 pub mod handoff;
 pub mod socket;
 pub mod turn;
+pub mod uplink;
