@@ -47,6 +47,8 @@ pub struct Metrics {
     pub overloaded_runtimes: Gauge,
     /// Reply audio frames a carrier was too far behind to be sent.
     pub reply_frames_dropped: Counter,
+    /// Replies whose audio ran dry before they were complete: the caller heard a pause.
+    pub reply_gaps: Counter,
     pub recordings: RecordingMetrics,
     calls_ended: AtomicU64,
     call_seconds_sum_ms: AtomicU64,
@@ -147,6 +149,7 @@ impl Metrics {
         let event_loop_lag = overhead_histogram();
         let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
+        let reply_gaps = Counter::default();
         registry.register(
             "callfleet_active_calls",
             "Calls in progress on this worker",
@@ -220,6 +223,12 @@ impl Metrics {
             "Reply audio frames dropped because the carrier stopped reading (a second queued)",
             reply_frames_dropped.clone(),
         );
+        registry.register(
+            "callfleet_reply_gaps",
+            "Times a reply's audio ran dry before the reply was complete (an audible pause): \
+             speech streamed slower than real time or a sentence's speech started late",
+            reply_gaps.clone(),
+        );
         let recordings = RecordingMetrics::default();
         recordings.register(&mut registry);
         Self {
@@ -238,6 +247,7 @@ impl Metrics {
             event_loop_lag,
             overloaded_runtimes,
             reply_frames_dropped,
+            reply_gaps,
             recordings,
             calls_ended: AtomicU64::new(0),
             call_seconds_sum_ms: AtomicU64::new(0),

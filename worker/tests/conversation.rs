@@ -1,9 +1,9 @@
 //! Conversation behaviour over real calls: greeting, history cap, resume on reconnect, idle
-//! timeout, and realtime mode, against the OpenAI stand-in.
+//! timeout, sentence prefetch, and realtime mode, against the OpenAI stand-in.
 
 mod support;
 
-use callfleet_tests::openai_standin::Endpoint;
+use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
 use callfleet_worker::providers::{ChatMessage, ChatRole};
 use support::calls::*;
 use support::*;
@@ -115,6 +115,75 @@ async fn realtime_mode_answers_and_barge_in_truncates() {
     assert_truncated(&history[1].content, REPLY_440.len());
     assert!(standin.stats().endpoint(Endpoint::Realtime).requests >= 1);
     twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn the_next_sentence_is_fetched_while_one_plays_so_a_reply_has_no_pauses() {
+    // Speech takes 1.5 s to its first byte, then streams at three times real time: the first
+    // sentence (about 1 s of audio) is all received long before the second sentence's first
+    // byte would come if it were asked for only then.
+    let config = StandinConfig {
+        speech_first_byte_ms: 1_500,
+        speech_pace: 3.0,
+        ..StandinConfig::instant()
+    };
+    let standin = OpenAiStandin::start(config).await.expect("stand-in");
+    let w = start_worker(&pipeline_json(&standin.base_url(), 1, TURNS), |a| {
+        a.openai_api_key = Some("sk-test".into());
+    })
+    .await;
+    let call = "CA-prefetch";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &utterance(440.0, 8_000)).await;
+    // A mark follows each sentence's last frame: after the second, the reply was all sent.
+    wait_for(&mut s, "event", "mark").await;
+    wait_for(&mut s, "event", "mark").await;
+    assert_eq!(standin.stats().speech.requests, 2);
+    assert_eq!(w.worker().ctx.metrics.reply_gaps.get(), 0);
+    until_history_has(&w, call, REPLY_440).await;
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_next_sentence_whose_speech_fails_is_reported_after_the_sentence_before_it() {
+    let (standin, w) = setup("").await;
+    // The second speech request (the reply's second sentence, read ahead) fails.
+    let fault = Fault::ServerError { status: 500 };
+    standin.inject(FaultRule::new(Some(Endpoint::Speech), fault, Some(1)).after(1));
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(
+        &mut s,
+        start_call("prefetch-fail", Some(&token("prefetch-fail"))),
+    )
+    .await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let mut captions = Vec::new();
+    let error = loop {
+        let m = next_json(&mut s).await.expect("reply");
+        if m["type"] == "error" {
+            break m;
+        }
+        if let Some(text) = m["text"].as_str().filter(|t| !t.is_empty()) {
+            captions.push(text.to_owned());
+        }
+    };
+    assert_eq!(
+        captions,
+        ["I heard tone 440."],
+        "the first sentence is spoken in full"
+    );
+    assert_eq!(error["code"], "INTERNAL_ERROR", "{error}");
+    // The call goes on, and the next reply is whole.
+    say_seed(&mut s, &utterance(550.0, 8_000)).await;
+    assert_eq!(
+        seed_captions(&mut s, 2).await,
+        ["I heard tone 550.", "What else can I do for you?"]
+    );
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut s).await;
     w.stop().await;
 }
 

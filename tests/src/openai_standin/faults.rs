@@ -51,7 +51,7 @@ pub enum Fault {
 }
 
 /// One injected fault: for `endpoint` (all when `None`), for the next `count` requests
-/// (forever when `None`).
+/// (forever when `None`), after letting `skip` requests through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultRule {
     #[serde(default)]
@@ -59,6 +59,9 @@ pub struct FaultRule {
     pub fault: Fault,
     #[serde(default)]
     pub count: Option<u32>,
+    /// Requests answered normally before the fault applies (e.g. the second sentence's speech).
+    #[serde(default)]
+    pub skip: u32,
 }
 
 impl FaultRule {
@@ -67,7 +70,13 @@ impl FaultRule {
             endpoint,
             fault,
             count,
+            skip: 0,
         }
+    }
+
+    /// The same rule, applying only after `skip` requests went through.
+    pub fn after(self, skip: u32) -> Self {
+        Self { skip, ..self }
     }
 }
 
@@ -149,6 +158,10 @@ impl FaultBook {
             .iter()
             .position(|r| r.endpoint.is_none_or(|e| e == endpoint))?;
         let rule = &mut rules[index];
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
         let fault = rule.fault;
         match &mut rule.count {
             Some(0) | Some(1) => {
@@ -171,6 +184,25 @@ impl FaultBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_can_let_requests_through_first() {
+        let book = FaultBook::new(vec![
+            FaultRule::new(
+                Some(Endpoint::Speech),
+                Fault::ServerError { status: 500 },
+                Some(1),
+            )
+            .after(1),
+        ]);
+        assert_eq!(book.take(Endpoint::Chat), None);
+        assert_eq!(book.take(Endpoint::Speech), None);
+        assert_eq!(
+            book.take(Endpoint::Speech),
+            Some(Fault::ServerError { status: 500 })
+        );
+        assert_eq!(book.take(Endpoint::Speech), None);
+    }
 
     #[test]
     fn parses_cli_rules() {

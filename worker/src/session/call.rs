@@ -556,7 +556,7 @@ impl CallSession {
             Some(TurnOutput::ProviderWait(wait)) => self.provider_wait = Some(wait),
             Some(TurnOutput::Audio(samples)) => {
                 self.playout.push(&samples);
-                self.playout.arm(now);
+                self.arm_playout(now);
             }
             Some(TurnOutput::SentenceDone) => {
                 let index = self.reply.sentences.len().saturating_sub(1);
@@ -577,7 +577,7 @@ impl CallSession {
                         self.send_audio(samples, caption.as_deref());
                     }
                 }
-                self.playout.arm(now);
+                self.arm_playout(now);
             }
             Some(TurnOutput::Done) | None => {
                 self.turn = None;
@@ -589,6 +589,13 @@ impl CallSession {
                 let code = ErrorCode::from_provider_code(err.caller_code());
                 self.fail(code, &err.to_string());
             }
+        }
+    }
+
+    /// Starts or resumes paced playback; a reply that had run dry counts as an audible gap.
+    fn arm_playout(&mut self, now: Instant) {
+        if self.playout.arm(now) {
+            self.ctx.metrics.reply_gaps.inc();
         }
     }
 
@@ -912,7 +919,7 @@ impl CallSession {
                     }
                 }
                 self.playout.push(&pcm);
-                self.playout.arm(now);
+                self.arm_playout(now);
             }
             RealtimeEvent::TranscriptDelta { delta, .. } => {
                 if let Some(sentence) = self.reply.sentences.last_mut() {
@@ -929,7 +936,7 @@ impl CallSession {
                         self.send_audio(samples, None);
                     }
                 }
-                self.playout.arm(now);
+                self.arm_playout(now);
             }
             RealtimeEvent::ServerError { code, message } => {
                 tracing::warn!(call_id = %self.call_id, ?code, %message, "realtime provider error");

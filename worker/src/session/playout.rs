@@ -177,18 +177,21 @@ impl Playout {
         self.queue.len() >= self.frame_samples || (!self.queue.is_empty() && !self.open)
     }
 
-    /// Pacing starts (or restarts after an underrun) as soon as a frame is ready.
-    pub fn arm(&mut self, now: Instant) {
+    /// Pacing starts (or restarts after an underrun) as soon as a frame is ready. Returns
+    /// whether the carrier ran out of this reply's audio before it: its next frame is later
+    /// than the lead the frames before it were sent with, a pause the caller heard.
+    pub fn arm(&mut self, now: Instant) -> bool {
         if self.mode != PlaybackMode::Paced || !self.frame_ready() {
-            return;
+            return false;
         }
-        let behind = match self.next_frame_at {
-            Some(at) => at + FRAME < now,
-            None => true,
+        let (behind, ran_dry) = match self.next_frame_at {
+            Some(at) => (at + FRAME < now, at + FRAME * LEAD_FRAMES < now),
+            None => (true, false),
         };
         if behind {
             self.next_frame_at = Some(now - FRAME * LEAD_FRAMES);
         }
+        ran_dry
     }
 
     /// Appends the frame due at `now` and the marks that follow it. A last partial frame is
@@ -308,6 +311,34 @@ mod tests {
         assert_eq!(p.played(t0 + Duration::from_secs(5)), 400);
         assert!(p.is_active(t0));
         assert!(!p.is_active(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn audio_arriving_after_the_carrier_ran_dry_is_a_gap() {
+        let t0 = Instant::now();
+        let mut p = armed(t0, 2);
+        assert_eq!(
+            audio_len(&p.pop_due(t0)).len(),
+            2,
+            "the lead leaves at once"
+        );
+        // The carrier plays those two frames until t0 + 40 ms: audio by then is no gap, even
+        // though pacing restarts for it.
+        p.push(&[1; 160]);
+        assert!(!p.arm(t0 + Duration::from_millis(30)));
+        assert_eq!(
+            audio_len(&p.pop_due(t0 + Duration::from_millis(30))).len(),
+            1
+        );
+        p.push(&[1; 160]);
+        assert!(p.arm(t0 + Duration::from_millis(200)), "a pause");
+        assert!(
+            !Playout::new(PlaybackMode::Paced, 8_000).arm(t0),
+            "nothing to play"
+        );
+        let mut fresh = Playout::new(PlaybackMode::Paced, 8_000);
+        fresh.push(&[1; 160]);
+        assert!(!fresh.arm(t0), "the start of a reply");
     }
 
     #[test]

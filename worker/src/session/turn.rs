@@ -5,15 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::PipelineVersion;
 use crate::media::{StreamResampler, l16};
 use crate::metrics::Metrics;
-use crate::providers::{ChatMessage, ProviderError, TTS_SAMPLE_RATE, Utterance};
+use crate::providers::{ChatMessage, ProviderError, ProviderResult, TTS_SAMPLE_RATE, Utterance};
 
 use super::handoff::{HandOff, HandOffPacer};
+use super::sentence_speech::{SentenceSpeech, read_ahead};
 use super::sentences::SentenceSplitter;
 
 /// Highest sample rate the cascade sends to speech-to-text. Telephone (8 kHz) and wideband
@@ -186,15 +188,8 @@ async fn reply(
     };
     let tts = async {
         let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
-        let mut first = true;
-        while let Some(sentence) = sentence_rx.recv().await {
-            if first {
-                speaker.provider_wait = heard_wait + chat_started.elapsed();
-                first = false;
-            }
-            speaker.say(sentence, out).await?;
-        }
-        Ok::<(), TurnError>(())
+        speaker.chat_clock = Some((heard_wait, chat_started));
+        speaker.say_all(&mut sentence_rx, out).await
     };
     tokio::try_join!(llm, tts)?;
     Ok(())
@@ -207,14 +202,18 @@ async fn speak(
     out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
-    let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
+    let (tx, mut rx) = mpsc::channel(sentences.len().max(1));
     for sentence in sentences {
-        speaker.say(sentence, out).await?;
+        let _ = tx.try_send(sentence);
     }
-    Ok(())
+    drop(tx);
+    Speaker::new(pipeline, metrics, out_rate)?
+        .say_all(&mut rx, out)
+        .await
 }
 
-/// Streams sentences through TTS and resamples the 24 kHz PCM to the call's rate.
+/// Streams sentences through TTS and resamples the 24 kHz PCM to the call's rate. The sentence
+/// after the playing one is requested and read ahead meanwhile (see [`SentenceSpeech`]).
 struct Speaker<'a> {
     pipeline: &'a PipelineVersion,
     metrics: &'a Metrics,
@@ -223,10 +222,21 @@ struct Speaker<'a> {
     /// Audio at the call's rate not yet handed to the call task.
     resampled: Vec<i16>,
     pacer: HandOffPacer,
+    /// Provider time before the chat model's first sentence (speech-to-text), and when the
+    /// chat request went out; `None` for fixed text.
+    chat_clock: Option<(Duration, Instant)>,
     /// Provider time on the way to this reply's first audio before speech was asked for.
     provider_wait: Duration,
     /// [`TurnOutput::ProviderWait`] went out.
     wait_reported: bool,
+}
+
+/// What woke a sentence's playing loop.
+enum Step {
+    Chunk(Option<ProviderResult<Bytes>>),
+    HandOff,
+    NextSentence(Option<String>),
+    ReadAhead,
 }
 
 impl<'a> Speaker<'a> {
@@ -244,9 +254,50 @@ impl<'a> Speaker<'a> {
             pcm: Vec::new(),
             resampled: Vec::new(),
             pacer: HandOffPacer::new(out_rate),
+            chat_clock: None,
             provider_wait: Duration::ZERO,
             wait_reported: false,
         })
+    }
+
+    /// Asks for `text`'s speech (the request goes out when the stream is first read).
+    fn request(&self, text: String) -> SentenceSpeech {
+        let spec = &self.pipeline.config.spec.tts;
+        let stream = self
+            .pipeline
+            .providers
+            .tts
+            .stream_speech(text.clone(), spec);
+        SentenceSpeech::new(text, stream)
+    }
+
+    /// Speaks every sentence `sentences` yields, in order, until it closes.
+    async fn say_all(
+        &mut self,
+        sentences: &mut mpsc::Receiver<String>,
+        out: &mpsc::Sender<TurnOutput>,
+    ) -> Result<(), TurnError> {
+        let Some(first) = sentences.recv().await else {
+            return Ok(());
+        };
+        if let Some((before, chat_started)) = self.chat_clock {
+            self.provider_wait = before + chat_started.elapsed();
+        }
+        let mut playing = self.request(first);
+        let mut upcoming = None;
+        let mut more = true;
+        loop {
+            self.say(&mut playing, sentences, &mut more, &mut upcoming, out)
+                .await?;
+            playing = match upcoming.take() {
+                Some(next) => next,
+                None if more => match sentences.recv().await {
+                    Some(text) => self.request(text),
+                    None => return Ok(()),
+                },
+                None => return Ok(()),
+            };
+        }
     }
 
     /// Hands the audio collected so far to the call task.
@@ -261,38 +312,49 @@ impl<'a> Speaker<'a> {
         send(out, TurnOutput::Audio(batch)).await
     }
 
+    /// Plays one sentence; meanwhile takes the next sentence from `sentences` (while `more`),
+    /// requests it into `upcoming` and reads it ahead.
     async fn say(
         &mut self,
-        sentence: String,
+        speech: &mut SentenceSpeech,
+        sentences: &mut mpsc::Receiver<String>,
+        more: &mut bool,
+        upcoming: &mut Option<SentenceSpeech>,
         out: &mpsc::Sender<TurnOutput>,
     ) -> Result<(), TurnError> {
-        send(out, TurnOutput::Sentence(sentence.clone())).await?;
-        let started = Instant::now();
-        let mut audio = self
-            .pipeline
-            .providers
-            .tts
-            .stream_speech(sentence, &self.pipeline.config.spec.tts);
+        send(out, TurnOutput::Sentence(speech.text.clone())).await?;
         let mut first = true;
         let hold = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
         loop {
-            let chunk = tokio::select! {
+            let step = tokio::select! {
                 biased;
-                chunk = audio.next() => chunk,
-                () = &mut hold, if holding => {
+                chunk = speech.next() => Step::Chunk(chunk),
+                () = &mut hold, if holding => Step::HandOff,
+                text = sentences.recv(), if *more && upcoming.is_none() => Step::NextSentence(text),
+                () = read_ahead(upcoming) => Step::ReadAhead,
+            };
+            let chunk = match step {
+                Step::Chunk(Some(chunk)) => chunk?,
+                Step::Chunk(None) => break,
+                Step::HandOff => {
                     holding = false;
                     self.hand_off(out).await?;
                     continue;
                 }
+                Step::NextSentence(Some(text)) => {
+                    *upcoming = Some(self.request(text));
+                    continue;
+                }
+                Step::NextSentence(None) => {
+                    *more = false;
+                    continue;
+                }
+                Step::ReadAhead => continue,
             };
-            let Some(chunk) = chunk else {
-                break;
-            };
-            let chunk = chunk?;
             if first {
-                let tts_wait = started.elapsed();
+                let tts_wait = speech.first_byte().unwrap_or_default();
                 self.metrics.tts_first_byte.observe(tts_wait.as_secs_f64());
                 if !self.wait_reported {
                     self.wait_reported = true;

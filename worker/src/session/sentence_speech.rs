@@ -1,0 +1,173 @@
+//! One sentence's speech on its way from the TTS provider.
+//!
+//! A reply is spoken sentence by sentence, each its own TTS request. Asked for only when the
+//! sentence before it has been received, a sentence's speech arrives a time-to-first-byte after
+//! that, and when the provider streams no faster than the caller listens (or its first byte is
+//! slow) the caller hears that wait as a pause between sentences. So the next sentence is
+//! requested as soon as the chat model has written it, and its audio is read ahead, up to
+//! [`READ_AHEAD_BYTES`], while the sentence before it plays.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::providers::{ProviderResult, TTS_SAMPLE_RATE};
+
+/// Audio read ahead for a sentence that is not playing yet: two seconds of 24 kHz 16-bit PCM,
+/// several times a provider's time to first byte. Beyond it the provider's stream waits (TCP
+/// flow control), so a long sentence costs no more memory than a short one.
+pub const READ_AHEAD_BYTES: usize = TTS_SAMPLE_RATE as usize * 2 * 2;
+
+/// A sentence whose speech has been requested.
+pub struct SentenceSpeech {
+    pub text: String,
+    requested: Instant,
+    stream: BoxStream<'static, ProviderResult<Bytes>>,
+    ahead: VecDeque<ProviderResult<Bytes>>,
+    ahead_bytes: usize,
+    /// How long the first chunk took, once it came.
+    first_byte: Option<Duration>,
+    /// The stream ended or failed: nothing more to read from it.
+    finished: bool,
+}
+
+impl SentenceSpeech {
+    /// Wraps the provider's stream for `text`; its request goes out when it is first read.
+    pub fn new(text: String, stream: BoxStream<'static, ProviderResult<Bytes>>) -> Self {
+        Self {
+            text,
+            requested: Instant::now(),
+            stream,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
+            first_byte: None,
+            finished: false,
+        }
+    }
+
+    /// Time from the request to the first chunk, once it arrived.
+    pub fn first_byte(&self) -> Option<Duration> {
+        self.first_byte
+    }
+
+    /// Reads one more chunk ahead. Never completes while the read-ahead is full or the stream
+    /// has ended, so it can wait in a `select!` alongside the playing sentence. Cancel-safe.
+    pub async fn read_ahead(&mut self) {
+        if self.finished || self.ahead_bytes >= READ_AHEAD_BYTES {
+            return std::future::pending().await;
+        }
+        if let Some(item) = self.read().await {
+            if let Ok(chunk) = &item {
+                self.ahead_bytes += chunk.len();
+            }
+            self.ahead.push_back(item);
+        }
+    }
+
+    /// The next chunk to play: what was read ahead, then the live stream; `None` at the end. A
+    /// failure read ahead is returned here, in its place in the sentence. Cancel-safe.
+    pub async fn next(&mut self) -> Option<ProviderResult<Bytes>> {
+        if let Some(item) = self.ahead.pop_front() {
+            if let Ok(chunk) = &item {
+                self.ahead_bytes -= chunk.len();
+            }
+            return Some(item);
+        }
+        if self.finished {
+            return None;
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Option<ProviderResult<Bytes>> {
+        let item = self.stream.next().await;
+        match &item {
+            Some(Ok(_)) => {
+                self.first_byte
+                    .get_or_insert_with(|| self.requested.elapsed());
+            }
+            None | Some(Err(_)) => self.finished = true,
+        }
+        item
+    }
+}
+
+/// Reads ahead for the sentence after the playing one, if there is one (else waits forever).
+pub async fn read_ahead(next: &mut Option<SentenceSpeech>) {
+    match next {
+        Some(speech) => speech.read_ahead().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ProviderError;
+    use futures::stream;
+    use std::time::Duration;
+
+    fn speech(chunks: Vec<ProviderResult<Bytes>>) -> SentenceSpeech {
+        SentenceSpeech::new("Hi.".into(), stream::iter(chunks).boxed())
+    }
+
+    fn chunk(len: usize) -> ProviderResult<Bytes> {
+        Ok(Bytes::from(vec![0u8; len]))
+    }
+
+    async fn ready<F: std::future::Future>(f: F) -> Option<F::Output> {
+        tokio::time::timeout(Duration::from_millis(50), f)
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn read_ahead_chunks_play_first_in_order_then_the_live_stream() {
+        let mut s = speech(vec![chunk(2), chunk(4), chunk(6)]);
+        s.read_ahead().await;
+        s.read_ahead().await;
+        assert!(s.first_byte().is_some());
+        let mut lengths = Vec::new();
+        while let Some(item) = s.next().await {
+            lengths.push(item.unwrap().len());
+        }
+        assert_eq!(lengths, [2, 4, 6]);
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn read_ahead_stops_at_its_bound() {
+        let half = READ_AHEAD_BYTES / 2;
+        let mut s = speech(vec![chunk(half), chunk(half), chunk(2)]);
+        s.read_ahead().await;
+        s.read_ahead().await;
+        assert!(ready(s.read_ahead()).await.is_none(), "full: waits");
+        s.next().await.unwrap().unwrap();
+        assert!(ready(s.read_ahead()).await.is_some(), "room again");
+        assert_eq!(s.ahead.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failure_read_ahead_comes_out_in_its_place_and_ends_the_sentence() {
+        let mut s = speech(vec![
+            chunk(2),
+            Err(ProviderError::Timeout("stream stalled")),
+            chunk(4),
+        ]);
+        s.read_ahead().await;
+        s.read_ahead().await;
+        assert!(ready(s.read_ahead()).await.is_none(), "finished: waits");
+        assert!(s.next().await.unwrap().is_ok());
+        assert!(s.next().await.unwrap().is_err());
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn no_next_sentence_never_reads() {
+        let mut none = None;
+        assert!(ready(read_ahead(&mut none)).await.is_none());
+    }
+}
