@@ -25,6 +25,11 @@ pub const SEND_EARLY: Duration = FRAME;
 /// the lead, and barge-in clears it.
 pub const FRAMES_PER_WRITE: u32 = 2;
 
+/// After the carrier ran out of a reply's audio, playback resumes once this much is queued (or
+/// the sentence is complete): speech streaming at about real time then plays on this cushion
+/// instead of pausing again at every late chunk, as a video player rebuffers.
+pub const REBUFFER: Duration = Duration::from_millis(100);
+
 /// What to send next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PlayoutItem {
@@ -48,6 +53,8 @@ pub struct Playout {
     enqueued: u64,
     sent: u64,
     next_frame_at: Option<Instant>,
+    /// The carrier ran dry: wait for [`REBUFFER`] of audio before resuming.
+    rebuffering: bool,
     clock: Playhead,
 }
 
@@ -102,6 +109,7 @@ impl Playout {
             enqueued: 0,
             sent: 0,
             next_frame_at: None,
+            rebuffering: false,
             clock: Playhead::default(),
         }
     }
@@ -174,23 +182,35 @@ impl Playout {
     }
 
     fn frame_ready(&self) -> bool {
-        self.queue.len() >= self.frame_samples || (!self.queue.is_empty() && !self.open)
+        let needed = if self.rebuffering {
+            (REBUFFER.as_millis() as usize * self.rate as usize / 1000).max(self.frame_samples)
+        } else {
+            self.frame_samples
+        };
+        self.queue.len() >= needed || (!self.queue.is_empty() && !self.open)
     }
 
     /// Pacing starts (or restarts after an underrun) as soon as a frame is ready. Returns
     /// whether the carrier ran out of this reply's audio before it: its next frame is later
     /// than the lead the frames before it were sent with, a pause the caller heard.
     pub fn arm(&mut self, now: Instant) -> bool {
-        if self.mode != PlaybackMode::Paced || !self.frame_ready() {
+        if self.mode != PlaybackMode::Paced {
             return false;
         }
-        let (behind, ran_dry) = match self.next_frame_at {
-            Some(at) => (at + FRAME < now, at + FRAME * LEAD_FRAMES < now),
-            None => (true, false),
-        };
-        if behind {
+        let ran_dry = self
+            .next_frame_at
+            .is_some_and(|at| at + FRAME * LEAD_FRAMES < now);
+        if ran_dry {
+            self.next_frame_at = None;
+            self.rebuffering = true;
+        }
+        if !self.frame_ready() {
+            return ran_dry;
+        }
+        if self.next_frame_at.is_none_or(|at| at + FRAME < now) {
             self.next_frame_at = Some(now - FRAME * LEAD_FRAMES);
         }
+        self.rebuffering = false;
         ran_dry
     }
 
@@ -332,6 +352,19 @@ mod tests {
         );
         p.push(&[1; 160]);
         assert!(p.arm(t0 + Duration::from_millis(200)), "a pause");
+        // Playback resumes once 100 ms are queued, not with the first late frame.
+        assert_eq!(p.next_deadline(), None, "rebuffering");
+        p.push(&[1; 480]);
+        assert!(!p.arm(t0 + Duration::from_millis(230)), "the same gap");
+        assert_eq!(p.next_deadline(), None, "80 ms queued");
+        p.push(&[1; 160]);
+        assert!(!p.arm(t0 + Duration::from_millis(250)));
+        let resumed = audio_len(&p.pop_due(t0 + Duration::from_millis(250)));
+        assert_eq!(
+            resumed.len(),
+            LEAD_FRAMES as usize + 1,
+            "the lead, and the frame due now"
+        );
         assert!(
             !Playout::new(PlaybackMode::Paced, 8_000).arm(t0),
             "nothing to play"
@@ -339,6 +372,22 @@ mod tests {
         let mut fresh = Playout::new(PlaybackMode::Paced, 8_000);
         fresh.push(&[1; 160]);
         assert!(!fresh.arm(t0), "the start of a reply");
+    }
+
+    #[test]
+    fn a_rebuffering_sentence_that_ends_plays_what_it_has() {
+        let t0 = Instant::now();
+        let mut p = armed(t0, 2);
+        p.pop_due(t0);
+        p.push(&[1; 160]);
+        assert!(p.arm(t0 + Duration::from_millis(200)));
+        assert_eq!(p.next_deadline(), None);
+        p.end_sentence(Some("s".into()), t0 + Duration::from_millis(200));
+        p.arm(t0 + Duration::from_millis(200));
+        assert!(
+            p.next_deadline().is_some(),
+            "nothing more is coming: play it"
+        );
     }
 
     #[test]
