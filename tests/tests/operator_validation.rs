@@ -99,3 +99,24 @@ async fn an_ai_pipeline_ca_bundle_must_hold_pem_certificates() -> Result<()> {
     kubectl_apply(cluster, &ns, &pipeline(&ca))?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_ai_pipeline_realtime_input_chunk_is_bounded() -> Result<()> {
+    let (cluster, ns) = namespace("op-invalid-chunk").await?;
+    let pipeline = |chunk_ms: i64| {
+        format!(
+            "apiVersion: callfleet.dev/v1alpha1\nkind: AiPipeline\nmetadata: {{name: rt}}\nspec:\n  provider:\n    apiKeySecretRef: {{name: llm-key}}\n  mode: realtime\n  realtime: {{inputChunkMs: {chunk_ms}}}\n"
+        )
+    };
+    for bad in [5, 5_000] {
+        match kubectl_apply(cluster, &ns, &pipeline(bad)) {
+            Ok(out) => anyhow::bail!("inputChunkMs {bad} was accepted: {}", out.trim()),
+            Err(e) => ensure!(
+                e.to_string().contains("spec.realtime.inputChunkMs"),
+                "unexpected error for {bad}: {e}"
+            ),
+        }
+    }
+    kubectl_apply(cluster, &ns, &pipeline(100))?;
+    Ok(())
+}
