@@ -158,13 +158,29 @@ impl FftBlock {
     }
 }
 
+/// Rounds half away from zero and saturates (`as` does), like `round().clamp()`, without
+/// `f32::round`, which on baseline x86-64 is a call into libm for every output sample.
 fn to_i16(sample: f32) -> i16 {
-    (sample * 32768.0).round().clamp(-32768.0, 32767.0) as i16
+    let scaled = sample * 32768.0;
+    (scaled + 0.5f32.copysign(scaled)) as i16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_round_to_nearest_and_saturate() {
+        let step = 1.0 / 32768.0;
+        assert_eq!(to_i16(0.0), 0);
+        assert_eq!(to_i16(0.4 * step), 0);
+        assert_eq!(to_i16(0.6 * step), 1);
+        assert_eq!(to_i16(-0.6 * step), -1);
+        assert_eq!(to_i16(100.5 * step), 101);
+        assert_eq!(to_i16(-100.5 * step), -101);
+        assert_eq!(to_i16(1.5), i16::MAX);
+        assert_eq!(to_i16(-1.5), i16::MIN);
+    }
 
     fn sine(rate: u32, freq: f32, samples: usize) -> Vec<i16> {
         (0..samples)
