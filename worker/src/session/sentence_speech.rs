@@ -62,6 +62,10 @@ impl SentenceSpeech {
             return std::future::pending().await;
         }
         if let Some(item) = self.read().await {
+            // A chunk is a slice of the HTTP connection's read buffer; held for a second it
+            // would keep that whole buffer alive and make the connection allocate another, so
+            // what waits is copied out (a few KiB).
+            let item = item.map(|chunk| Bytes::copy_from_slice(&chunk));
             if let Ok(chunk) = &item {
                 self.ahead_bytes += chunk.len();
             }
