@@ -48,6 +48,8 @@ pub struct Shared {
     pub config: StandinConfig,
     pub faults: FaultBook,
     pub stats: Arc<Stats>,
+    /// The speech tone, synthesized once (see `speech::speech_pcm`).
+    pub speech_tone: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// The server's routes over `shared` (exposed for embedding in another server).
@@ -148,6 +150,7 @@ impl OpenAiStandin {
             faults: FaultBook::new(config.faults.clone()),
             config,
             stats: Arc::default(),
+            speech_tone: Default::default(),
         });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {

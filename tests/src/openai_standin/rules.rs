@@ -75,6 +75,20 @@ pub fn tokens(reply: &str) -> Vec<String> {
     out
 }
 
+/// Peak amplitude of the speech tone, as a fraction of full scale.
+pub const SPEECH_AMPLITUDE: f64 = 0.3;
+
+/// Samples of speech for `text`: its length follows the text (at least 100 ms).
+pub fn speech_sample_count(text: &str, speed: f64, ms_per_char: u64, sample_rate: u32) -> usize {
+    let speed = if speed.is_finite() && speed > 0.0 {
+        speed
+    } else {
+        1.0
+    };
+    let ms = ((text.chars().count() as u64 * ms_per_char) as f64 / speed).max(100.0);
+    (ms * f64::from(sample_rate) / 1000.0) as usize
+}
+
 /// The speech audio for `text`: a tone of text-proportional length.
 pub fn speech_samples(
     text: &str,
@@ -83,14 +97,8 @@ pub fn speech_samples(
     tone_hz: u32,
     sample_rate: u32,
 ) -> Vec<i16> {
-    let speed = if speed.is_finite() && speed > 0.0 {
-        speed
-    } else {
-        1.0
-    };
-    let ms = ((text.chars().count() as u64 * ms_per_char) as f64 / speed).max(100.0);
-    let samples = (ms * f64::from(sample_rate) / 1000.0) as usize;
-    tone(tone_hz, sample_rate, samples, 0.3)
+    let samples = speech_sample_count(text, speed, ms_per_char, sample_rate);
+    tone(tone_hz, sample_rate, samples, SPEECH_AMPLITUDE)
 }
 
 #[cfg(test)]
@@ -142,12 +150,9 @@ mod tests {
 
     #[test]
     fn speech_length_follows_text() {
-        assert_eq!(speech_samples("abcd", 1.0, 50, 660, 24_000).len(), 4800);
-        assert_eq!(speech_samples("abcd", 2.0, 50, 660, 24_000).len(), 2400);
-        assert_eq!(speech_samples("", 1.0, 50, 660, 24_000).len(), 2400);
-        assert_eq!(
-            speech_samples("abcd", f64::NAN, 50, 660, 24_000).len(),
-            4800
-        );
+        assert_eq!(speech_sample_count("abcd", 1.0, 50, 24_000), 4800);
+        assert_eq!(speech_sample_count("abcd", 2.0, 50, 24_000), 2400);
+        assert_eq!(speech_sample_count("", 1.0, 50, 24_000), 2400);
+        assert_eq!(speech_sample_count("abcd", f64::NAN, 50, 24_000), 4800);
     }
 }

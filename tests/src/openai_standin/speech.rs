@@ -11,10 +11,11 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::Shared;
+use super::audio::tone;
 use super::config::StandinConfig;
 use super::faults::Endpoint;
 use super::respond::{Gate, Piece, bad_request, gate, paced_response};
-use super::rules::speech_samples;
+use super::rules::{SPEECH_AMPLITUDE, speech_sample_count};
 
 /// The only rate of OpenAI's `pcm` format.
 pub const SPEECH_SAMPLE_RATE: u32 = 24_000;
@@ -41,15 +42,8 @@ pub async fn speech(State(shared): State<Arc<Shared>>, Json(request): Json<Value
     }
     let config = &shared.config;
     let speed = request.get("speed").and_then(Value::as_f64).unwrap_or(1.0);
-    let samples = speech_samples(
-        input,
-        speed,
-        config.speech_ms_per_char,
-        config.speech_tone_hz,
-        SPEECH_SAMPLE_RATE,
-    );
-    let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let pcm = Bytes::from(pcm);
+    let samples = speech_sample_count(input, speed, config.speech_ms_per_char, SPEECH_SAMPLE_RATE);
+    let pcm = speech_pcm(&shared, samples);
 
     let chunk_bytes =
         (SPEECH_SAMPLE_RATE as usize * 2 * config.speech_chunk_ms.max(1) as usize / 1000).max(2);
@@ -85,4 +79,51 @@ pub async fn speech(State(shared): State<Arc<Shared>>, Json(request): Json<Value
         pieces,
         mid_stream,
     )
+}
+
+/// Speech cached as s16le: every response is a prefix of one tone (it starts at phase 0), so
+/// the stand-in answers with a slice of it instead of synthesizing and copying each time. At
+/// 2,000 calls in conversation that synthesis was most of the stand-in's CPU, which the worker
+/// under test shares the machine with.
+const CACHED_SPEECH_SECONDS: usize = 60;
+
+/// `samples` of speech as s16le: a slice of the cached tone, or (longer than that) a new one.
+fn speech_pcm(shared: &Shared, samples: usize) -> Bytes {
+    let tone_hz = shared.config.speech_tone_hz;
+    let cached = shared
+        .speech_tone
+        .get_or_init(|| tone_bytes(tone_hz, CACHED_SPEECH_SECONDS * SPEECH_SAMPLE_RATE as usize));
+    if samples * 2 <= cached.len() {
+        cached.slice(..samples * 2)
+    } else {
+        tone_bytes(tone_hz, samples)
+    }
+}
+
+fn tone_bytes(tone_hz: u32, samples: usize) -> Bytes {
+    let tone = tone(tone_hz, SPEECH_SAMPLE_RATE, samples, SPEECH_AMPLITUDE);
+    let mut bytes = Vec::with_capacity(samples * 2);
+    for sample in tone {
+        bytes.extend_from_slice(&sample.to_le_bytes());
+    }
+    Bytes::from(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_speech_is_the_same_tone_as_synthesized() {
+        let shared = Shared {
+            config: StandinConfig::default(),
+            faults: Default::default(),
+            stats: Default::default(),
+            speech_tone: Default::default(),
+        };
+        let short = speech_pcm(&shared, 4_800);
+        assert_eq!(short, tone_bytes(shared.config.speech_tone_hz, 4_800));
+        let long = CACHED_SPEECH_SECONDS * SPEECH_SAMPLE_RATE as usize + 10;
+        assert_eq!(speech_pcm(&shared, long).len(), long * 2);
+    }
 }
