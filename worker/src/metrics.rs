@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::protocols::ErrorCode;
+use crate::session::playout::Gaps;
 
 /// Latency buckets from 5 ms to about 40 s.
 fn latency_histogram() -> Histogram {
@@ -47,8 +48,9 @@ pub struct Metrics {
     pub overloaded_runtimes: Gauge,
     /// Reply audio frames a carrier was too far behind to be sent.
     pub reply_frames_dropped: Counter,
-    /// Replies whose audio ran dry before they were complete: the caller heard a pause.
-    pub reply_gaps: Counter,
+    /// Replies whose audio ran dry before they were complete (a pause the caller heard), by
+    /// cause.
+    reply_gaps: Family<[(&'static str, &'static str); 1], Counter>,
     pub recordings: RecordingMetrics,
     calls_ended: AtomicU64,
     call_seconds_sum_ms: AtomicU64,
@@ -149,7 +151,7 @@ impl Metrics {
         let event_loop_lag = overhead_histogram();
         let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
-        let reply_gaps = Counter::default();
+        let reply_gaps = Family::default();
         registry.register(
             "callfleet_active_calls",
             "Calls in progress on this worker",
@@ -225,8 +227,9 @@ impl Metrics {
         );
         registry.register(
             "callfleet_reply_gaps",
-            "Times a reply's audio ran dry before the reply was complete (an audible pause): \
-             speech streamed slower than real time or a sentence's speech started late",
+            "Times a reply's audio ran dry before the reply was complete (an audible pause), by \
+             cause: audio_late (speech streamed slower than real time or started late), \
+             sent_late (queued audio sent late: the worker was short of CPU)",
             reply_gaps.clone(),
         );
         let recordings = RecordingMetrics::default();
@@ -277,6 +280,24 @@ impl Metrics {
 
     pub fn error(&self, code: ErrorCode) {
         self.errors.get_or_create(&[("code", code.as_str())]).inc();
+    }
+
+    pub fn reply_gaps(&self, gaps: Gaps) {
+        for (cause, count) in [
+            ("audio_late", gaps.audio_late),
+            ("sent_late", gaps.sent_late),
+        ] {
+            if count > 0 {
+                self.reply_gaps
+                    .get_or_create(&[("cause", cause)])
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Gaps counted so far with `cause` (`audio_late` or `sent_late`).
+    pub fn reply_gaps_with(&self, cause: &'static str) -> u64 {
+        self.reply_gaps.get_or_create(&[("cause", cause)]).get()
     }
 
     pub fn errors_with(&self, code: ErrorCode) -> u64 {

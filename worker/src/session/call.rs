@@ -594,9 +594,8 @@ impl CallSession {
 
     /// Starts or resumes paced playback; a reply that had run dry counts as an audible gap.
     fn arm_playout(&mut self, now: Instant) {
-        if self.playout.arm(now) {
-            self.ctx.metrics.reply_gaps.inc();
-        }
+        self.playout.arm(now);
+        self.ctx.metrics.reply_gaps(self.playout.take_gaps());
     }
 
     fn fail(&mut self, code: ErrorCode, message: &str) {
@@ -628,7 +627,9 @@ impl CallSession {
             return;
         }
         let mut offset = self.playout.sent();
-        for item in self.playout.pop_due(Instant::now()) {
+        let due = self.playout.pop_due(Instant::now());
+        self.ctx.metrics.reply_gaps(self.playout.take_gaps());
+        for item in due {
             match item {
                 PlayoutItem::Audio(frame) => {
                     let caption = match self.reply.captions.front() {

@@ -30,6 +30,16 @@ pub const FRAMES_PER_WRITE: u32 = 2;
 /// instead of pausing again at every late chunk, as a video player rebuffers.
 pub const REBUFFER: Duration = Duration::from_millis(100);
 
+/// Times the carrier ran out of a reply's audio before its end, by cause.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gaps {
+    /// The next audio had not arrived yet (speech streaming slower than real time, a late
+    /// first byte, or the turn task behind).
+    pub audio_late: u64,
+    /// The audio was queued but the call task sent it late (starved of CPU).
+    pub sent_late: u64,
+}
+
 /// What to send next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PlayoutItem {
@@ -55,6 +65,8 @@ pub struct Playout {
     next_frame_at: Option<Instant>,
     /// The carrier ran dry: wait for [`REBUFFER`] of audio before resuming.
     rebuffering: bool,
+    /// Times the carrier ran out of this reply's audio, not yet reported.
+    gaps: Gaps,
     clock: Playhead,
 }
 
@@ -110,6 +122,7 @@ impl Playout {
             sent: 0,
             next_frame_at: None,
             rebuffering: false,
+            gaps: Gaps::default(),
             clock: Playhead::default(),
         }
     }
@@ -169,11 +182,16 @@ impl Playout {
 
     /// What to send at `now`: nothing until the next frame is within [`SEND_EARLY`] of being
     /// due, then [`FRAMES_PER_WRITE`] frames (or every overdue one), each followed by its marks.
+    /// Frames sent more than a frame later than the lead covers (the call task was starved of
+    /// CPU) mean the carrier ran dry: that counts as a gap.
     pub fn pop_due(&mut self, now: Instant) -> Vec<PlayoutItem> {
         let mut items = Vec::new();
         let Some(first) = self.next_deadline().filter(|&at| at <= now + SEND_EARLY) else {
             return items;
         };
+        if self.sent > 0 && first + FRAME * (LEAD_FRAMES + 1) < now {
+            self.gaps.sent_late += 1;
+        }
         let last = (first + FRAME * (FRAMES_PER_WRITE - 1)).max(now);
         while self.next_deadline().is_some_and(|at| at <= last) {
             self.pop_frame_into(now, &mut items);
@@ -192,7 +210,8 @@ impl Playout {
 
     /// Pacing starts (or restarts after an underrun) as soon as a frame is ready. Returns
     /// whether the carrier ran out of this reply's audio before it: its next frame is later
-    /// than the lead the frames before it were sent with, a pause the caller heard.
+    /// than the lead the frames before it were sent with, a pause the caller heard (counted
+    /// for [`Playout::take_gaps`] too).
     pub fn arm(&mut self, now: Instant) -> bool {
         if self.mode != PlaybackMode::Paced {
             return false;
@@ -203,6 +222,7 @@ impl Playout {
         if ran_dry {
             self.next_frame_at = None;
             self.rebuffering = true;
+            self.gaps.audio_late += 1;
         }
         if !self.frame_ready() {
             return ran_dry;
@@ -236,6 +256,11 @@ impl Playout {
             }
         }
         self.next_frame_at = self.next_frame_at.map(|at| at + FRAME);
+    }
+
+    /// Gaps (the carrier ran out of this reply's audio) since the last call.
+    pub fn take_gaps(&mut self) -> Gaps {
+        std::mem::take(&mut self.gaps)
     }
 
     /// Samples the caller has heard by `now`, by the playhead model.
@@ -372,6 +397,32 @@ mod tests {
         let mut fresh = Playout::new(PlaybackMode::Paced, 8_000);
         fresh.push(&[1; 160]);
         assert!(!fresh.arm(t0), "the start of a reply");
+    }
+
+    #[test]
+    fn frames_sent_after_the_lead_ran_out_count_as_a_gap() {
+        let t0 = Instant::now();
+        let mut p = armed(t0, 30);
+        assert_eq!(
+            audio_len(&p.pop_due(t0)).len(),
+            3,
+            "the lead and the frame due now"
+        );
+        assert_eq!(
+            p.take_gaps(),
+            Gaps::default(),
+            "the start of a reply is no gap"
+        );
+        // On time, and late by less than a frame beyond the lead: no gap.
+        p.pop_due(t0 + Duration::from_millis(20));
+        p.pop_due(t0 + Duration::from_millis(100));
+        assert_eq!(p.take_gaps(), Gaps::default());
+        // The call task was starved for 200 ms: the overdue frames go at once, and the carrier
+        // had run dry.
+        let burst = audio_len(&p.pop_due(t0 + Duration::from_millis(300)));
+        assert_eq!(burst.len(), 10, "every overdue frame");
+        assert_eq!(p.take_gaps().sent_late, 1);
+        assert_eq!(p.take_gaps(), Gaps::default(), "reported once");
     }
 
     #[test]
