@@ -55,6 +55,8 @@ pub struct Playout {
     mode: PlaybackMode,
     rate: u32,
     frame_samples: usize,
+    /// [`REBUFFER`] in samples.
+    rebuffer_samples: usize,
     queue: VecDeque<i16>,
     /// Marks to send once this many samples of the reply have been sent.
     marks: VecDeque<(u64, String)>,
@@ -115,6 +117,8 @@ impl Playout {
             mode,
             rate,
             frame_samples: (rate / 50) as usize,
+            rebuffer_samples: (REBUFFER.as_millis() as usize * rate as usize / 1000)
+                .max((rate / 50) as usize),
             queue: VecDeque::new(),
             marks: VecDeque::new(),
             open: false,
@@ -201,20 +205,20 @@ impl Playout {
 
     fn frame_ready(&self) -> bool {
         let needed = if self.rebuffering {
-            (REBUFFER.as_millis() as usize * self.rate as usize / 1000).max(self.frame_samples)
+            self.rebuffer_samples
         } else {
             self.frame_samples
         };
         self.queue.len() >= needed || (!self.queue.is_empty() && !self.open)
     }
 
-    /// Pacing starts (or restarts after an underrun) as soon as a frame is ready. Returns
-    /// whether the carrier ran out of this reply's audio before it: its next frame is later
-    /// than the lead the frames before it were sent with, a pause the caller heard (counted
-    /// for [`Playout::take_gaps`] too).
-    pub fn arm(&mut self, now: Instant) -> bool {
+    /// Pacing starts (or restarts after an underrun) as soon as a frame is ready. When the
+    /// carrier ran out of this reply's audio before it (its next frame is later than the lead
+    /// the frames before it were sent with, a pause the caller heard), that is an `audio_late`
+    /// gap for [`Playout::take_gaps`], and playback waits for [`REBUFFER`] of audio.
+    pub fn arm(&mut self, now: Instant) {
         if self.mode != PlaybackMode::Paced {
-            return false;
+            return;
         }
         let ran_dry = self
             .next_frame_at
@@ -225,13 +229,12 @@ impl Playout {
             self.gaps.audio_late += 1;
         }
         if !self.frame_ready() {
-            return ran_dry;
+            return;
         }
         if self.next_frame_at.is_none_or(|at| at + FRAME < now) {
             self.next_frame_at = Some(now - FRAME * LEAD_FRAMES);
         }
         self.rebuffering = false;
-        ran_dry
     }
 
     /// Appends the frame due at `now` and the marks that follow it. A last partial frame is
@@ -312,6 +315,12 @@ mod tests {
         p
     }
 
+    /// Arms `p` at `now`; whether that found the carrier had run dry.
+    fn arm_finds_gap(p: &mut Playout, now: Instant) -> bool {
+        p.arm(now);
+        p.take_gaps().audio_late > 0
+    }
+
     fn audio_len(items: &[PlayoutItem]) -> Vec<usize> {
         items
             .iter()
@@ -370,20 +379,26 @@ mod tests {
         // The carrier plays those two frames until t0 + 40 ms: audio by then is no gap, even
         // though pacing restarts for it.
         p.push(&[1; 160]);
-        assert!(!p.arm(t0 + Duration::from_millis(30)));
+        assert!(!arm_finds_gap(&mut p, t0 + Duration::from_millis(30)));
         assert_eq!(
             audio_len(&p.pop_due(t0 + Duration::from_millis(30))).len(),
             1
         );
         p.push(&[1; 160]);
-        assert!(p.arm(t0 + Duration::from_millis(200)), "a pause");
+        assert!(
+            arm_finds_gap(&mut p, t0 + Duration::from_millis(200)),
+            "a pause"
+        );
         // Playback resumes once 100 ms are queued, not with the first late frame.
         assert_eq!(p.next_deadline(), None, "rebuffering");
         p.push(&[1; 480]);
-        assert!(!p.arm(t0 + Duration::from_millis(230)), "the same gap");
+        assert!(
+            !arm_finds_gap(&mut p, t0 + Duration::from_millis(230)),
+            "the same gap"
+        );
         assert_eq!(p.next_deadline(), None, "80 ms queued");
         p.push(&[1; 160]);
-        assert!(!p.arm(t0 + Duration::from_millis(250)));
+        assert!(!arm_finds_gap(&mut p, t0 + Duration::from_millis(250)));
         let resumed = audio_len(&p.pop_due(t0 + Duration::from_millis(250)));
         assert_eq!(
             resumed.len(),
@@ -391,12 +406,12 @@ mod tests {
             "the lead, and the frame due now"
         );
         assert!(
-            !Playout::new(PlaybackMode::Paced, 8_000).arm(t0),
+            !arm_finds_gap(&mut Playout::new(PlaybackMode::Paced, 8_000), t0),
             "nothing to play"
         );
         let mut fresh = Playout::new(PlaybackMode::Paced, 8_000);
         fresh.push(&[1; 160]);
-        assert!(!fresh.arm(t0), "the start of a reply");
+        assert!(!arm_finds_gap(&mut fresh, t0), "the start of a reply");
     }
 
     #[test]
@@ -431,7 +446,7 @@ mod tests {
         let mut p = armed(t0, 2);
         p.pop_due(t0);
         p.push(&[1; 160]);
-        assert!(p.arm(t0 + Duration::from_millis(200)));
+        assert!(arm_finds_gap(&mut p, t0 + Duration::from_millis(200)));
         assert_eq!(p.next_deadline(), None);
         p.end_sentence(Some("s".into()), t0 + Duration::from_millis(200));
         p.arm(t0 + Duration::from_millis(200));
