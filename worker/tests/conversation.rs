@@ -3,7 +3,7 @@
 
 mod support;
 
-use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
+use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, StandinConfig};
 use callfleet_worker::providers::{ChatMessage, ChatRole};
 use support::calls::*;
 use support::*;
@@ -128,11 +128,7 @@ async fn the_next_sentence_is_fetched_while_one_plays_so_a_reply_has_no_pauses()
         speech_pace: 3.0,
         ..StandinConfig::instant()
     };
-    let standin = OpenAiStandin::start(config).await.expect("stand-in");
-    let w = start_worker(&pipeline_json(&standin.base_url(), 1, TURNS), |a| {
-        a.openai_api_key = Some("sk-test".into());
-    })
-    .await;
+    let (standin, w) = setup_standin(config, "", |_| {}).await;
     let call = "CA-prefetch";
     let mut s = connect(&w.url("/ws/twilio")).await;
     send_text(&mut s, twilio_start(call)).await;

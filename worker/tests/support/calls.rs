@@ -39,9 +39,16 @@ pub async fn setup_with(
     extra: &str,
     tune: impl FnOnce(&mut ServeArgs),
 ) -> (StandinHandle, TestWorker) {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .expect("stand-in");
+    setup_standin(StandinConfig::instant(), extra, tune).await
+}
+
+/// A stand-in configured by `config` and a worker using it with `extra` spec fields.
+pub async fn setup_standin(
+    config: StandinConfig,
+    extra: &str,
+    tune: impl FnOnce(&mut ServeArgs),
+) -> (StandinHandle, TestWorker) {
+    let standin = OpenAiStandin::start(config).await.expect("stand-in");
     let spec = format!("{TURNS}{extra}");
     let worker = start_worker(&pipeline_json(&standin.base_url(), 1, &spec), |a| {
         a.openai_api_key = Some("sk-test".into());
