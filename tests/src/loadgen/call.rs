@@ -1,6 +1,8 @@
 //! One simulated call: a single tokio task that connects, sends a media frame on every tick of
 //! its one 20 ms interval, reads what the worker sends in between, acknowledges marks like a
-//! carrier, and measures. No locks, no per-frame allocation on the send path.
+//! carrier, and measures. No locks, no per-frame allocation on the send path. Replies are timed
+//! by their arrival at the socket (the kernel's receive time, `arrival`), so a busy generator
+//! does not add its own delay to the worker's latencies; that delay is reported on its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,12 +11,15 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::UrlError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use callfleet_worker::media::format::FRAME;
 
+use super::arrival::ArrivalStream;
 use super::pattern::{Pattern, Slot};
 use super::stats::CallOutcome;
 use super::timing::{ReplyPacing, lateness};
@@ -27,7 +32,7 @@ use callfleet_worker::protocols::carrier::CarrierPlayhead;
 /// zero-filled on every read and cost 128 KiB per call).
 const READ_BUFFER: usize = 4 * 1024;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocketStream<ArrivalStream>;
 
 /// What every call of a run shares (read-only but for the flags).
 pub struct RunShared {
@@ -93,7 +98,15 @@ async fn connect(shared: &RunShared, plan: &CallPlan) -> Result<Socket, String> 
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
-    let attempt = connect_async_with_config(shared.url.as_str(), Some(config), true);
+    let attempt = async {
+        let request = shared.url.as_str().into_client_request()?;
+        let uri = request.uri();
+        let host = uri.host().ok_or(WsError::Url(UrlError::NoHostName))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+        tcp.set_nodelay(true)?;
+        client_async_with_config(request, ArrivalStream::new(tcp)?, Some(config)).await
+    };
     let mut socket = match tokio::time::timeout(shared.connect_timeout, attempt).await {
         Ok(Ok((socket, _response))) => socket,
         Ok(Err(error)) => return Err(describe(error)),
@@ -146,7 +159,9 @@ async fn stream(
             }
             message = socket.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    call.received(shared, parse_reply(shared.wire, text.as_str()), Instant::now());
+                    let read = Instant::now();
+                    let arrived = socket.get_ref().last_arrival().unwrap_or(read).min(read);
+                    call.received(shared, parse_reply(shared.wire, text.as_str()), arrived, read);
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Some(match frame {
@@ -221,8 +236,9 @@ impl CallMeter {
         }
     }
 
-    /// A frame from the worker arrived at `at`.
-    fn received(&mut self, shared: &RunShared, reply: Reply<'_>, at: Instant) {
+    /// A frame from the worker arrived at `at` (the kernel's receive time) and was read at
+    /// `read`.
+    fn received(&mut self, shared: &RunShared, reply: Reply<'_>, at: Instant, read: Instant) {
         let steady = shared.steady();
         match reply {
             Reply::Audio { payload_len } => {
@@ -237,7 +253,7 @@ impl CallMeter {
                     self.outcome.reply_underruns += u64::from(underrun);
                     self.outcome.reply_frames_misfit += u64::from(payload_len != FRAME_PAYLOAD_LEN);
                 }
-                self.first_audio(at, steady);
+                self.first_audio(at, read, steady);
             }
             Reply::Mark(name) => self.playhead.mark(at, name.to_owned()),
             Reply::Clear => {
@@ -264,7 +280,7 @@ impl CallMeter {
     }
 
     /// Reply audio: the answer to the current turn if its window closed, else unprompted.
-    fn first_audio(&mut self, at: Instant, steady: bool) {
+    fn first_audio(&mut self, at: Instant, read: Instant, steady: bool) {
         if self.reply_open {
             return;
         }
@@ -273,7 +289,12 @@ impl CallMeter {
             Some(turn) if !turn.answered && turn.window_closed.is_some() => {
                 turn.answered = true;
                 if turn.measured {
-                    self.outcome.ttfa.push(at - turn.speech_end);
+                    self.outcome
+                        .ttfa
+                        .push(at.saturating_duration_since(turn.speech_end));
+                    self.outcome
+                        .first_audio_read_delay
+                        .push(read.saturating_duration_since(at));
                     if let Some(closed) = turn.window_closed {
                         self.outcome
                             .after_window
@@ -365,11 +386,14 @@ mod tests {
         // Frame 1 ended speech; frame 3 closed the 2-frame window. Reply 100 ms after frame 3.
         let reply_at = at(3) + Duration::from_millis(100);
         // The worker's pacing: the lead frames with the first, then one per 20 ms; the sixth
-        // frame comes 40 ms behind that schedule.
+        // frame comes 40 ms behind that schedule. The generator reads each 7 ms after it
+        // arrived: the times are the arrivals.
         for offset in [0, 0, 0, 20, 40, 100] {
-            meter.received(&shared, audio(), reply_at + Duration::from_millis(offset));
+            let arrived = reply_at + Duration::from_millis(offset);
+            let read = arrived + Duration::from_millis(7);
+            meter.received(&shared, audio(), arrived, read);
         }
-        meter.received(&shared, Reply::Mark("1.0"), reply_at);
+        meter.received(&shared, Reply::Mark("1.0"), reply_at, reply_at);
         send_frames(&mut meter, &shared, 4..8, at, Duration::from_millis(30));
         let o = &meter.outcome;
         assert_eq!(
@@ -379,6 +403,7 @@ mod tests {
         );
         assert_eq!(o.ttfa, [reply_at - (at(1) + Duration::from_millis(1))]);
         assert_eq!(o.after_window, [Duration::from_millis(99)]);
+        assert_eq!(o.first_audio_read_delay, [Duration::from_millis(7)]);
         assert_eq!((o.reply_frames, o.reply_frames_late), (6, 1));
         // The playhead ran dry at +100 ms, just as the sixth frame arrived.
         assert_eq!(o.reply_underruns, 1);
@@ -396,14 +421,14 @@ mod tests {
         let mut meter = CallMeter::default();
         let t0 = Instant::now();
         // A greeting before the caller ever spoke.
-        meter.received(&shared, audio(), t0);
+        meter.received(&shared, audio(), t0, t0);
         assert_eq!(meter.outcome.unprompted_replies, 1);
         send_frames(&mut meter, &shared, 0..15, |_| t0, Duration::ZERO);
         let o = &meter.outcome;
         assert_eq!((o.turns, o.turns_answered), (2, 0));
         assert!(o.ttfa.is_empty());
-        meter.received(&shared, Reply::Error { code: "TIMEOUT" }, t0);
-        meter.received(&shared, Reply::Malformed, t0);
+        meter.received(&shared, Reply::Error { code: "TIMEOUT" }, t0, t0);
+        meter.received(&shared, Reply::Malformed, t0, t0);
         let codes: Vec<&String> = meter.outcome.error_frames.keys().collect();
         assert_eq!(codes, ["MALFORMED_FRAME", "TIMEOUT"]);
     }
@@ -416,7 +441,12 @@ mod tests {
         let t0 = Instant::now();
         send_frames(&mut meter, &shared, 0..4, |_| t0, Duration::from_secs(1));
         shared.steady.store(true, Ordering::Relaxed);
-        meter.received(&shared, audio(), t0 + Duration::from_secs(2));
+        meter.received(
+            &shared,
+            audio(),
+            t0 + Duration::from_secs(2),
+            t0 + Duration::from_secs(2),
+        );
         send_frames(&mut meter, &shared, 4..8, |_| t0, Duration::ZERO);
         let o = &meter.outcome;
         assert_eq!(o.frames_sent, 4);

@@ -167,6 +167,11 @@ impl fmt::Display for Report {
             ),
             &c.overhead,
         )?;
+        percentiles(
+            f,
+            "first reply audio waiting in the generator's socket (left out of the two above)",
+            &c.read_delay,
+        )?;
         if let Some(w) = &self.worker {
             writeln!(
                 f,

@@ -36,6 +36,9 @@ pub struct CallOutcome {
     /// Send of the frame that completed the end-of-turn window → first reply audio, per
     /// answered turn.
     pub after_window: Vec<Duration>,
+    /// First reply audio's kernel arrival → the generator reading it, per answered turn: the
+    /// generator's own delay, which `ttfa` and `after_window` leave out.
+    pub first_audio_read_delay: Vec<Duration>,
     /// Reply audio that no caller turn asked for (greetings, replies after the turn closed).
     pub unprompted_replies: u64,
     pub marks_acknowledged: u64,
@@ -131,6 +134,9 @@ pub struct CallsSummary {
     /// First reply audio after the end-of-turn window closed, minus the configured provider
     /// latencies: what the worker (and the machine) added.
     pub overhead: Percentiles,
+    /// How long first reply audio waited in the generator's socket before it was read (left
+    /// out of `ttfa` and `overhead`, which time audio by its arrival).
+    pub read_delay: Percentiles,
 }
 
 /// Merges call outcomes; `provider` is the configured sum of provider latencies to first
@@ -143,6 +149,7 @@ pub fn summarize(outcomes: &[CallOutcome], provider: Duration) -> CallsSummary {
     let mut connect = Vec::new();
     let mut ttfa = Vec::new();
     let mut overhead = Vec::new();
+    let mut read_delay = Vec::new();
     let mut max_lateness = Duration::ZERO;
     for o in outcomes {
         s.connected += usize::from(o.connected);
@@ -168,6 +175,7 @@ pub fn summarize(outcomes: &[CallOutcome], provider: Duration) -> CallsSummary {
         s.clears += o.clears;
         ttfa.extend(o.ttfa.iter().copied().map(ms));
         overhead.extend(o.after_window.iter().map(|d| ms(*d) - ms(provider)));
+        read_delay.extend(o.first_audio_read_delay.iter().copied().map(ms));
     }
     s.connect = Percentiles::of(&mut connect);
     s.frames_late_percent = percent(s.frames_late, s.frames_sent);
@@ -177,6 +185,7 @@ pub fn summarize(outcomes: &[CallOutcome], provider: Duration) -> CallsSummary {
     s.turns_answered_percent = percent(s.turns_answered, s.turns);
     s.ttfa = Percentiles::of(&mut ttfa);
     s.overhead = Percentiles::of(&mut overhead);
+    s.read_delay = Percentiles::of(&mut read_delay);
     s
 }
 
@@ -226,6 +235,7 @@ mod tests {
             turns_answered: 4,
             ttfa: vec![ms(1260), ms(1270)],
             after_window: vec![ms(652), ms(661)],
+            first_audio_read_delay: vec![ms(0), ms(3)],
             marks_acknowledged: 8,
             ..CallOutcome::default()
         };
@@ -249,6 +259,7 @@ mod tests {
         assert_eq!(s.ttfa.p50_ms, 1260.0);
         assert_eq!(s.overhead.max_ms, 11.0);
         assert_eq!(s.overhead.p50_ms, 2.0);
+        assert_eq!((s.read_delay.count, s.read_delay.max_ms), (4, 3.0));
         assert_eq!(s.connect.count, 2);
         assert!(good.sustained());
     }
