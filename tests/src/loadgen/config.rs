@@ -76,6 +76,12 @@ pub struct LoadConfig {
     /// Give up on a connection attempt after this many seconds.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Single-threaded runtimes (one thread each) the calls are spread over; 0 runs them on
+    /// the work-stealing runtime instead. One per core by default: a call then stays on one
+    /// thread, and no cross-thread wake-ups or task stealing add to the generator's cost on the
+    /// machine it shares with the worker.
+    #[arg(long, env = "LOADGEN_RUNTIMES", default_value_t = default_runtimes())]
+    pub runtimes: usize,
     /// Worker process to sample (CPU, RSS) over the steady window.
     #[arg(long)]
     pub worker_pid: Option<u32>,
@@ -85,6 +91,10 @@ pub struct LoadConfig {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn default_runtimes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl LoadConfig {

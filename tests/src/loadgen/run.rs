@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use callfleet_worker::admission::{TokenSecret, mint_token};
@@ -49,6 +51,7 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
         + config.steady_window()
         + config.settle_time()
         + TOKEN_SLACK;
+    let runtimes = CallRuntimes::start(config.runtimes)?;
     let ramp_started = Instant::now();
     let mut calls = JoinSet::new();
     for index in 0..config.calls {
@@ -62,7 +65,10 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
             lead_in: shared.pattern.lead_in(index, config.calls),
             phase: phase(index, config.ramp_batch),
         };
-        calls.spawn(run_call(shared.clone(), plan));
+        match runtimes.pick(index) {
+            Some(runtime) => calls.spawn_on(run_call(shared.clone(), plan), runtime),
+            None => calls.spawn(run_call(shared.clone(), plan)),
+        };
     }
     // Every call connected or failed (each attempt is bounded by the connect timeout).
     while shared.settled.load(Ordering::Relaxed) < config.calls {
@@ -85,6 +91,7 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
     while let Some(outcome) = calls.join_next().await {
         outcomes.push(outcome.context("a call task panicked")?);
     }
+    runtimes.stop();
     let calls = summarize(&outcomes, Duration::from_millis(config.provider_ms));
     Ok(Report::new(
         &config,
@@ -94,6 +101,59 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
         watched.usage(before_ramp, at_start, at_end, window),
         machine_usage,
     ))
+}
+
+/// Single-threaded runtimes, each driven by its own thread until [`CallRuntimes::stop`].
+struct CallRuntimes {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CallRuntimes {
+    fn start(count: usize) -> Result<Self> {
+        let mut runtimes = Self {
+            handles: Vec::with_capacity(count),
+            stops: Vec::with_capacity(count),
+            threads: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building a call runtime")?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            runtimes.handles.push(runtime.handle().clone());
+            runtimes.stops.push(stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("calls-{index}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                })
+                .context("starting a call runtime's thread")?;
+            runtimes.threads.push(thread);
+        }
+        Ok(runtimes)
+    }
+
+    /// The runtime for call `index`, round robin; `None` to use the caller's runtime.
+    fn pick(&self, index: usize) -> Option<&Handle> {
+        if self.handles.is_empty() {
+            None
+        } else {
+            self.handles.get(index % self.handles.len())
+        }
+    }
+
+    /// Ends the threads (after every call finished).
+    fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn load_secret(config: &LoadConfig) -> Result<TokenSecret> {
