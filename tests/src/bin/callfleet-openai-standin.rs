@@ -30,9 +30,9 @@ struct Args {
     #[arg(long, env = "STANDIN_TLS_DIR")]
     tls_dir: Option<PathBuf>,
     /// Runtime threads. One by default: the stand-in shares the machine with the worker it
-    /// serves, and a single-threaded runtime does the same work for about a third less CPU than
-    /// work stealing over two cores (no cross-thread wake-ups; BENCHMARKS.md, 2026-11-30
-    /// afternoon). More threads for loads one core cannot serve.
+    /// serves, and a single-threaded runtime does the same work for 10–25% less CPU than work
+    /// stealing over two cores (no cross-thread wake-ups; BENCHMARKS.md, 2026-11-30 afternoon).
+    /// More threads for loads one core cannot serve.
     #[arg(long, env = "STANDIN_THREADS", default_value_t = 1)]
     threads: usize,
     #[command(flatten)]
