@@ -138,11 +138,8 @@ impl CallRuntimes {
 
     /// The runtime for call `index`, round robin; `None` to use the caller's runtime.
     fn pick(&self, index: usize) -> Option<&Handle> {
-        if self.handles.is_empty() {
-            None
-        } else {
-            self.handles.get(index % self.handles.len())
-        }
+        let slot = index.checked_rem(self.handles.len())?;
+        self.handles.get(slot)
     }
 
     /// Ends the threads (after every call finished).
