@@ -26,6 +26,15 @@ fn overhead_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 1.5, 21))
 }
 
+/// Buckets from 0.25 ms to about 16 s for provider round trips (loopback to another continent).
+fn round_trip_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+/// Per-endpoint histograms of provider request sent → response headers received.
+pub type ProviderRoundTrips =
+    Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
+
 /// All worker metrics.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +48,10 @@ pub struct Metrics {
     pub stt_latency: Histogram,
     pub llm_first_token: Histogram,
     pub tts_first_byte: Histogram,
+    /// Provider request sent → response headers, by endpoint: the network, the provider's
+    /// front door and this worker's HTTP client, which the stage waits above include and
+    /// `turn_overhead` leaves out.
+    pub provider_round_trips: ProviderRoundTrips,
     /// End of caller speech to first reply audio, less the time spent waiting on providers.
     pub turn_overhead: Histogram,
     pub barge_ins: Counter,
@@ -146,6 +159,8 @@ impl Metrics {
             latency_histogram(),
             latency_histogram(),
         );
+        let provider_round_trips: ProviderRoundTrips =
+            Family::new_with_constructor(round_trip_histogram);
         let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
         let event_loop_lag = overhead_histogram();
@@ -198,6 +213,12 @@ impl Metrics {
             tts_first_byte.clone(),
         );
         registry.register(
+            "callfleet_provider_response_headers_seconds",
+            "Provider request sent to response headers received, by endpoint (transcriptions, \
+             chat, speech): the network, the provider's front door and the worker's HTTP client",
+            provider_round_trips.clone(),
+        );
+        registry.register(
             "callfleet_turn_overhead_seconds",
             "End of caller speech to first reply audio byte sent, less the turn's waits on \
              speech-to-text, the chat model's first sentence and speech's first byte: the \
@@ -245,6 +266,7 @@ impl Metrics {
             stt_latency,
             llm_first_token,
             tts_first_byte,
+            provider_round_trips,
             turn_overhead,
             barge_ins,
             event_loop_lag,

@@ -83,6 +83,13 @@ async fn seed_protocol_speech_in_reply_out() {
         metrics.contains("callfleet_tts_first_byte_seconds_count 2"),
         "{metrics}"
     );
+    // Each request's round trip to response headers, by endpoint.
+    for (endpoint, requests) in [("transcriptions", 1), ("chat", 1), ("speech", 2)] {
+        let series = format!(
+            "callfleet_provider_response_headers_seconds_count{{endpoint=\"{endpoint}\"}} {requests}"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     w.stop().await;
 }
 

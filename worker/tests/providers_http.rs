@@ -12,6 +12,7 @@ use callfleet_tests::openai_standin::rules::dominant_frequency;
 use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
+use callfleet_worker::metrics::Metrics;
 use callfleet_worker::providers::openai::{OpenAi, ProviderHttp};
 use callfleet_worker::providers::{
     ChatMessage, ChatModel, ChatRole, ProviderConfig, ProviderError, SpeechToText, TextToSpeech,
@@ -30,6 +31,19 @@ async fn standin_with_fault(endpoint: Endpoint, fault: Fault) -> StandinHandle {
     standin
 }
 
+/// A stand-in with no latencies whose chat endpoint answers its first `times` requests with 429.
+async fn standin_rate_limiting_chat(retry_after_ms: u64, times: u32) -> StandinHandle {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .unwrap();
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Chat),
+        Fault::RateLimit { retry_after_ms },
+        Some(times),
+    ));
+    standin
+}
+
 fn client(standin: &StandinHandle, timeout: Duration, max_retries: u32) -> OpenAi {
     client_with(standin, timeout, max_retries, None)
 }
@@ -40,13 +54,27 @@ fn client_with(
     max_retries: u32,
     limit: Option<usize>,
 ) -> OpenAi {
+    client_over(
+        ProviderHttp::new(limit).expect("http client"),
+        standin,
+        timeout,
+        max_retries,
+    )
+}
+
+fn client_over(
+    http: ProviderHttp,
+    standin: &StandinHandle,
+    timeout: Duration,
+    max_retries: u32,
+) -> OpenAi {
     let config = ProviderConfig {
         base_url: standin.base_url(),
         api_key: "sk-test".into(),
         timeout,
         max_retries,
     };
-    OpenAi::new(ProviderHttp::new(limit).expect("http client"), config)
+    OpenAi::new(http, config)
 }
 
 /// Silence, one second of a 440 Hz tone, silence: 16 kHz mono.
@@ -186,14 +214,7 @@ async fn missing_api_key_is_an_auth_error() {
 
 #[tokio::test]
 async fn rate_limit_is_retried_then_succeeds() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Chat),
-        Fault::RateLimit { retry_after_ms: 20 },
-        Some(2),
-    ));
+    let standin = standin_rate_limiting_chat(20, 2).await;
     let openai = client(&standin, Duration::from_secs(5), 2);
     let reply: Vec<String> = openai
         .stream_chat(chat_messages("again"), &LlmSpec::default())
@@ -203,6 +224,46 @@ async fn rate_limit_is_retried_then_succeeds() {
     assert_eq!(reply.concat(), "I heard again. What else can I do for you?");
     let chat = standin.stats().chat;
     assert_eq!((chat.requests, chat.faults, chat.completed), (3, 2, 1));
+}
+
+/// The `count` of one endpoint's series of `callfleet_provider_response_headers_seconds`.
+fn round_trips(metrics: &Metrics, endpoint: &str) -> u64 {
+    let text = metrics.prometheus_text(0);
+    let series =
+        format!("callfleet_provider_response_headers_seconds_count{{endpoint=\"{endpoint}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn every_attempt_records_its_round_trip_by_endpoint() {
+    let standin = standin_rate_limiting_chat(10, 1).await;
+    let metrics = Metrics::new();
+    let http = ProviderHttp::new(None)
+        .unwrap()
+        .observing(metrics.provider_round_trips.clone());
+    let openai = client_over(http, &standin, Duration::from_secs(5), 1);
+    openai
+        .transcribe(tone_utterance(), &stt_spec("whisper-1"))
+        .await
+        .unwrap();
+    let reply: Vec<String> = openai
+        .stream_chat(chat_messages("hi"), &LlmSpec::default())
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert!(!reply.is_empty());
+    let speech: Vec<Bytes> = openai
+        .stream_speech("Hi.".into(), &TtsSpec::default())
+        .map(|chunk| chunk.unwrap())
+        .collect()
+        .await;
+    assert!(!speech.is_empty());
+    assert_eq!(round_trips(&metrics, "transcriptions"), 1);
+    // The rate-limited attempt had a round trip too: it is where a provider's 429s show.
+    assert_eq!(round_trips(&metrics, "chat"), 2);
+    assert_eq!(round_trips(&metrics, "speech"), 1);
 }
 
 #[tokio::test]

@@ -35,7 +35,8 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
     let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
-    let http = ProviderHttp::per_thread(limit, media_threads)?;
+    let http = ProviderHttp::per_thread(limit, media_threads)?
+        .observing(metrics.provider_round_trips.clone());
     let pipelines = Arc::new(PipelineSource::new(
         args.pipeline_file.clone(),
         args.provider_api_key_file.clone(),

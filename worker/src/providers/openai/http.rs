@@ -3,7 +3,7 @@
 //! retry loop (before any output only).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, Stream, StreamExt};
@@ -15,6 +15,7 @@ use rustls::pki_types::CertificateDer;
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::{SseDecoder, SseEvent};
 use super::trust;
+use crate::metrics::ProviderRoundTrips;
 use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
 
 /// One per worker process: the HTTP connection pools the calls share (keep-alive connections
@@ -30,6 +31,9 @@ pub struct ProviderHttp {
     /// Set when a pipeline's `caBundle` adds roots: the realtime WebSocket's TLS config.
     /// `None`: the public roots, as the HTTP pools.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where each request's time to response headers is recorded, when the worker keeps
+    /// metrics.
+    round_trips: Option<ProviderRoundTrips>,
 }
 
 impl ProviderHttp {
@@ -48,7 +52,14 @@ impl ProviderHttp {
             clients: build_clients(threads, &[])?,
             limit: max_concurrent_requests.map(|n| Arc::new(Semaphore::new(n.max(1)))),
             tls: None,
+            round_trips: None,
         })
+    }
+
+    /// Records every request's time to response headers into `round_trips`, by endpoint.
+    pub fn observing(mut self, round_trips: ProviderRoundTrips) -> Self {
+        self.round_trips = Some(round_trips);
+        self
     }
 
     /// New connection pools that also trust `extra` CA certificates (a pipeline's
@@ -60,6 +71,7 @@ impl ProviderHttp {
             clients: build_clients(self.clients.len(), extra)?,
             limit: self.limit.clone(),
             tls: Some(tls),
+            round_trips: self.round_trips.clone(),
         })
     }
 
@@ -86,23 +98,32 @@ impl ProviderHttp {
         }
     }
 
-    /// Sends a request built by `build` (called again for each attempt) with the API key, and
-    /// returns the successful response with its headers read. 429, 5xx, timeouts and connection
-    /// errors are retried per the config; other statuses become typed errors at once.
+    /// Sends a request to `endpoint` (a metrics label) built by `build` (called again for each
+    /// attempt) with the API key, and returns the successful response with its headers read.
+    /// 429, 5xx, timeouts and connection errors are retried per the config; other statuses
+    /// become typed errors at once.
     pub async fn send(
         &self,
         config: &ProviderConfig,
+        endpoint: &'static str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync,
     ) -> ProviderResult<OpenResponse> {
         let build = &build;
         with_retries(config.max_retries, move || async move {
             let permit = self.permit().await;
             let request = build(self.client()).bearer_auth(&config.api_key);
+            // After the permit: a wait for the worker's own request limit is not a round trip.
+            let sent = Instant::now();
             let response = match timeout(config.timeout, request.send()).await {
                 Err(_) => return Err(ProviderError::Timeout("waiting for the response")),
                 Ok(Err(e)) => return Err(request_error(&e)),
                 Ok(Ok(response)) => response,
             };
+            if let Some(round_trips) = &self.round_trips {
+                round_trips
+                    .get_or_create(&[("endpoint", endpoint)])
+                    .observe(sent.elapsed().as_secs_f64());
+            }
             let status = response.status();
             if status.is_success() {
                 return Ok(OpenResponse {

@@ -76,7 +76,7 @@ impl SpeechToText for OpenAi {
             let url = this.url("/audio/transcriptions");
             let response = this
                 .http
-                .send(&this.config, |client| {
+                .send(&this.config, "transcriptions", |client| {
                     client
                         .post(&url)
                         .multipart(stt::transcription_form(&wav, &spec, streamed))
@@ -112,7 +112,7 @@ impl ChatModel for OpenAi {
             let url = this.url("/chat/completions");
             let response = this
                 .http
-                .send(&this.config, |client| client.post(&url).json(&body))
+                .send(&this.config, "chat", |client| client.post(&url).json(&body))
                 .await?;
             Ok(decode_stream(response.into_sse(), "chat stream", |event| {
                 chat::decode_chat_event(&event.data)
@@ -134,7 +134,9 @@ impl TextToSpeech for OpenAi {
             let url = this.url("/audio/speech");
             let response = this
                 .http
-                .send(&this.config, |client| client.post(&url).json(&body))
+                .send(&this.config, "speech", |client| {
+                    client.post(&url).json(&body)
+                })
                 .await?;
             let mut aligner = SampleAligner::default();
             // A raw body has no terminator: it is complete when it ends without error (marked
