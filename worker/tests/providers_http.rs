@@ -297,7 +297,11 @@ async fn server_errors_exhaust_retries() {
         .transcribe(tone_utterance(), &stt_spec("whisper-1"))
         .await;
     match result {
-        Err(ProviderError::Server { status: 503, .. }) => {}
+        // The last attempt's request id, for the provider's support.
+        Err(ProviderError::Server {
+            status: 503,
+            message,
+        }) => assert!(message.contains("(request req_standin_"), "{message}"),
         other => panic!("expected Server 503, got {other:?}"),
     }
     let stats = standin.stats().transcriptions;

@@ -245,7 +245,10 @@ async fn missing_key_is_refused_at_handshake() {
     let openai = client(&standin, " ", 2);
     let result = connect(&openai).await;
     assert!(
-        matches!(result, Err(ProviderError::Auth { status: 401, .. })),
+        matches!(
+            &result,
+            Err(ProviderError::Auth { status: 401, message }) if message.contains("(request req_standin_")
+        ),
         "{:?}",
         result.err()
     );

@@ -25,10 +25,11 @@ pub mod transcriptions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -65,7 +66,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             require_bearer,
-        ));
+        ))
+        .layer(middleware::map_response(with_request_id));
     Router::new()
         .nest("/v1", api)
         .route("/admin/stats", get(admin::stats))
@@ -77,6 +79,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/health", get(|| async { "ok" }))
         .with_state(shared)
+}
+
+/// Every API response carries an `x-request-id`, as OpenAI's do (clients log it on errors).
+async fn with_request_id(mut response: Response) -> Response {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = format!("req_standin_{:x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 /// Any non-empty bearer key is accepted; a missing one gets OpenAI's 401.

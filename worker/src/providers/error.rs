@@ -52,9 +52,18 @@ impl ProviderError {
     }
 
     /// Classifies an HTTP error status and its body (OpenAI's `{"error":{"message":..}}` shape
-    /// when present, else the raw text).
-    pub fn from_status(status: u16, retry_after: Option<Duration>, body: &str) -> Self {
-        let message = error_message(body);
+    /// when present, else the raw text). The provider's `x-request-id`, when it sent one, is
+    /// kept in the message: it is what the provider's support asks for.
+    pub fn from_status(
+        status: u16,
+        retry_after: Option<Duration>,
+        body: &str,
+        request_id: Option<&str>,
+    ) -> Self {
+        let mut message = error_message(body);
+        if let Some(id) = request_id.filter(|id| !id.is_empty()) {
+            message = format!("{message} (request {id})");
+        }
         match status {
             429 => Self::RateLimited {
                 retry_after,
@@ -87,7 +96,7 @@ mod tests {
     #[test]
     fn classifies_statuses() {
         let body = r#"{"error":{"message":"slow down","type":"requests"}}"#;
-        let e = ProviderError::from_status(429, Some(Duration::from_secs(2)), body);
+        let e = ProviderError::from_status(429, Some(Duration::from_secs(2)), body, None);
         assert_eq!(
             e,
             ProviderError::RateLimited {
@@ -97,12 +106,17 @@ mod tests {
         );
         assert!(e.is_retryable());
         assert_eq!(e.caller_code(), "RATE_LIMIT");
-        assert!(ProviderError::from_status(503, None, "oops").is_retryable());
-        assert!(!ProviderError::from_status(401, None, "").is_retryable());
+        assert!(ProviderError::from_status(503, None, "oops", None).is_retryable());
+        assert!(!ProviderError::from_status(401, None, "", None).is_retryable());
         assert!(matches!(
-            ProviderError::from_status(404, None, "no such model"),
+            ProviderError::from_status(404, None, "no such model", None),
             ProviderError::Rejected { status: 404, .. }
         ));
+        assert_eq!(
+            ProviderError::from_status(500, None, body, Some("req_7f3a")).to_string(),
+            "provider server error 500: slow down (request req_7f3a)",
+            "the provider's request id is kept for its support"
+        );
         assert_eq!(
             ProviderError::Timeout("first byte").caller_code(),
             "TIMEOUT"

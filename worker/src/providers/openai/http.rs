@@ -134,6 +134,7 @@ impl ProviderHttp {
             }
             let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
             let retry_after = parse_retry_after(header("retry-after-ms"), header("retry-after"));
+            let request_id = header("x-request-id").map(str::to_owned);
             let body = match timeout(config.timeout, response.text()).await {
                 Ok(Ok(body)) => body,
                 _ => String::new(),
@@ -142,6 +143,7 @@ impl ProviderHttp {
                 status.as_u16(),
                 retry_after,
                 &body,
+                request_id.as_deref(),
             ))
         })
         .await

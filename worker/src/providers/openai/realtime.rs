@@ -291,7 +291,12 @@ fn handshake_error(error: tungstenite::Error) -> ProviderError {
                 .as_deref()
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            ProviderError::from_status(response.status().as_u16(), retry_after, &body)
+            ProviderError::from_status(
+                response.status().as_u16(),
+                retry_after,
+                &body,
+                header("x-request-id"),
+            )
         }
         other => ws_error(other),
     }
