@@ -21,11 +21,13 @@ pub const LEAD_FRAMES: u32 = 2;
 pub const SEND_EARLY: Duration = FRAME;
 
 /// Reply frames leave this many at a time, in one socket write: one write (and at most one
-/// wake-up, on each side) per 60 ms instead of one per frame. Three rather than two cut the
-/// generator's late frames at 2,000 calls on two cores by a third or more (BENCHMARKS.md,
-/// 2026-11-30 afternoon). The carrier holds at most two frames more than the lead, barge-in
-/// clears them, and what the caller heard is timed by the playhead model, not by the sends.
-pub const FRAMES_PER_WRITE: u32 = 3;
+/// wake-up, on each side) per 100 ms instead of one per frame. Three rather than two cut the
+/// generator's late frames at 2,000 calls on two cores by a third or more, five rather than
+/// three the worker's CPU at 1,000 calls in conversation by 5% (BENCHMARKS.md, 2026-11-30
+/// afternoon and late afternoon). The carrier holds at most four frames more than the lead,
+/// barge-in clears them, and what the caller heard is timed by the playhead model, not by the
+/// sends.
+pub const FRAMES_PER_WRITE: u32 = 5;
 
 /// After the carrier ran out of a reply's audio, playback resumes once this much is queued (or
 /// the sentence is complete): speech streaming at about real time then plays on this cushion
@@ -310,6 +312,14 @@ mod tests {
     }
 
     /// A paced 8 kHz playout holding `frames` frames, armed at `t0`.
+    /// Frames in the first write of a reply (or of playback resuming): the lead and the frame
+    /// due now, or a whole batch when that is more.
+    const FIRST_WRITE: usize = if FRAMES_PER_WRITE > LEAD_FRAMES + 1 {
+        FRAMES_PER_WRITE as usize
+    } else {
+        LEAD_FRAMES as usize + 1
+    };
+
     fn armed(t0: Instant, frames: usize) -> Playout {
         let mut p = Playout::new(PlaybackMode::Paced, 8_000);
         p.push(&vec![1; 160 * frames]);
@@ -404,8 +414,8 @@ mod tests {
         let resumed = audio_len(&p.pop_due(t0 + Duration::from_millis(250)));
         assert_eq!(
             resumed.len(),
-            LEAD_FRAMES as usize + 1,
-            "the lead, and the frame due now"
+            FIRST_WRITE.min(5),
+            "the lead and the frame due now (a batch when that is more) of the five queued"
         );
         assert!(
             !arm_finds_gap(&mut Playout::new(PlaybackMode::Paced, 8_000), t0),
@@ -422,8 +432,8 @@ mod tests {
         let mut p = armed(t0, 30);
         assert_eq!(
             audio_len(&p.pop_due(t0)).len(),
-            3,
-            "the lead and the frame due now"
+            FIRST_WRITE,
+            "the lead and the frame due now, or a batch"
         );
         assert_eq!(
             p.take_gaps(),
@@ -523,11 +533,14 @@ mod tests {
                 "a frame left too early"
             );
         }
-        // After the lead, every write carries a full batch (but the last), and none comes from
-        // the timer.
-        let last_write = sent[sent.len() - 1].0;
-        let steady: Vec<_> = sent[1..].iter().filter(|s| s.0 != last_write).collect();
-        assert!(steady.len() > 40);
+        // After the first write, every write carries a full batch (but the last), and none
+        // comes from the timer.
+        let (first_write, last_write) = (sent[0].0, sent[sent.len() - 1].0);
+        let steady: Vec<_> = sent
+            .iter()
+            .filter(|s| s.0 != first_write && s.0 != last_write)
+            .collect();
+        assert!(steady.len() >= 50 - FIRST_WRITE - FRAMES_PER_WRITE as usize);
         assert!(
             steady
                 .iter()
@@ -548,23 +561,26 @@ mod tests {
             assert!(at <= due, "a frame left late");
         }
         let batch = FRAMES_PER_WRITE as usize;
-        // 50 frames: the lead and the first due one go together, the other 47 in full batches
-        // but for the remainder.
-        let in_full_batches = sent[1..].iter().filter(|&&(_, _, b)| b == batch).count();
+        // 50 frames: the first write, then the rest in full batches but for the remainder.
+        let after_first = 50 - FIRST_WRITE;
+        let in_full_batches = sent[FIRST_WRITE - LEAD_FRAMES as usize..]
+            .iter()
+            .filter(|&&(_, _, b)| b == batch)
+            .count();
         assert_eq!(
             in_full_batches,
-            47 / batch * batch,
-            "every frame after the lead leaves in a full batch"
+            after_first / batch * batch,
+            "every frame after the first write leaves in a full batch"
         );
     }
 
     #[test]
     fn a_write_starts_at_most_one_frame_early() {
         let t0 = Instant::now();
-        let mut p = armed(t0, 10);
-        assert_eq!(audio_len(&p.pop_due(t0)).len(), LEAD_FRAMES as usize + 1);
+        let mut p = armed(t0, FIRST_WRITE + FRAMES_PER_WRITE as usize);
+        assert_eq!(audio_len(&p.pop_due(t0)).len(), FIRST_WRITE);
         let due = p.next_deadline().unwrap();
-        assert_eq!(due, t0 + FRAME);
+        assert_eq!(due, t0 + FRAME * (FIRST_WRITE as u32 - LEAD_FRAMES));
         assert!(
             p.pop_due(due - SEND_EARLY - Duration::from_millis(1))
                 .is_empty()
