@@ -286,28 +286,26 @@ impl CallSession {
         {
             self.start_turn(TurnInput::Say(greeting));
         }
-        let max_end = tokio::time::Instant::from_std(self.started_at + self.ctx.limits.max_call);
-        // Timers are created once and re-armed, not rebuilt on every loop turn: the loop turns
-        // 50 times a second per call, and a fresh timer each time costs a timer-wheel insert.
-        let max_sleep = sleep_until(max_end);
-        tokio::pin!(max_sleep);
-        let pace_sleep = sleep_until(tokio::time::Instant::now());
-        tokio::pin!(pace_sleep);
+        let max_end = self.started_at + self.ctx.limits.max_call;
+        // One timer for everything the call waits on besides its socket and its turn (the
+        // next reply frame, a keypad entry's end, housekeeping, the maximum duration), set to
+        // the earliest and re-armed only when that changes: the loop turns 50 times a second
+        // per call, and every timer in the select is polled (its waker registered) each time.
+        let timer = sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
-        let keypad_sleep = sleep_until(tokio::time::Instant::now());
-        tokio::pin!(keypad_sleep);
-        let mut keypad_armed: Option<Instant> = None;
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut last_ping = Instant::now();
         let ending = loop {
             // Whatever woke the call (mostly the caller's own 20 ms frames) also sends the reply
             // frames that are nearly due: the pacing timer is the fallback, not the clock.
             self.send_due_frames();
-            let pace = self.playout.next_deadline();
-            rearm(pace_sleep.as_mut(), pace, &mut armed);
             let keypad_due = self.keypad.due();
-            rearm(keypad_sleep.as_mut(), keypad_due, &mut keypad_armed);
+            let due = [self.playout.next_deadline(), keypad_due]
+                .into_iter()
+                .flatten()
+                .fold(max_end.min(next_housekeeping), Instant::min);
+            rearm(timer.as_mut(), Some(due), &mut armed);
             tokio::select! {
                 biased;
                 event = self.socket.next() => {
@@ -333,16 +331,22 @@ impl CallSession {
                         break ending;
                     }
                 }
-                // The frames go out at the top of the loop.
-                _ = &mut pace_sleep, if pace.is_some() => armed = None,
-                _ = &mut keypad_sleep, if keypad_due.is_some() => {
-                    keypad_armed = None;
-                    if let Some(entry) = self.keypad.take_due(Instant::now()) {
+                // Reply frames go out at the top of the loop; the rest is checked here.
+                _ = &mut timer => {
+                    armed = None;
+                    let now = Instant::now();
+                    if now >= max_end {
+                        break Ending::MaxDuration;
+                    }
+                    if keypad_due.is_some_and(|at| at <= now)
+                        && let Some(entry) = self.keypad.take_due(now)
+                    {
                         self.on_keypad_entry(entry).await;
                     }
-                }
-                _ = &mut max_sleep => break Ending::MaxDuration,
-                _ = housekeeping.tick() => {
+                    if now < next_housekeeping {
+                        continue;
+                    }
+                    next_housekeeping = now + HOUSEKEEPING;
                     if self.last_inbound.elapsed() >= self.ctx.limits.idle {
                         break Ending::Idle;
                     }
