@@ -305,7 +305,7 @@ impl CallSession {
                 .into_iter()
                 .flatten()
                 .fold(max_end.min(next_housekeeping), Instant::min);
-            rearm(timer.as_mut(), Some(due), &mut armed);
+            rearm(timer.as_mut(), due, &mut armed);
             tokio::select! {
                 biased;
                 event = self.socket.next() => {
@@ -955,13 +955,12 @@ impl CallSession {
     }
 }
 
-/// Points a reused timer at `due` when that changed since it was last armed.
-fn rearm(timer: Pin<&mut Sleep>, due: Option<Instant>, armed: &mut Option<Instant>) {
-    if due != *armed {
-        if let Some(at) = due {
-            timer.reset(tokio::time::Instant::from_std(at));
-        }
-        *armed = due;
+/// Points a reused timer at `due` unless it is armed for that already (`armed` is `None`
+/// after it fired).
+fn rearm(timer: Pin<&mut Sleep>, due: Instant, armed: &mut Option<Instant>) {
+    if *armed != Some(due) {
+        timer.reset(tokio::time::Instant::from_std(due));
+        *armed = Some(due);
     }
 }
 
