@@ -311,7 +311,6 @@ mod tests {
         }
     }
 
-    /// A paced 8 kHz playout holding `frames` frames, armed at `t0`.
     /// Frames in the first write of a reply (or of playback resuming): the lead and the frame
     /// due now, or a whole batch when that is more.
     const FIRST_WRITE: usize = if FRAMES_PER_WRITE > LEAD_FRAMES + 1 {
@@ -320,6 +319,7 @@ mod tests {
         LEAD_FRAMES as usize + 1
     };
 
+    /// A paced 8 kHz playout holding `frames` frames, armed at `t0`.
     fn armed(t0: Instant, frames: usize) -> Playout {
         let mut p = Playout::new(PlaybackMode::Paced, 8_000);
         p.push(&vec![1; 160 * frames]);
