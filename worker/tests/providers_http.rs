@@ -88,6 +88,15 @@ fn tone_utterance() -> Utterance {
     }
 }
 
+/// The deltas of a chat reply to `user`, each one unwrapped.
+async fn chat_reply(openai: &OpenAi, user: &str) -> Vec<String> {
+    openai
+        .stream_chat(chat_messages(user), &LlmSpec::default())
+        .map(|d| d.unwrap())
+        .collect()
+        .await
+}
+
 fn chat_messages(user: &str) -> Vec<ChatMessage> {
     vec![
         ChatMessage::new(ChatRole::System, "You are terse."),
@@ -151,11 +160,7 @@ async fn chat_streams_token_deltas() {
         .await
         .unwrap();
     let openai = client(&standin, Duration::from_secs(5), 0);
-    let deltas: Vec<String> = openai
-        .stream_chat(chat_messages("tone 440"), &LlmSpec::default())
-        .map(|d| d.unwrap())
-        .collect()
-        .await;
+    let deltas = chat_reply(&openai, "tone 440").await;
     assert!(deltas.len() > 5, "{deltas:?}");
     assert_eq!(
         deltas.concat(),
@@ -216,11 +221,7 @@ async fn missing_api_key_is_an_auth_error() {
 async fn rate_limit_is_retried_then_succeeds() {
     let standin = standin_rate_limiting_chat(20, 2).await;
     let openai = client(&standin, Duration::from_secs(5), 2);
-    let reply: Vec<String> = openai
-        .stream_chat(chat_messages("again"), &LlmSpec::default())
-        .map(|d| d.unwrap())
-        .collect()
-        .await;
+    let reply = chat_reply(&openai, "again").await;
     assert_eq!(reply.concat(), "I heard again. What else can I do for you?");
     let chat = standin.stats().chat;
     assert_eq!((chat.requests, chat.faults, chat.completed), (3, 2, 1));
@@ -248,11 +249,7 @@ async fn every_attempt_records_its_round_trip_by_endpoint() {
         .transcribe(tone_utterance(), &stt_spec("whisper-1"))
         .await
         .unwrap();
-    let reply: Vec<String> = openai
-        .stream_chat(chat_messages("hi"), &LlmSpec::default())
-        .map(|d| d.unwrap())
-        .collect()
-        .await;
+    let reply = chat_reply(&openai, "hi").await;
     assert!(!reply.is_empty());
     let speech: Vec<Bytes> = openai
         .stream_speech("Hi.".into(), &TtsSpec::default())
@@ -455,11 +452,7 @@ async fn faults_and_stats_over_the_admin_api() {
         "{first:?}"
     );
     // the counted fault is used up
-    let second: Vec<String> = openai
-        .stream_chat(chat_messages("hi"), &LlmSpec::default())
-        .map(|d| d.unwrap())
-        .collect()
-        .await;
+    let second = chat_reply(&openai, "hi").await;
     assert!(!second.is_empty());
     let stats: serde_json::Value = admin
         .get(format!("{base}/admin/stats"))
