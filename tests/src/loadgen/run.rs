@@ -104,51 +104,51 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
 }
 
 /// Single-threaded runtimes, each driven by its own thread until [`CallRuntimes::stop`].
-struct CallRuntimes {
-    handles: Vec<Handle>,
-    stops: Vec<oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+struct CallRuntimes(Vec<CallRuntime>);
+
+struct CallRuntime {
+    handle: Handle,
+    /// Dropping it ends the thread's `block_on`.
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl CallRuntimes {
     fn start(count: usize) -> Result<Self> {
-        let mut runtimes = Self {
-            handles: Vec::with_capacity(count),
-            stops: Vec::with_capacity(count),
-            threads: Vec::with_capacity(count),
-        };
+        let mut runtimes = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("building a call runtime")?;
             let (stop, stopped) = oneshot::channel::<()>();
-            runtimes.handles.push(runtime.handle().clone());
-            runtimes.stops.push(stop);
+            let handle = runtime.handle().clone();
             let thread = std::thread::Builder::new()
                 .name(format!("calls-{index}"))
                 .spawn(move || {
                     let _ = runtime.block_on(stopped);
                 })
                 .context("starting a call runtime's thread")?;
-            runtimes.threads.push(thread);
+            runtimes.push(CallRuntime {
+                handle,
+                stop,
+                thread,
+            });
         }
-        Ok(runtimes)
+        Ok(Self(runtimes))
     }
 
     /// The runtime for call `index`, round robin; `None` to use the caller's runtime.
     fn pick(&self, index: usize) -> Option<&Handle> {
-        let slot = index.checked_rem(self.handles.len())?;
-        self.handles.get(slot)
+        let slot = index.checked_rem(self.0.len())?;
+        self.0.get(slot).map(|runtime| &runtime.handle)
     }
 
     /// Ends the threads (after every call finished).
     fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        for thread in self.threads {
-            let _ = thread.join();
+        for runtime in self.0 {
+            drop(runtime.stop);
+            let _ = runtime.thread.join();
         }
     }
 }
