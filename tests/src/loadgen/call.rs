@@ -101,6 +101,10 @@ async fn connect(shared: &RunShared, plan: &CallPlan) -> Result<Socket, String> 
     let attempt = async {
         let request = shared.url.as_str().into_client_request()?;
         let uri = request.uri();
+        // The socket is opened here to stamp receive times, without TLS: plain `ws://` only.
+        if uri.scheme_str() != Some("ws") {
+            return Err(WsError::Url(UrlError::UnsupportedUrlScheme));
+        }
         let host = uri.host().ok_or(WsError::Url(UrlError::NoHostName))?;
         let port = uri.port_u16().unwrap_or(80);
         let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;

@@ -16,7 +16,8 @@ use super::wire::{Voice, Wire};
     about = "Simulated phone calls against one callfleet worker (a benchmark tool, not a test)"
 )]
 pub struct LoadConfig {
-    /// Worker address; the protocol's path is added when the URL has none.
+    /// Worker address (`ws://` only: the generator stamps receive times on plain sockets); the
+    /// protocol's path is added when the URL has none.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
     /// Protocol the simulated carrier speaks.
