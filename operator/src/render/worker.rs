@@ -220,6 +220,9 @@ fn env(ctx: &Context<'_>, drain: i64) -> Vec<EnvVar> {
     if let Some(lag_ms) = spec.workers.overload_lag_ms {
         env.push(value("CALLFLEET_OVERLOAD_LAG_MS", lag_ms.to_string()));
     }
+    if let Some(micros) = spec.workers.event_batch_micros {
+        env.push(value("CALLFLEET_EVENT_BATCH_US", micros.to_string()));
+    }
     if let Some(redis) = &spec.redis {
         env.push(secret_env(
             "CALLFLEET_REDIS_URL",
@@ -575,6 +578,7 @@ mod tests {
             !env.contains_key("CALLFLEET_OVERLOAD_LAG_MS"),
             "the worker's default"
         );
+        assert!(!env.contains_key("CALLFLEET_EVENT_BATCH_US"));
         assert!(!env.contains_key("CALLFLEET_REDIS_URL"));
         assert!(!env.contains_key("CALLFLEET_RECORDINGS_ENABLED"));
         assert!(
@@ -591,9 +595,10 @@ mod tests {
     fn limits_flow_into_env_and_grace_period() {
         let pod = worker_pod(json!({
             "limits": {"maxCallDurationSeconds": 600, "idleTimeoutSeconds": 10, "requestsPerMinutePerIp": 5},
-            "workers": {"maxCallsPerPod": 2000, "logFormat": "text", "overloadLagMs": 0},
+            "workers": {"maxCallsPerPod": 2000, "logFormat": "text", "overloadLagMs": 0, "eventBatchMicros": 1000},
         }));
         let env = env_map(&pod);
+        assert_eq!(env["CALLFLEET_EVENT_BATCH_US"], "1000");
         assert_eq!(env["CALLFLEET_OVERLOAD_LAG_MS"], "0");
         assert_eq!(env["CALLFLEET_MAX_CALL_SECONDS"], "600");
         assert_eq!(env["CALLFLEET_IDLE_TIMEOUT_SECONDS"], "10");

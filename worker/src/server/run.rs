@@ -118,6 +118,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
     let serving = Serving {
         ctx: ctx.clone(),
         send_buffer: args.socket_send_buffer,
+        event_batch: args.event_batch(),
         stop,
     };
     for (n, listener) in listeners.enumerate() {
@@ -139,6 +140,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<RunningWorker> {
 struct Serving {
     ctx: Arc<WorkerContext>,
     send_buffer: usize,
+    /// Each further media thread's event batching (the first runs on the caller's runtime).
+    event_batch: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -149,6 +152,7 @@ impl Serving {
             ctx,
             send_buffer,
             mut stop,
+            ..
         } = self;
         let listener = listener.tap_io(move |tcp| tune_connection(tcp, send_buffer));
         // Each media runtime measures its own lag: it is that runtime's calls that wait.
@@ -179,7 +183,7 @@ fn spawn_media_thread(
         .name(format!("callfleet-media-{index}"))
         .spawn(move || {
             media_thread::enter(index);
-            let runtime = match media_thread::runtime() {
+            let runtime = match media_thread::runtime(serving.event_batch) {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     tracing::error!(index, error = %err, "media thread: no runtime");
