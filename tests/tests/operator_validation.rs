@@ -49,6 +49,11 @@ async fn invalid_specs_are_rejected_with_clear_messages() -> Result<()> {
             "spec.workers.overloadLagMs",
         ),
         (
+            "event batching longer than a frame",
+            format!("  {PIPELINE}\n  workers: {{eventBatchMicros: 30000}}"),
+            "spec.workers.eventBatchMicros: Invalid value: 30000: spec.workers.eventBatchMicros in body should be less than or equal to 20000",
+        ),
+        (
             "missing pipelineRef",
             "  workers: {minReplicas: 1}".to_owned(),
             "spec.pipelineRef: Required value",
@@ -69,7 +74,7 @@ async fn invalid_specs_are_rejected_with_clear_messages() -> Result<()> {
         cluster,
         &ns,
         &call_cluster(&format!(
-            "  {PIPELINE}\n  workers: {{minReplicas: 2, maxReplicas: 5}}"
+            "  {PIPELINE}\n  workers: {{minReplicas: 2, maxReplicas: 5, eventBatchMicros: 1000}}"
         )),
     )?;
     Ok(())
