@@ -54,10 +54,10 @@ pub fn work_stealing(threads: usize, event_batch: Duration) -> io::Result<Runtim
 
 /// Event batching (`--event-batch-us`): a thread with nothing left to run sleeps `pause` before
 /// it parks in `epoll_wait`, so the frames of many calls arrive meanwhile and are taken in one
-/// wake-up. Each wake-up (the sleep and the `epoll_wait`, the futex between work-stealing
-/// threads, a cold cache) costs about as much as handling several frames, and under load most
-/// wake-ups find a single frame. Work that is already queued is not delayed: the hook runs
-/// only when the thread has none.
+/// wake-up. A wake-up (the context switch, `epoll_wait`, the futex between work-stealing
+/// threads, the sender's side of waking us) costs more than handling a frame, and without the
+/// pause most wake-ups under load find one or two. Work already queued is not delayed: the hook
+/// runs only when the thread has none.
 fn batching(mut builder: Builder, pause: Duration) -> Builder {
     if !pause.is_zero() {
         builder.on_thread_park(move || std::thread::sleep(pause));

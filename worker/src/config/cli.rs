@@ -119,10 +119,10 @@ pub struct ServeArgs {
     pub media_threads: usize,
     /// Event batching, in microseconds: a media thread that runs out of work waits this long
     /// before asking the kernel for new events, so under load it takes many calls' frames per
-    /// wake-up instead of waking for each (10–15% less CPU per call at 300–1,000 calls, 20% for
-    /// idle calls, at 1 ms) at the cost of up to that much latency per event (time to first
-    /// audio 2–3.5 ms later at 1 ms: a turn waits on about four events). 0 (default): every
-    /// event is taken as it comes. At most 20,000 (one frame).
+    /// wake-up instead of waking for each (6–15% less CPU per call at 300–1,000 calls, up to 20%
+    /// for idle calls, at 1 ms) at the cost of up to that much latency per event (time to first
+    /// audio 2–4 ms later at 1 ms: a turn waits on about four events). 0 (default): every event
+    /// is taken as it comes. At most 20,000 (one frame).
     #[arg(long, env = "CALLFLEET_EVENT_BATCH_US", default_value_t = 0,
         value_parser = clap::value_parser!(u64).range(0..=20_000))]
     pub event_batch_us: u64,
