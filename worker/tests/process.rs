@@ -23,7 +23,7 @@ async fn sigterm_drain_with_media_threads() {
     token_and_drain(&[("CALLFLEET_MEDIA_THREADS", "4")]).await;
 }
 
-/// The same with event batching on the work-stealing runtime: a drain still finishes.
+/// The same with event batching on the main runtime: a drain still finishes.
 #[tokio::test]
 async fn sigterm_drain_with_event_batching() {
     token_and_drain(&[("CALLFLEET_EVENT_BATCH_US", "1000")]).await;
