@@ -9,6 +9,7 @@ use crate::config::PipelineSource;
 use crate::metrics::Metrics;
 use crate::recording::Recordings;
 use crate::session::SessionStore;
+use crate::turn_runtime::TurnRuntime;
 
 /// Per-call time limits.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +33,8 @@ pub struct WorkerContext {
     pub recordings: Option<Arc<Recordings>>,
     /// Load shedding: whether each media runtime keeps up.
     pub load: Arc<LoadShedder>,
+    /// Where turns run when media threads batch events; `None`: on the call's own runtime.
+    turns: Option<TurnRuntime>,
     pub started_at: Instant,
     draining: AtomicBool,
 }
@@ -57,6 +60,7 @@ impl WorkerContext {
             store,
             recordings: None,
             load: LoadShedder::new(None, 1),
+            turns: None,
             started_at: Instant::now(),
             draining: AtomicBool::new(false),
         }
@@ -72,6 +76,24 @@ impl WorkerContext {
     pub fn with_load_shedding(mut self, load: Arc<LoadShedder>) -> Self {
         self.load = load;
         self
+    }
+
+    /// Runs turns on `turns` instead of the call's own runtime.
+    pub fn with_turn_runtime(mut self, turns: Option<TurnRuntime>) -> Self {
+        self.turns = turns;
+        self
+    }
+
+    /// Starts a turn: on the turn runtime if there is one, else on the current runtime.
+    pub fn spawn_turn<F>(&self, turn: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.turns {
+            Some(turns) => turns.spawn(turn),
+            None => tokio::spawn(turn),
+        }
     }
 
     /// Stop admitting calls (SIGTERM).

@@ -14,3 +14,4 @@ pub mod providers;
 pub mod recording;
 pub mod server;
 pub mod session;
+pub mod turn_runtime;

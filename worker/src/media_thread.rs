@@ -57,7 +57,8 @@ pub fn work_stealing(threads: usize, event_batch: Duration) -> io::Result<Runtim
 /// wake-up. A wake-up (the context switch, `epoll_wait`, the futex between work-stealing
 /// threads, the sender's side of waking us) costs more than handling a frame, and without the
 /// pause most wake-ups under load find one or two. Work already queued is not delayed: the hook
-/// runs only when the thread has none.
+/// runs only when the thread has none. Turns, whose provider answers should not wait, then run
+/// on [`crate::turn_runtime`], which does not batch.
 fn batching(mut builder: Builder, pause: Duration) -> Builder {
     if !pause.is_zero() {
         builder.on_thread_park(move || std::thread::sleep(pause));

@@ -150,6 +150,18 @@ async fn twilio_speech_in_reply_out() {
 #[tokio::test]
 async fn barge_in_clears_playback_and_truncates_history() {
     let (_standin, w) = setup("").await;
+    barge_in(w).await;
+}
+
+/// The same with event batching, where turns run on a runtime of their own: barge-in still
+/// cancels the turn (across runtimes) and cuts the history to what was played.
+#[tokio::test]
+async fn barge_in_with_turns_on_their_own_runtime() {
+    let (_standin, w) = setup_with("", |a| a.event_batch_us = 1000).await;
+    barge_in(w).await;
+}
+
+async fn barge_in(w: TestWorker) {
     let call = "CA-barge";
     let mut s = connect(&w.url("/ws/twilio")).await;
     send_text(&mut s, twilio_start(call)).await;

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::providers::openai::ProviderHttp;
 use crate::recording::Recordings;
 use crate::session::InMemorySessionStore;
+use crate::turn_runtime::TurnRuntime;
 
 /// How long a dropped call's history is kept for a reconnect.
 const RESUME_WINDOW: Duration = Duration::from_secs(600);
@@ -35,8 +36,18 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
     let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
-    let http = ProviderHttp::per_thread(limit, media_threads)?
-        .observing(metrics.provider_round_trips.clone());
+    // Batching media threads hand their turns to a runtime that does not batch (see
+    // `turn_runtime`); its connection pool is then the only one in use.
+    let turns = if args.event_batch().is_zero() {
+        None
+    } else {
+        Some(TurnRuntime::start(TurnRuntime::threads_for(
+            args.media_runtime().cores(),
+        ))?)
+    };
+    let pools = if turns.is_some() { 1 } else { media_threads };
+    let http =
+        ProviderHttp::per_thread(limit, pools)?.observing(metrics.provider_round_trips.clone());
     let pipelines = Arc::new(PipelineSource::new(
         args.pipeline_file.clone(),
         args.provider_api_key_file.clone(),
@@ -67,7 +78,8 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
         .with_load_shedding(LoadShedder::new(
             OverloadPolicy::from_lag_ms(args.overload_lag_ms),
             media_threads,
-        )),
+        ))
+        .with_turn_runtime(turns),
     ))
 }
 

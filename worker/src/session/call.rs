@@ -526,7 +526,7 @@ impl CallSession {
 
     fn start_turn(&mut self, input: TurnInput) {
         let (tx, rx) = mpsc::channel(32);
-        let handle = tokio::spawn(run_turn(
+        let handle = self.ctx.spawn_turn(run_turn(
             self.pipeline.clone(),
             self.ctx.metrics.clone(),
             input,
