@@ -27,8 +27,9 @@ const RESUME_WINDOW: Duration = Duration::from_secs(600);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the shared state from settings (loads the token secret and the first pipeline, opens
-/// the recordings spool), with a provider connection pool for each of `media_threads` threads.
-/// Runs inside the Tokio runtime.
+/// the recordings spool), with a provider connection pool for each of `media_threads` threads,
+/// or, when media threads batch events, the turn runtime and its one pool. Runs inside the Tokio
+/// runtime.
 pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<Arc<WorkerContext>> {
     for warning in args.unused_settings() {
         tracing::warn!("{warning}");
