@@ -8,6 +8,9 @@
 //! wake-ups, are batched. Measured at 1,000 calls in conversation: batching alone cost about
 //! 3.5 ms of first-audio latency at p50 and p99, batching with this runtime about 1.2 ms at p50
 //! and 0–1.5 ms at p99, for as much CPU saved (BENCHMARKS.md, 2026-11-30 evening).
+//!
+//! Load shedding probes this runtime too (`LoadShedder::probe_turns`): it carries every call's
+//! turns, so when it falls behind the worker refuses new calls on all media runtimes.
 
 use std::future::Future;
 use std::io;

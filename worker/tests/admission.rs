@@ -267,3 +267,38 @@ async fn a_worker_whose_event_loop_falls_behind_sheds_new_calls_then_recovers() 
     assert!(metrics.contains("callfleet_event_loop_lag_seconds_bucket"));
     w.stop().await;
 }
+
+/// With event batching, turns share a runtime of their own: when that runtime falls behind,
+/// every reply would be late, so the worker sheds new calls on every media runtime, then
+/// recovers when it catches up.
+#[tokio::test]
+async fn a_turn_runtime_that_falls_behind_sheds_new_calls_then_recovers() {
+    let w = start_worker(&pipeline_json(NO_PROVIDER, 1, ""), |a| {
+        a.overload_lag_ms = 50;
+        a.event_batch_us = 1000;
+    })
+    .await;
+    // A hog on the turn runtime's thread, as a burst of turns decoding speech would be.
+    let hogging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hog = w.worker().ctx.spawn_turn({
+        let hogging = hogging.clone();
+        async move {
+            while hogging.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(80));
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    eventually(async || get_text(&w.http("/ready"), None).await.0 == 503).await;
+    let refused = refusal(&w.url("/ws/call-session")).await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("OVERLOADED"), "{}", refused.body);
+
+    hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+    hog.await.expect("hog task");
+    eventually(async || get_text(&w.http("/ready"), None).await.0 == 200).await;
+    let mut next = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut next, start_call("next", Some(&token("next")))).await;
+    wait_for(&mut next, "type", "status").await;
+    w.stop().await;
+}

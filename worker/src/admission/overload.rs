@@ -83,17 +83,46 @@ impl LagTracker {
     }
 }
 
-/// Whether each media runtime is shedding, read by admission and `/ready`.
+/// Whether each media runtime, and the turn runtime if there is one, is shedding, read by
+/// admission and `/ready`.
 #[derive(Debug)]
 pub struct LoadShedder {
     policy: Option<OverloadPolicy>,
     runtimes: Vec<RuntimeLoad>,
+    /// The turn runtime (`crate::turn_runtime`), which every call's turns share: behind, it
+    /// delays every reply, so it sheds for all media runtimes. Never shedding when unprobed.
+    turns: RuntimeLoad,
 }
 
 #[derive(Debug, Default)]
 struct RuntimeLoad {
     shedding: AtomicBool,
     smoothed_lag_us: AtomicU64,
+}
+
+impl RuntimeLoad {
+    fn is_shedding(&self) -> bool {
+        self.shedding.load(Ordering::Acquire)
+    }
+    fn smoothed_lag(&self) -> Duration {
+        Duration::from_micros(self.smoothed_lag_us.load(Ordering::Relaxed))
+    }
+}
+
+/// Which runtime a probe samples, for its slot and its log lines.
+#[derive(Debug, Clone, Copy)]
+enum Probed {
+    Media(usize),
+    Turns,
+}
+
+impl std::fmt::Display for Probed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Media(index) => write!(f, "media runtime {index}"),
+            Self::Turns => f.write_str("turn runtime"),
+        }
+    }
 }
 
 impl LoadShedder {
@@ -104,6 +133,7 @@ impl LoadShedder {
             runtimes: (0..runtimes.max(1))
                 .map(|_| RuntimeLoad::default())
                 .collect(),
+            turns: RuntimeLoad::default(),
         })
     }
 
@@ -111,25 +141,43 @@ impl LoadShedder {
         &self.runtimes[runtime % self.runtimes.len()]
     }
 
-    /// Whether media runtime `runtime` (the one a new connection arrived on) is shedding.
+    fn load(&self, probed: Probed) -> &RuntimeLoad {
+        match probed {
+            Probed::Media(runtime) => self.slot(runtime),
+            Probed::Turns => &self.turns,
+        }
+    }
+
+    /// Whether a new connection on media runtime `runtime` is refused: that runtime, or the
+    /// turn runtime all calls share, is shedding.
     pub fn is_shedding(&self, runtime: usize) -> bool {
-        self.slot(runtime).shedding.load(Ordering::Acquire)
+        self.slot(runtime).is_shedding() || self.turns.is_shedding()
     }
 
-    /// Whether any media runtime is shedding: the pod should get no new calls.
+    /// Whether any runtime is shedding: the pod should get no new calls.
     pub fn any_shedding(&self) -> bool {
-        self.runtimes
-            .iter()
-            .any(|r| r.shedding.load(Ordering::Acquire))
+        self.turns.is_shedding() || self.runtimes.iter().any(RuntimeLoad::is_shedding)
     }
 
-    /// Smoothed event-loop lag of media runtime `runtime`.
+    /// Smoothed event-loop lag behind media runtime `runtime`'s calls: its own, or the turn
+    /// runtime's if that is further behind.
     pub fn smoothed_lag(&self, runtime: usize) -> Duration {
-        Duration::from_micros(self.slot(runtime).smoothed_lag_us.load(Ordering::Relaxed))
+        self.slot(runtime)
+            .smoothed_lag()
+            .max(self.turns.smoothed_lag())
     }
 
-    /// Samples the lag of the runtime it runs on, forever (spawn one per media runtime).
+    /// Samples the lag of the media runtime it runs on, forever (spawn one per media runtime).
     pub async fn probe(self: Arc<Self>, runtime: usize, metrics: Arc<Metrics>) {
+        self.sample(Probed::Media(runtime), metrics).await
+    }
+
+    /// Samples the lag of the turn runtime, forever (spawn it there).
+    pub async fn probe_turns(self: Arc<Self>, metrics: Arc<Metrics>) {
+        self.sample(Probed::Turns, metrics).await
+    }
+
+    async fn sample(self: Arc<Self>, probed: Probed, metrics: Arc<Metrics>) {
         let mut tracker = self.policy.map(LagTracker::new);
         let mut ticks = tokio::time::interval(PROBE_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -142,7 +190,7 @@ impl LoadShedder {
                 continue;
             };
             let shedding = tracker.observe(lag, now);
-            let slot = self.slot(runtime);
+            let slot = self.load(probed);
             slot.smoothed_lag_us.store(
                 u64::try_from(tracker.smoothed().as_micros()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
@@ -151,10 +199,10 @@ impl LoadShedder {
                 let lag_ms = tracker.smoothed().as_secs_f64() * 1000.0;
                 if shedding {
                     metrics.overloaded_runtimes.inc();
-                    tracing::warn!(runtime, lag_ms, "event loop behind: refusing new calls");
+                    tracing::warn!(runtime = %probed, lag_ms, "event loop behind: refusing new calls");
                 } else {
                     metrics.overloaded_runtimes.dec();
-                    tracing::info!(runtime, lag_ms, "event loop caught up: taking calls again");
+                    tracing::info!(runtime = %probed, lag_ms, "event loop caught up: taking calls again");
                 }
             }
         }
@@ -243,5 +291,18 @@ mod tests {
         assert!(!shedder.is_shedding(0));
         assert!(shedder.is_shedding(1));
         assert!(shedder.any_shedding());
+    }
+
+    #[test]
+    fn a_turn_runtime_behind_sheds_for_every_media_runtime() {
+        let shedder = LoadShedder::new(policy().into(), 2);
+        shedder
+            .turns
+            .smoothed_lag_us
+            .store(80_000, Ordering::Relaxed);
+        shedder.turns.shedding.store(true, Ordering::Release);
+        assert!(shedder.is_shedding(0) && shedder.is_shedding(1));
+        assert!(shedder.any_shedding());
+        assert_eq!(shedder.smoothed_lag(0), Duration::from_millis(80));
     }
 }

@@ -57,6 +57,15 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
         metrics.clone(),
     ));
     pipelines.reload();
+    let load = LoadShedder::new(
+        OverloadPolicy::from_lag_ms(args.overload_lag_ms),
+        media_threads,
+    );
+    // Every call's turns share the turn runtime: it is probed like a media runtime (the media
+    // runtimes' probes are started where each serves), and sheds for all of them.
+    if let Some(turns) = &turns {
+        turns.spawn(load.clone().probe_turns(metrics.clone()));
+    }
     let recordings = match args.recordings()? {
         Some(settings) => Some(Recordings::start(&settings, metrics.clone())?),
         None => None,
@@ -76,10 +85,7 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
             Arc::new(InMemorySessionStore::new(RESUME_WINDOW)),
         )
         .with_recordings(recordings)
-        .with_load_shedding(LoadShedder::new(
-            OverloadPolicy::from_lag_ms(args.overload_lag_ms),
-            media_threads,
-        ))
+        .with_load_shedding(load)
         .with_turn_runtime(turns),
     ))
 }
