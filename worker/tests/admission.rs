@@ -230,15 +230,7 @@ async fn a_worker_whose_event_loop_falls_behind_sheds_new_calls_then_recovers() 
     // Starve the worker's event loop the way a CPU hog does: this test's runtime is the
     // worker's, and this task blocks its thread 80 ms at a time.
     let hogging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let hog = tokio::spawn({
-        let hogging = hogging.clone();
-        async move {
-            while hogging.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(80));
-                tokio::task::yield_now().await;
-            }
-        }
-    });
+    let hog = tokio::spawn(hog_thread(hogging.clone()));
     eventually(async || get_text(&w.http("/ready"), None).await.0 == 503).await;
     let (_, ready) = get_text(&w.http("/ready"), None).await;
     assert!(ready.contains(r#""overloaded":true"#), "{ready}");
@@ -280,15 +272,7 @@ async fn a_turn_runtime_that_falls_behind_sheds_new_calls_then_recovers() {
     .await;
     // A hog on the turn runtime's thread, as a burst of turns decoding speech would be.
     let hogging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let hog = w.worker().ctx.spawn_turn({
-        let hogging = hogging.clone();
-        async move {
-            while hogging.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(80));
-                tokio::task::yield_now().await;
-            }
-        }
-    });
+    let hog = w.worker().ctx.spawn_turn(hog_thread(hogging.clone()));
     eventually(async || get_text(&w.http("/ready"), None).await.0 == 503).await;
     let refused = refusal(&w.url("/ws/call-session")).await;
     assert_eq!(refused.status, 503);
@@ -301,4 +285,13 @@ async fn a_turn_runtime_that_falls_behind_sheds_new_calls_then_recovers() {
     send_text(&mut next, start_call("next", Some(&token("next")))).await;
     wait_for(&mut next, "type", "status").await;
     w.stop().await;
+}
+
+/// Blocks the thread it runs on 80 ms at a time, the way a CPU hog starves an event loop, while
+/// `hogging` is set.
+async fn hog_thread(hogging: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    while hogging.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        tokio::task::yield_now().await;
+    }
 }
