@@ -300,8 +300,7 @@ impl CallSession {
             // Whatever woke the call (mostly the caller's own 20 ms frames) also sends the reply
             // frames that are nearly due: the pacing timer is the fallback, not the clock.
             self.send_due_frames();
-            let keypad_due = self.keypad.due();
-            let due = [self.playout.next_deadline(), keypad_due]
+            let due = [self.playout.next_deadline(), self.keypad.due()]
                 .into_iter()
                 .flatten()
                 .fold(max_end.min(next_housekeeping), Instant::min);
@@ -338,9 +337,7 @@ impl CallSession {
                     if now >= max_end {
                         break Ending::MaxDuration;
                     }
-                    if keypad_due.is_some_and(|at| at <= now)
-                        && let Some(entry) = self.keypad.take_due(now)
-                    {
+                    if let Some(entry) = self.keypad.take_due(now) {
                         self.on_keypad_entry(entry).await;
                     }
                     if now < next_housekeeping {
