@@ -240,12 +240,7 @@ async fn a_worker_whose_event_loop_falls_behind_sheds_new_calls_then_recovers() 
     assert!(refused.body.contains("ms behind"), "{}", refused.body);
 
     // The hog stops: the worker catches up and takes calls again; the live call was never cut.
-    hogging.store(false, std::sync::atomic::Ordering::Relaxed);
-    hog.await.expect("hog task");
-    eventually(async || get_text(&w.http("/ready"), None).await.0 == 200).await;
-    let mut next = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut next, start_call("next", Some(&token("next")))).await;
-    wait_for(&mut next, "type", "status").await;
+    let _next = stop_hog_and_call_again(&w, &hogging, hog).await;
     assert_eq!(w.worker().ctx.active_calls(), 2);
     let (_, metrics) = get_text(&w.http("/metrics"), None).await;
     assert!(
@@ -278,13 +273,24 @@ async fn a_turn_runtime_that_falls_behind_sheds_new_calls_then_recovers() {
     assert_eq!(refused.status, 503);
     assert!(refused.body.contains("OVERLOADED"), "{}", refused.body);
 
+    stop_hog_and_call_again(&w, &hogging, hog).await;
+    w.stop().await;
+}
+
+/// Ends the hog, waits until the worker is ready again, and starts a new call on it (returned
+/// live).
+async fn stop_hog_and_call_again(
+    w: &TestWorker,
+    hogging: &std::sync::atomic::AtomicBool,
+    hog: tokio::task::JoinHandle<()>,
+) -> Socket {
     hogging.store(false, std::sync::atomic::Ordering::Relaxed);
     hog.await.expect("hog task");
     eventually(async || get_text(&w.http("/ready"), None).await.0 == 200).await;
     let mut next = connect(&w.url("/ws/call-session")).await;
     send_text(&mut next, start_call("next", Some(&token("next")))).await;
     wait_for(&mut next, "type", "status").await;
-    w.stop().await;
+    next
 }
 
 /// Blocks the thread it runs on 80 ms at a time, the way a CPU hog starves an event loop, while
