@@ -1,6 +1,8 @@
 //! The OpenAI-compatible HTTP clients (transcriptions, chat, speech) against the real local
 //! stand-in over 127.0.0.1: streaming, retries, timeouts, broken streams and cancellation.
 
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -229,12 +231,9 @@ async fn rate_limit_is_retried_then_succeeds() {
 
 /// The `count` of one endpoint's series of `callfleet_provider_response_headers_seconds`.
 fn round_trips(metrics: &Metrics, endpoint: &str) -> u64 {
-    let text = metrics.prometheus_text(0);
     let series =
-        format!("callfleet_provider_response_headers_seconds_count{{endpoint=\"{endpoint}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |count| count.trim().parse().unwrap())
+        format!("callfleet_provider_response_headers_seconds_count{{endpoint=\"{endpoint}\"}}");
+    support::metric_value(&metrics.prometheus_text(0), &series).map_or(0, |count| count as u64)
 }
 
 #[tokio::test]
