@@ -54,8 +54,10 @@ pub fn authentic_call_id<'t>(
     token: &'t str,
     now: u64,
 ) -> Result<&'t str, TokenError> {
+    // From the right: the signature and the expiry hold no dots, the call id may (SIP
+    // Call-IDs look like `a84b4c76e66710@pc33.atlanta.com`).
     let (payload, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let (token_call_id, expiry) = payload.split_once('.').ok_or(TokenError::Malformed)?;
+    let (token_call_id, expiry) = payload.rsplit_once('.').ok_or(TokenError::Malformed)?;
     if token_call_id.is_empty() || expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(TokenError::Malformed);
@@ -109,6 +111,15 @@ mod tests {
             authentic_call_id(&secret(), &token, 1_000),
             Err(TokenError::Expired)
         );
+    }
+
+    #[test]
+    fn call_ids_may_hold_dots() {
+        // SIP Call-IDs do; found by the property tests (the expiry was read from the left).
+        let id = "a84b4c76e66710@pc33.atlanta.com";
+        let token = mint_token(&secret(), id, 1_000);
+        assert_eq!(authentic_call_id(&secret(), &token, 999), Ok(id));
+        assert_eq!(verify_token(&secret(), &token, id, 999), Ok(()));
     }
 
     #[test]

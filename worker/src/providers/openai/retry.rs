@@ -66,7 +66,8 @@ pub fn parse_retry_after(
     let millis = retry_after_ms
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+        // A hint beyond what a Duration holds means "not soon": longer than any wait we take.
+        .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX));
     millis.or_else(|| {
         retry_after
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -184,5 +185,21 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(None, None), None);
+        // Found by the property tests: a hint too large for a Duration panicked.
+        assert_eq!(
+            parse_retry_after(Some("1e300"), Some("1")),
+            Some(Duration::MAX)
+        );
+        assert_eq!(
+            RetryPolicy::new(3).delay_before_retry(
+                &ProviderError::RateLimited {
+                    retry_after: Some(Duration::MAX),
+                    message: String::new(),
+                },
+                0,
+                0.5
+            ),
+            None
+        );
     }
 }
