@@ -15,6 +15,7 @@ use callfleet_worker::config::ServeArgs;
 use callfleet_worker::server::{RunningWorker, start};
 
 pub mod calls;
+pub mod frames;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 
