@@ -18,8 +18,10 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 use tokio_tungstenite::tungstenite::Message;
 
+use callfleet_tests::openai_standin::rules::chat_reply;
 use callfleet_worker::config::ServeArgs;
 use callfleet_worker::protocols::Protocol;
+use callfleet_worker::providers::ChatRole;
 use support::calls::*;
 use support::frames::{Frame, any_protocol, frame};
 use support::*;
@@ -322,6 +324,31 @@ async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) {
         panics_before,
         "the worker panicked (seed {hex})"
     );
+
+    // No call data made up: what history kept of a vanished call (it stays for a resume) says
+    // only what the stand-in answered, cut where playback was at most.
+    for (i, script) in scripts.iter().enumerate() {
+        if !matches!(script.ending, Ending::Vanish) {
+            continue;
+        }
+        let history = ctx.store.load(&format!("rnd-{i}")).await;
+        let mut last_user = None;
+        for message in &history {
+            match message.role {
+                ChatRole::User => last_user = Some(message.content.as_str()),
+                ChatRole::Assistant => {
+                    let reply =
+                        chat_reply(last_user.expect("a reply follows what the caller said"));
+                    assert!(
+                        !message.content.is_empty() && reply.starts_with(&message.content),
+                        "script {i} (seed {hex}): history says {:?} for {reply:?}\n{history:#?}",
+                        message.content
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
 
     // A well-behaved call afterwards is answered as usual.
     let mut s = connect(&w.url("/ws/twilio")).await;
