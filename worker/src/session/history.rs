@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use crate::providers::{ChatMessage, ChatRole};
 
 /// The conversation of one call, without the system prompt, capped at `max_turns` user and
-/// assistant pairs (older messages are dropped first).
+/// assistant pairs (older messages are dropped first; a capped history starts with the caller).
 #[derive(Debug, Clone, Default)]
 pub struct History {
     messages: VecDeque<ChatMessage>,
@@ -31,7 +31,20 @@ impl History {
             return;
         }
         self.messages.push_back(message);
+        if self.messages.len() <= self.max_turns * 2 {
+            return;
+        }
         while self.messages.len() > self.max_turns * 2 {
+            self.messages.pop_front();
+        }
+        // Turns are not always pairs (a turn whose provider failed has no reply), so the cut
+        // can fall between a question and its answer: drop the orphaned answer too, so the
+        // model never sees a reply without what it replied to.
+        while self
+            .messages
+            .front()
+            .is_some_and(|m| m.role == ChatRole::Assistant)
+        {
             self.messages.pop_front();
         }
     }
@@ -128,6 +141,31 @@ mod tests {
         assert_eq!(prompt[4].content, "a4");
         h.push(ChatMessage::new(ChatRole::User, "  "));
         assert_eq!(h.len(), 4);
+    }
+
+    #[test]
+    fn a_capped_history_starts_with_what_the_caller_said() {
+        // Found by the random provider-fault test: a failed turn leaves a question without an
+        // answer, and the cap then cut between a later question and its answer.
+        let mut h = History::new(2, vec![]);
+        h.push(ChatMessage::new(ChatRole::User, "q0 (its reply failed)"));
+        for i in 1..3 {
+            h.push(ChatMessage::new(ChatRole::User, format!("q{i}")));
+            h.push(ChatMessage::new(ChatRole::Assistant, format!("a{i}")));
+        }
+        assert_eq!(h.messages().next().unwrap().content, "q1");
+        h.push(ChatMessage::new(ChatRole::User, "q3"));
+        let contents: Vec<_> = h.messages().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["q2", "a2", "q3"]);
+        // A greeting before the first question stays until the cap reaches it.
+        let greeted = History::new(
+            2,
+            vec![
+                ChatMessage::new(ChatRole::Assistant, "hello"),
+                ChatMessage::new(ChatRole::User, "q1"),
+            ],
+        );
+        assert_eq!(greeted.messages().next().unwrap().content, "hello");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use callfleet_tests::openai_standin::rules::chat_reply;
 use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
 use callfleet_worker::config::ServeArgs;
 use callfleet_worker::media::mulaw;
+use callfleet_worker::providers::ChatRole;
 
 use super::*;
 
@@ -140,4 +142,26 @@ pub fn assert_truncated(heard: &str, at_most_len: usize) {
         !heard.is_empty() && heard.len() < at_most_len && REPLY_440.starts_with(heard),
         "{heard:?}"
     );
+}
+
+/// Checks that the history the worker keeps for `call` (after it vanished: kept for a resume)
+/// says nothing the stand-in did not: every assistant turn is a non-empty start of the
+/// stand-in's answer to what the caller said before it (cut where playback was, at most).
+pub async fn assert_history_is_the_standins_answers(w: &TestWorker, call: &str, context: &str) {
+    let history = w.worker().ctx.store.load(call).await;
+    let mut last_user = None;
+    for message in &history {
+        match message.role {
+            ChatRole::User => last_user = Some(message.content.as_str()),
+            ChatRole::Assistant => {
+                let reply = chat_reply(last_user.expect("a reply follows what the caller said"));
+                assert!(
+                    !message.content.is_empty() && reply.starts_with(&message.content),
+                    "{call} ({context}): history says {:?} for {reply:?}\n{history:#?}",
+                    message.content
+                );
+            }
+            _ => {}
+        }
+    }
 }

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
@@ -26,9 +28,35 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A pipeline config file body for `base_url`.
 pub fn pipeline_json(base_url: &str, generation: i64, extra_spec: &str) -> String {
+    pipeline_json_with(base_url, generation, 5, 0, extra_spec)
+}
+
+/// As [`pipeline_json`], with the provider's timeout and retries.
+pub fn pipeline_json_with(
+    base_url: &str,
+    generation: i64,
+    timeout_seconds: u32,
+    max_retries: u32,
+    extra_spec: &str,
+) -> String {
     format!(
-        r#"{{"name":"test","generation":{generation},"spec":{{"provider":{{"baseUrl":"{base_url}","apiKeySecretRef":{{"name":"k"}},"timeoutSeconds":5,"maxRetries":0}}{extra_spec}}}}}"#
+        r#"{{"name":"test","generation":{generation},"spec":{{"provider":{{"baseUrl":"{base_url}","apiKeySecretRef":{{"name":"k"}},"timeoutSeconds":{timeout_seconds},"maxRetries":{max_retries}}}{extra_spec}}}}}"#
     )
+}
+
+/// Panics anywhere in this test process (the worker runs in it), counted by a hook installed on
+/// first use; compare before and after.
+pub fn panics() -> &'static AtomicUsize {
+    static PANICS: OnceLock<&'static AtomicUsize> = OnceLock::new();
+    PANICS.get_or_init(|| {
+        let counter: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            default_hook(info);
+        }));
+        counter
+    })
 }
 
 /// A worker plus the temp dir holding its pipeline file.
