@@ -17,10 +17,15 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 use tokio_tungstenite::tungstenite::Message;
 
-use callfleet_worker::config::ServeArgs;
+use callfleet_tests::openai_standin::StandinHandle;
+use callfleet_tests::s3proxy::S3Proxy;
+use callfleet_worker::config::{RecordingFormat, ServeArgs};
 use callfleet_worker::protocols::Protocol;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
 use support::calls::*;
 use support::frames::{Frame, any_protocol, frame};
+use support::recording::*;
 use support::*;
 
 /// Connections at once; each runs one script.
@@ -235,7 +240,7 @@ async fn run(url: String, call: String, script: Script) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_carriers_never_break_the_worker() {
-    random_carriers(|_| {}).await;
+    random_carriers(|_| {}).await.w.stop().await;
 }
 
 /// The same on four batching media threads, with turns on their own runtime: every hand-off
@@ -246,10 +251,80 @@ async fn random_carriers_never_break_a_batching_worker() {
         a.media_threads = 4;
         a.event_batch_us = 1_000;
     })
+    .await
+    .w
+    .stop()
     .await;
 }
 
-async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) {
+/// The same with every call recorded to a real S3-compatible server: each call that started,
+/// however it went and ended, is in the bucket as one playable recording, and nothing is left
+/// behind in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_carriers_lose_no_recording() {
+    let s3 = S3Proxy::start().await.expect("S3Proxy");
+    let spool = tempfile::tempdir().unwrap();
+    let run = random_carriers(|a| record_to(a, &s3, spool.path(), RecordingFormat::Wav)).await;
+    let recordings = run.w.worker().ctx.recordings.clone().expect("recording");
+    eventually(async || recordings.is_settled()).await;
+
+    let mut expected: Vec<String> = (0..run.scripts.len())
+        .filter(|&i| run.scripts[i].starts)
+        .map(|i| format!("rnd-{i}"))
+        .collect();
+    expected.push("CA-after".into());
+    let keys = keys(&s3).await;
+    let client = s3.client().expect("client");
+    for call in &expected {
+        let mine: Vec<&String> = keys
+            .iter()
+            .filter(|k| {
+                k.rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(&format!("{call}-")))
+            })
+            .collect();
+        assert_eq!(mine.len(), 1, "{call} (seed {}): {keys:?}", run.hex);
+        let object = client
+            .get(&ObjectPath::from(mine[0].as_str()))
+            .await
+            .expect("get");
+        let bytes = object.bytes().await.expect("body").to_vec();
+        let wav = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("a WAV");
+        assert_eq!(wav.spec().channels, 2, "{call}");
+        assert_eq!(wav.len() as usize % 2, 0, "{call}: whole stereo frames");
+    }
+    assert_eq!(
+        keys.len(),
+        expected.len(),
+        "no recording of a call that never started"
+    );
+    let (_, metrics) = get_text(&run.w.http("/metrics"), None).await;
+    for line in [
+        "callfleet_recording_errors_total 0",
+        "callfleet_recording_frames_dropped_total 0",
+        "callfleet_recording_spool_backlog 0",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "{line} (seed {}) in {metrics}",
+            run.hex
+        );
+    }
+    assert_spool_empty(spool.path());
+    run.w.stop().await;
+}
+
+/// What a run leaves for further checks.
+struct Run {
+    w: TestWorker,
+    scripts: Vec<Script>,
+    /// The seed, for failure messages.
+    hex: String,
+    _standin: StandinHandle,
+}
+
+async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) -> Run {
     let panics_before = panics().load(Ordering::SeqCst);
     let seed: [u8; 32] = match std::env::var("CALLFLEET_RANDOM_SEED") {
         Ok(hex) => {
@@ -273,7 +348,7 @@ async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) {
 
     // A short idle timeout (which also bounds the wait for a call's start) ends the scripts
     // that never start a call sooner; no script pauses that long.
-    let (_standin, w) = setup_with("", |a| {
+    let (standin, w) = setup_with("", |a| {
         a.idle_timeout_seconds = 3;
         tune(a);
     })
@@ -325,5 +400,10 @@ async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) {
     assert_eq!(twilio_hang_up(&mut s, "CA-after").await, Some(1000));
     let (status, _) = get_text(&w.http("/health"), None).await;
     assert_eq!(status, 200);
-    w.stop().await;
+    Run {
+        w,
+        scripts,
+        hex,
+        _standin: standin,
+    }
 }

@@ -9,30 +9,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use callfleet_tests::s3proxy::S3Proxy;
-use callfleet_worker::config::{RecordingFormat, ServeArgs};
+use callfleet_worker::config::RecordingFormat;
 use callfleet_worker::media::mulaw;
-use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use support::calls::*;
+use support::recording::*;
 use support::*;
 
-const PREFIX: &str = "calls/";
 /// The stand-in speaks its replies as a tone of this pitch; callers here speak 440 Hz.
 const REPLY_HZ: f64 = 660.0;
-
-fn record_to(args: &mut ServeArgs, s3: &S3Proxy, spool: &Path, format: RecordingFormat) {
-    args.recordings_enabled = true;
-    args.recordings_endpoint = Some(s3.endpoint());
-    args.recordings_region = Some(S3Proxy::REGION.into());
-    args.recordings_bucket = Some(S3Proxy::BUCKET.into());
-    args.recordings_prefix = PREFIX.into();
-    args.recordings_format = format;
-    args.aws_access_key_id = Some(S3Proxy::ACCESS_KEY.into());
-    args.aws_secret_access_key = Some(S3Proxy::SECRET_KEY.into());
-    args.recordings_spool_dir = spool.to_owned();
-    args.recordings_retry_max_seconds = 1;
-}
 
 /// A seed call: speak a 440 Hz utterance, hear the whole two-sentence reply, hang up.
 async fn call_and_hang_up(w: &TestWorker, call_id: &str) {
@@ -71,19 +57,6 @@ async fn say_in_real_time(s: &mut Socket, samples: &[i16]) {
 }
 
 /// Keys in the bucket under `PREFIX` (empty while S3 is down).
-async fn keys(s3: &S3Proxy) -> Vec<String> {
-    let Ok(client) = s3.client() else {
-        return Vec::new();
-    };
-    let prefix = ObjectPath::from(PREFIX);
-    client
-        .list(Some(&prefix))
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .unwrap_or_default()
-}
-
 async fn the_one_recording(s3: &S3Proxy) -> (String, Vec<u8>) {
     eventually(async || !keys(s3).await.is_empty()).await;
     let keys = keys(s3).await;
@@ -372,17 +345,6 @@ async fn settled_after_one_upload(w: &TestWorker) -> String {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
     metrics
-}
-
-fn assert_spool_empty(spool: &Path) {
-    for sub in ["active", "outbox"] {
-        let left: Vec<_> = std::fs::read_dir(spool.join(sub))
-            .expect("spool folder")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "{sub}: {left:?}");
-    }
 }
 
 #[tokio::test]

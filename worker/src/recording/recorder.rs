@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::spool::{ASSISTANT, CALLER, Meta};
 use super::timeline::{Side, cut_at, gap_before, position};
@@ -74,6 +75,14 @@ impl CallRecorder {
     /// The carrier was told to drop queued reply audio (barge-in).
     pub fn cut(&self) {
         self.offer(Input::Cut { at: Instant::now() });
+    }
+
+    /// Whether the recorder has fallen half a queue behind. The call task then yields once
+    /// after handing it a frame, so a burst of caller frames (a carrier catching up after a
+    /// network stall hands over dozens in one read) lets the recorder drain between them
+    /// instead of overflowing; the call still never waits for it.
+    pub fn is_behind(&self) -> bool {
+        self.tx.capacity() < QUEUE / 2
     }
 
     fn offer(&self, input: Input) {
@@ -238,15 +247,22 @@ impl Track {
     }
 }
 
-/// A spool file written through a buffer of [`BUFFER`] bytes, each full buffer written on the
-/// blocking pool. One buffer, not two: `tokio::fs::File` would copy into a second one.
+/// A spool file written through a buffer of [`BUFFER`] bytes: each full buffer is written on
+/// the blocking pool while the next one fills (`tokio::fs::File` would copy every chunk into a
+/// buffer of its own).
 struct ChannelFile {
     /// `None` once a write failed: later writes fail fast.
     file: Option<std::fs::File>,
     buf: Vec<u8>,
     /// Bytes already in the file.
     written: u64,
+    /// A full buffer being written in the background (at most one): the recorder goes on
+    /// draining the call's frames meanwhile, so a slow disk write does not back up the queue.
+    writing: Option<JoinHandle<Written>>,
 }
+
+/// What a background write gives back: the file, how many bytes it wrote, and how it went.
+type Written = (std::fs::File, usize, io::Result<()>);
 
 impl ChannelFile {
     fn new(file: std::fs::File) -> Self {
@@ -254,6 +270,7 @@ impl ChannelFile {
             file: Some(file),
             buf: Vec::with_capacity(BUFFER),
             written: 0,
+            writing: None,
         }
     }
 
@@ -264,34 +281,48 @@ impl ChannelFile {
             self.buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
             if self.buf.len() >= BUFFER {
-                self.flush().await?;
+                self.write_behind().await?;
             }
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
+    /// Starts writing the buffer in the background, once the previous write finished.
+    async fn write_behind(&mut self) -> io::Result<()> {
+        self.settle().await?;
         if self.buf.is_empty() {
             return Ok(());
         }
         let mut file = self.take_file()?;
-        let buf = std::mem::take(&mut self.buf);
-        let (file, mut buf, result) = tokio::task::spawn_blocking(move || {
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(BUFFER));
+        self.writing = Some(tokio::task::spawn_blocking(move || {
             let result = file.write_all(&buf);
-            (file, buf, result)
-        })
-        .await
-        .map_err(io::Error::other)?;
+            (file, buf.len(), result)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the background write, if one is running.
+    async fn settle(&mut self) -> io::Result<()> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(());
+        };
+        let (file, len, result) = writing.await.map_err(io::Error::other)?;
         result?;
-        self.written += buf.len() as u64;
-        buf.clear();
-        self.buf = buf;
+        self.written += len as u64;
         self.file = Some(file);
         Ok(())
     }
 
+    /// Writes everything buffered and waits until it is in the file.
+    async fn flush(&mut self) -> io::Result<()> {
+        self.write_behind().await?;
+        self.settle().await
+    }
+
     /// Shortens the channel to `len` bytes.
     async fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.settle().await?;
         if len >= self.written {
             self.buf.truncate((len - self.written) as usize);
             return Ok(());

@@ -374,6 +374,9 @@ impl CallSession {
                 self.on_audio(&samples, format).await;
                 if let Some(recorder) = &self.recorder {
                     recorder.caller(samples, format.sample_rate);
+                    if recorder.is_behind() {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 None
             }
