@@ -38,6 +38,10 @@ const MAX_UTTERANCE: Duration = Duration::from_secs(30);
 /// How often a call checks its idle timeout and commits a finished reply: coarse, so 10,000
 /// idle calls cost few wake-ups.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How many times a call task yields to its recorder when the recorder is half a queue behind
+/// (a burst of caller frames): enough for it to catch up when it only lacked CPU time, few
+/// enough to cost nothing when it is stuck on a slow disk (then frames are dropped and counted).
+const RECORDER_YIELDS: usize = 8;
 /// Audio kept from before the VAD fired, so the first syllable reaches STT.
 const PREROLL: Duration = Duration::from_millis(300);
 
@@ -374,7 +378,11 @@ impl CallSession {
                 self.on_audio(&samples, format).await;
                 if let Some(recorder) = &self.recorder {
                     recorder.caller(samples, format.sample_rate);
-                    if recorder.is_behind() {
+                    // A few turns for the recorder to catch up with a burst; never a wait.
+                    for _ in 0..RECORDER_YIELDS {
+                        if !recorder.is_behind() {
+                            break;
+                        }
                         tokio::task::yield_now().await;
                     }
                 }
