@@ -55,6 +55,8 @@ pub struct Metrics {
     /// End of caller speech to first reply audio, less the time spent waiting on providers.
     pub turn_overhead: Histogram,
     pub barge_ins: Counter,
+    /// Realtime sessions lost mid-call and opened again with the conversation so far.
+    pub realtime_reconnects: Counter,
     /// How late each media runtime's 100 ms probe timer fired (load shedding's signal).
     pub event_loop_lag: Histogram,
     /// Media runtimes currently shedding new calls.
@@ -163,6 +165,7 @@ impl Metrics {
             Family::new_with_constructor(round_trip_histogram);
         let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
+        let realtime_reconnects = Counter::default();
         let event_loop_lag = overhead_histogram();
         let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
@@ -242,6 +245,11 @@ impl Metrics {
             barge_ins.clone(),
         );
         registry.register(
+            "callfleet_realtime_reconnects",
+            "Realtime provider sessions lost mid-call and opened again with the conversation so far",
+            realtime_reconnects.clone(),
+        );
+        registry.register(
             "callfleet_reply_frames_dropped",
             "Reply audio frames dropped because the carrier stopped reading (a second queued)",
             reply_frames_dropped.clone(),
@@ -269,6 +277,7 @@ impl Metrics {
             provider_round_trips,
             turn_overhead,
             barge_ins,
+            realtime_reconnects,
             event_loop_lag,
             overloaded_runtimes,
             reply_frames_dropped,

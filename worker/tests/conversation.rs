@@ -185,6 +185,99 @@ async fn a_next_sentence_whose_speech_fails_is_reported_after_the_sentence_befor
 }
 
 #[tokio::test]
+async fn a_lost_realtime_session_is_opened_again_with_the_conversation_so_far() {
+    let (standin, w) = setup(r#","mode":"realtime""#).await;
+    // The provider drops the first session's connection right after its first audio.
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Realtime),
+        Fault::DropMidStream,
+        Some(1),
+    ));
+    let call = "rt-lost";
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let ctx = w.worker().ctx.clone();
+    eventually(async || ctx.metrics.realtime_reconnects.get() == 1).await;
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    // The new session was given what was said before it.
+    assert!(standin.stats().realtime_items_created >= 1);
+    // The call goes on: the next turn is answered, and the caller never saw an error.
+    say_seed(&mut s, &utterance(880.0, 8_000)).await;
+    loop {
+        let m = next_json(&mut s).await.expect("the call goes on");
+        assert_ne!(m["type"], "error", "{m}");
+        if m["type"] == "audio_response" {
+            break;
+        }
+    }
+    until_history_has(&w, call, "tone 880").await;
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_realtime_session_lost_again_and_again_ends_the_call() {
+    let (standin, w) = setup(r#","mode":"realtime""#).await;
+    // Every session drops on its first reply: three are opened again, the fourth loss ends it.
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Realtime),
+        Fault::DropMidStream,
+        Some(4),
+    ));
+    let ctx = w.worker().ctx.clone();
+    let call = "rt-flaky";
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    for lost in 1..=3 {
+        say_seed(&mut s, &utterance(440.0, 8_000)).await;
+        eventually(async || ctx.metrics.realtime_reconnects.get() == lost).await;
+    }
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let error = wait_for(&mut s, "type", "error").await;
+    assert_eq!(error["code"], "INTERNAL_ERROR", "{error}");
+    wait_closed(&mut s).await;
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 4);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_realtime_session_that_cannot_be_opened_again_ends_the_call_with_an_error() {
+    let (standin, w) = setup(r#","mode":"realtime""#).await;
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Realtime),
+        Fault::DropMidStream,
+        Some(1),
+    ));
+    // Every later session is refused.
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Realtime),
+        Fault::ServerError { status: 503 },
+        None,
+    ));
+    let call = "rt-gone";
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let error = wait_for(&mut s, "type", "error").await;
+    assert_eq!(error["code"], "INTERNAL_ERROR", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("a new session failed"),
+        "{error}"
+    );
+    wait_closed(&mut s).await;
+    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 0);
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn realtime_mode_sends_quiet_audio_in_chunks_and_speech_frame_by_frame() {
     let (standin, w) = setup(r#","mode":"realtime","realtime":{"inputChunkMs":100}"#).await;
     let call = "CA-rt-chunks";

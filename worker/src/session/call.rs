@@ -25,8 +25,8 @@ use crate::context::WorkerContext;
 use crate::media::{AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
 use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Protocol};
 use crate::providers::{
-    ChatMessage, ChatRole, RealtimeCommand, RealtimeEvent, RealtimeOptions, RealtimeSession,
-    ServerVad, Utterance,
+    ChatMessage, ChatRole, ProviderError, RealtimeCommand, RealtimeEvent, RealtimeOptions,
+    RealtimeSession, ServerVad, Utterance,
 };
 use crate::recording::CallRecorder;
 use callfleet_crds::PipelineMode;
@@ -42,6 +42,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// (a burst of caller frames): enough for it to catch up when it only lacked CPU time, few
 /// enough to cost nothing when it is stuck on a slow disk (then frames are dropped and counted).
 const RECORDER_YIELDS: usize = 8;
+/// Realtime sessions a call opens again after losing one (a dropped connection, the provider's
+/// session time limit), in a row without a completed response in between, before it gives up
+/// and ends with an error.
+const REALTIME_RECONNECTS: u32 = 3;
 /// Audio kept from before the VAD fired, so the first syllable reaches STT.
 const PREROLL: Duration = Duration::from_millis(300);
 
@@ -217,6 +221,8 @@ struct CallSession {
     last_inbound: Instant,
     had_error: bool,
     realtime: Option<RealtimeSession>,
+    /// Realtime sessions this call opened again since its last completed response.
+    realtime_reconnects: u32,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -265,6 +271,7 @@ impl CallSession {
             last_inbound: now,
             had_error: false,
             realtime: None,
+            realtime_reconnects: 0,
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -698,12 +705,19 @@ impl CallSession {
     /// Caller speech over the reply: stop everything, flush the carrier, keep in history only
     /// what was heard.
     async fn barge_in(&mut self) {
+        if self.stop_reply().await {
+            self.ctx.metrics.barge_ins.inc();
+        }
+    }
+
+    /// Stops the reply in progress: cancels its turn, flushes the carrier, and keeps in history
+    /// what the caller heard of it. Returns whether any of it had been played.
+    async fn stop_reply(&mut self) -> bool {
         let now = Instant::now();
         self.turn = None;
         let was_playing = self.playout.sent() > 0;
         if was_playing {
             self.send(Outbound::Clear);
-            self.ctx.metrics.barge_ins.inc();
             if let Some(recorder) = &self.recorder {
                 recorder.cut();
             }
@@ -724,6 +738,7 @@ impl CallSession {
                 .push(ChatMessage::new(ChatRole::Assistant, heard));
             self.save_history().await;
         }
+        was_playing
     }
 
     fn heard_so_far(&mut self, now: Instant) -> String {
@@ -858,6 +873,40 @@ impl CallSession {
         Ok(())
     }
 
+    /// The provider's realtime session ended mid-call (a dropped connection, the provider's
+    /// session time limit): a new one is opened with the conversation so far, and the caller
+    /// only hears the reply in progress stop, as after a barge-in. Errors a new session would
+    /// meet again (a refused key, a bad request), a new session that cannot be opened, and more
+    /// than [`REALTIME_RECONNECTS`] losses in a row end the call with an error.
+    async fn realtime_lost(&mut self, err: Option<ProviderError>) -> Option<Ending> {
+        let (code, message): (ErrorCode, String) = match &err {
+            Some(err) => (
+                ErrorCode::from_provider_code(err.caller_code()),
+                err.to_string(),
+            ),
+            None => (ErrorCode::InternalError, "realtime session closed".into()),
+        };
+        self.realtime = None;
+        let retryable = err.as_ref().is_none_or(ProviderError::is_retryable);
+        if retryable && self.realtime_reconnects < REALTIME_RECONNECTS {
+            self.realtime_reconnects += 1;
+            self.stop_reply().await;
+            tracing::warn!(call_id = %self.call_id, error = %message, attempt = self.realtime_reconnects, "realtime session lost; opening a new one");
+            match self.open_realtime().await {
+                Ok(()) => {
+                    self.ctx.metrics.realtime_reconnects.inc();
+                    return None;
+                }
+                Err(reopen) => {
+                    self.fail(code, &format!("{message}; a new session failed: {reopen}"));
+                    return Some(Ending::ProviderLost);
+                }
+            }
+        }
+        self.fail(code, &message);
+        Some(Ending::ProviderLost)
+    }
+
     async fn forward_to_realtime(&mut self, samples: &[i16], rate: u32) {
         let mut resampled = Vec::new();
         let samples = match self.to_8k.as_mut() {
@@ -886,15 +935,8 @@ impl CallSession {
         let now = Instant::now();
         let event = match event {
             Some(Ok(event)) => event,
-            Some(Err(err)) => {
-                let code = ErrorCode::from_provider_code(err.caller_code());
-                self.fail(code, &err.to_string());
-                return Some(Ending::ProviderLost);
-            }
-            None => {
-                self.fail(ErrorCode::InternalError, "realtime session closed");
-                return Some(Ending::ProviderLost);
-            }
+            Some(Err(err)) => return self.realtime_lost(Some(err)).await,
+            None => return self.realtime_lost(None).await,
         };
         match event {
             RealtimeEvent::SpeechStarted { .. } => {
@@ -953,6 +995,10 @@ impl CallSession {
             }
             RealtimeEvent::ServerError { code, message } => {
                 tracing::warn!(call_id = %self.call_id, ?code, %message, "realtime provider error");
+            }
+            // A session that answered is healthy again: losses are counted in a row.
+            RealtimeEvent::ResponseDone { status, .. } if status == "completed" => {
+                self.realtime_reconnects = 0;
             }
             RealtimeEvent::SessionUpdated
             | RealtimeEvent::ResponseCreated { .. }
