@@ -3,7 +3,7 @@
 
 mod support;
 
-use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, StandinConfig};
+use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, StandinConfig, StandinHandle};
 use callfleet_worker::providers::{ChatMessage, ChatRole};
 use support::calls::*;
 use support::*;
@@ -184,19 +184,29 @@ async fn a_next_sentence_whose_speech_fails_is_reported_after_the_sentence_befor
     w.stop().await;
 }
 
-#[tokio::test]
-async fn a_lost_realtime_session_is_opened_again_with_the_conversation_so_far() {
+/// A realtime-mode worker whose provider drops its first `drops` sessions on their first reply
+/// (then applies `then`), and a seed-protocol call `call` started on it.
+async fn realtime_call_with_drops(
+    drops: u32,
+    then: &[FaultRule],
+    call: &str,
+) -> (StandinHandle, TestWorker, Socket) {
     let (standin, w) = setup(r#","mode":"realtime""#).await;
-    // The provider drops the first session's connection right after its first audio.
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Realtime),
-        Fault::DropMidStream,
-        Some(1),
-    ));
-    let call = "rt-lost";
+    let drop = FaultRule::new(Some(Endpoint::Realtime), Fault::DropMidStream, Some(drops));
+    for rule in std::iter::once(&drop).chain(then) {
+        standin.inject(*rule);
+    }
     let mut s = connect(&w.url("/ws/call-session")).await;
     send_text(&mut s, start_call(call, Some(&token(call)))).await;
     wait_for(&mut s, "status", "ready").await;
+    (standin, w, s)
+}
+
+#[tokio::test]
+async fn a_lost_realtime_session_is_opened_again_with_the_conversation_so_far() {
+    // The provider drops the first session's connection right after its first audio.
+    let call = "rt-lost";
+    let (standin, w, mut s) = realtime_call_with_drops(1, &[], call).await;
     say_seed(&mut s, &utterance(440.0, 8_000)).await;
     let ctx = w.worker().ctx.clone();
     eventually(async || ctx.metrics.realtime_reconnects.get() == 1).await;
@@ -220,18 +230,10 @@ async fn a_lost_realtime_session_is_opened_again_with_the_conversation_so_far() 
 
 #[tokio::test]
 async fn a_realtime_session_lost_again_and_again_ends_the_call() {
-    let (standin, w) = setup(r#","mode":"realtime""#).await;
     // Every session drops on its first reply: three are opened again, the fourth loss ends it.
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Realtime),
-        Fault::DropMidStream,
-        Some(4),
-    ));
-    let ctx = w.worker().ctx.clone();
     let call = "rt-flaky";
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call(call, Some(&token(call)))).await;
-    wait_for(&mut s, "status", "ready").await;
+    let (standin, w, mut s) = realtime_call_with_drops(4, &[], call).await;
+    let ctx = w.worker().ctx.clone();
     for lost in 1..=3 {
         say_seed(&mut s, &utterance(440.0, 8_000)).await;
         eventually(async || ctx.metrics.realtime_reconnects.get() == lost).await;
@@ -246,22 +248,14 @@ async fn a_realtime_session_lost_again_and_again_ends_the_call() {
 
 #[tokio::test]
 async fn a_realtime_session_that_cannot_be_opened_again_ends_the_call_with_an_error() {
-    let (standin, w) = setup(r#","mode":"realtime""#).await;
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Realtime),
-        Fault::DropMidStream,
-        Some(1),
-    ));
-    // Every later session is refused.
-    standin.inject(FaultRule::new(
+    // Every session after the first is refused.
+    let refused = FaultRule::new(
         Some(Endpoint::Realtime),
         Fault::ServerError { status: 503 },
         None,
-    ));
+    );
     let call = "rt-gone";
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call(call, Some(&token(call)))).await;
-    wait_for(&mut s, "status", "ready").await;
+    let (_standin, w, mut s) = realtime_call_with_drops(1, &[refused], call).await;
     say_seed(&mut s, &utterance(440.0, 8_000)).await;
     let error = wait_for(&mut s, "type", "error").await;
     assert_eq!(error["code"], "INTERNAL_ERROR", "{error}");
