@@ -3,7 +3,9 @@
 
 mod support;
 
-use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, StandinConfig, StandinHandle};
+use callfleet_tests::openai_standin::{
+    Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
+};
 use callfleet_worker::providers::{ChatMessage, ChatRole};
 use support::calls::*;
 use support::*;
@@ -191,15 +193,66 @@ async fn realtime_call_with_drops(
     then: &[FaultRule],
     call: &str,
 ) -> (StandinHandle, TestWorker, Socket) {
-    let (standin, w) = setup(r#","mode":"realtime""#).await;
     let drop = FaultRule::new(Some(Endpoint::Realtime), Fault::DropMidStream, Some(drops));
-    for rule in std::iter::once(&drop).chain(then) {
+    let rules: Vec<FaultRule> = std::iter::once(drop).chain(then.iter().copied()).collect();
+    realtime_call(&rules, 5, call).await
+}
+
+/// A realtime-mode worker whose provider applies `rules` and gives up on a silent session after
+/// `timeout_seconds`, and a seed-protocol call `call` started on it.
+async fn realtime_call(
+    rules: &[FaultRule],
+    timeout_seconds: u32,
+    call: &str,
+) -> (StandinHandle, TestWorker, Socket) {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .expect("stand-in");
+    let spec = format!(r#"{TURNS},"mode":"realtime""#);
+    let pipeline = pipeline_json_with(&standin.base_url(), 1, timeout_seconds, 0, &spec);
+    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
+    for rule in rules {
         standin.inject(*rule);
     }
     let mut s = connect(&w.url("/ws/call-session")).await;
     send_text(&mut s, start_call(call, Some(&token(call)))).await;
     wait_for(&mut s, "status", "ready").await;
     (standin, w, s)
+}
+
+#[tokio::test]
+async fn a_silent_realtime_session_is_replaced_and_the_caller_answered() {
+    // The first session takes the caller's audio but never answers.
+    let stall = FaultRule::new(Some(Endpoint::Realtime), Fault::StallAfterHeaders, Some(1));
+    let call = "rt-silent";
+    let (standin, w, mut s) = realtime_call(&[stall], 2, call).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    // After the provider timeout the session counts as lost; the new one answers what the
+    // caller said, without their saying it again.
+    let ctx = w.worker().ctx.clone();
+    eventually(async || ctx.metrics.realtime_reconnects.get() == 1).await;
+    until_seed_reply_audio(&mut s).await;
+    until_history_has(&w, call, REPLY_440).await;
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_realtime_session_stalled_mid_reply_is_replaced() {
+    let stall = FaultRule::new(Some(Endpoint::Realtime), Fault::StallMidStream, Some(1));
+    let call = "rt-stalled";
+    let (_standin, w, mut s) = realtime_call(&[stall], 2, call).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    let ctx = w.worker().ctx.clone();
+    eventually(async || ctx.metrics.realtime_reconnects.get() == 1).await;
+    // The caller heard the start of that reply; the next turn is answered in full.
+    say_seed(&mut s, &utterance(880.0, 8_000)).await;
+    until_history_has(&w, call, "I heard tone 880. What else can I do for you?").await;
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -215,13 +268,7 @@ async fn a_lost_realtime_session_is_opened_again_with_the_conversation_so_far() 
     assert!(standin.stats().realtime_items_created >= 1);
     // The call goes on: the next turn is answered, and the caller never saw an error.
     say_seed(&mut s, &utterance(880.0, 8_000)).await;
-    loop {
-        let m = next_json(&mut s).await.expect("the call goes on");
-        assert_ne!(m["type"], "error", "{m}");
-        if m["type"] == "audio_response" {
-            break;
-        }
-    }
+    until_seed_reply_audio(&mut s).await;
     until_history_has(&w, call, "tone 880").await;
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     assert_eq!(wait_closed(&mut s).await, Some(1000));

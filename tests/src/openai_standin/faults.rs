@@ -48,6 +48,9 @@ pub enum Fault {
     StallMidStream,
     /// Answer and send the first chunk/event, then drop the connection.
     DropMidStream,
+    /// Send the response headers, then nothing, without closing; on the realtime endpoint the
+    /// session opens and takes audio but never answers.
+    StallAfterHeaders,
 }
 
 /// One injected fault: for `endpoint` (all when `None`), for the next `count` requests
@@ -80,7 +83,7 @@ impl FaultRule {
     }
 }
 
-/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop>[:count]`.
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers>[:count]`.
 impl FromStr for FaultRule {
     type Err = String;
 
@@ -111,6 +114,7 @@ impl FromStr for FaultRule {
             "stall" => Fault::Stall,
             "stall_mid_stream" => Fault::StallMidStream,
             "drop" => Fault::DropMidStream,
+            "stall_after_headers" => Fault::StallAfterHeaders,
             status => match status.parse::<u16>() {
                 Ok(status @ 500..=599) => Fault::ServerError { status },
                 _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),

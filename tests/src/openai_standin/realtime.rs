@@ -503,6 +503,9 @@ impl Session {
 
     fn start_response(&mut self, text: &str, out: &mut Vec<Value>) {
         self.cancel_response("turn_detected", out);
+        if self.mid_stream == Some(Fault::StallAfterHeaders) {
+            return; // a session that takes audio but never answers
+        }
         let response_id = self.id("resp");
         let item_id = self.id("item");
         let config = &self.shared.config;

@@ -63,7 +63,9 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
             ))
         }
         Fault::Stall => std::future::pending().await,
-        Fault::StallMidStream | Fault::DropMidStream => Gate::Serve(Some(fault)),
+        Fault::StallMidStream | Fault::DropMidStream | Fault::StallAfterHeaders => {
+            Gate::Serve(Some(fault))
+        }
     }
 }
 
@@ -120,6 +122,9 @@ pub fn paced_response(
         pieces.push_back(Piece::new(Duration::ZERO, only.bytes.slice(half..)));
     }
     let body = stream::unfold((pieces, 0usize), move |(mut pieces, sent)| async move {
+        if sent == 0 && mid_stream == Some(Fault::StallAfterHeaders) {
+            std::future::pending::<()>().await;
+        }
         if sent == 1 {
             match mid_stream {
                 Some(Fault::DropMidStream) => {

@@ -223,6 +223,10 @@ struct CallSession {
     realtime: Option<RealtimeSession>,
     /// Realtime sessions this call opened again since its last completed response.
     realtime_reconnects: u32,
+    /// Realtime mode: when the provider must next be heard from, while the call waits for an
+    /// answer (after the caller stopped speaking, or during a response). A session silent past
+    /// it has stalled and is treated as lost.
+    realtime_due: Option<Instant>,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -272,6 +276,7 @@ impl CallSession {
             had_error: false,
             realtime: None,
             realtime_reconnects: 0,
+            realtime_due: None,
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -355,6 +360,12 @@ impl CallSession {
                         continue;
                     }
                     next_housekeeping = now + HOUSEKEEPING;
+                    if self.realtime_due.is_some_and(|due| now >= due) {
+                        let stalled = ProviderError::Timeout("realtime response");
+                        if let Some(ending) = self.realtime_lost(Some(stalled)).await {
+                            break ending;
+                        }
+                    }
                     if self.last_inbound.elapsed() >= self.ctx.limits.idle {
                         break Ending::Idle;
                     }
@@ -533,6 +544,7 @@ impl CallSession {
                 return;
             }
             self.history.push(ChatMessage::new(ChatRole::User, text));
+            self.expect_realtime();
             return;
         }
         let prompt = self.begin_caller_turn("keypad entry").await;
@@ -869,6 +881,7 @@ impl CallSession {
                 .commands
                 .send(RealtimeCommand::CreateResponse { instructions })
                 .await;
+            self.expect_realtime();
         }
         Ok(())
     }
@@ -887,14 +900,25 @@ impl CallSession {
             None => (ErrorCode::InternalError, "realtime session closed".into()),
         };
         self.realtime = None;
+        let awaited_answer = self.realtime_due.take().is_some();
         let retryable = err.as_ref().is_none_or(ProviderError::is_retryable);
         if retryable && self.realtime_reconnects < REALTIME_RECONNECTS {
             self.realtime_reconnects += 1;
-            self.stop_reply().await;
+            let heard_some = self.stop_reply().await;
             tracing::warn!(call_id = %self.call_id, error = %message, attempt = self.realtime_reconnects, "realtime session lost; opening a new one");
             match self.open_realtime().await {
                 Ok(()) => {
                     self.ctx.metrics.realtime_reconnects.inc();
+                    // The caller was waiting for an answer and heard none of it: the new
+                    // session, which has their words, answers them.
+                    let caller_last = self
+                        .history
+                        .messages()
+                        .last()
+                        .is_some_and(|m| m.role == ChatRole::User);
+                    if awaited_answer && !heard_some && caller_last {
+                        self.request_realtime_response().await;
+                    }
                     return None;
                 }
                 Err(reopen) => {
@@ -905,6 +929,22 @@ impl CallSession {
         }
         self.fail(code, &message);
         Some(Ending::ProviderLost)
+    }
+
+    /// The call now waits to hear from the provider, within its timeout.
+    fn expect_realtime(&mut self) {
+        let timeout = self.pipeline.config.spec.provider.timeout_seconds.max(1);
+        self.realtime_due = Some(Instant::now() + Duration::from_secs(u64::from(timeout)));
+    }
+
+    /// Asks the realtime session for a response to the conversation as it stands.
+    async fn request_realtime_response(&mut self) {
+        let respond = RealtimeCommand::CreateResponse { instructions: None };
+        if let Some(rt) = self.realtime.as_mut()
+            && rt.commands.send(respond).await.is_ok()
+        {
+            self.expect_realtime();
+        }
     }
 
     async fn forward_to_realtime(&mut self, samples: &[i16], rate: u32) {
@@ -940,16 +980,22 @@ impl CallSession {
         };
         match event {
             RealtimeEvent::SpeechStarted { .. } => {
+                // The caller talks: no answer is awaited until they stop.
+                self.realtime_due = None;
                 if self.playout.is_active(now) && self.pipeline.config.spec.turn_detection.barge_in
                 {
                     self.barge_in().await;
                 }
             }
-            RealtimeEvent::SpeechStopped { .. } => self.speech_ended_at = Some(now),
+            RealtimeEvent::SpeechStopped { .. } => {
+                self.speech_ended_at = Some(now);
+                self.expect_realtime();
+            }
             RealtimeEvent::InputTranscript { text, .. } => {
                 self.history.push(ChatMessage::new(ChatRole::User, text));
             }
             RealtimeEvent::AudioDelta { item_id, audio, .. } => {
+                self.expect_realtime();
                 if self.reply.item_id.as_deref() != Some(item_id.as_str()) {
                     self.commit_finished_reply().await;
                     self.reply = Reply {
@@ -997,13 +1043,14 @@ impl CallSession {
                 tracing::warn!(call_id = %self.call_id, ?code, %message, "realtime provider error");
             }
             // A session that answered is healthy again: losses are counted in a row.
-            RealtimeEvent::ResponseDone { status, .. } if status == "completed" => {
-                self.realtime_reconnects = 0;
+            RealtimeEvent::ResponseDone { status, .. } => {
+                self.realtime_due = None;
+                if status == "completed" {
+                    self.realtime_reconnects = 0;
+                }
             }
-            RealtimeEvent::SessionUpdated
-            | RealtimeEvent::ResponseCreated { .. }
-            | RealtimeEvent::ResponseDone { .. }
-            | RealtimeEvent::Truncated { .. } => {}
+            RealtimeEvent::ResponseCreated { .. } => self.expect_realtime(),
+            RealtimeEvent::SessionUpdated | RealtimeEvent::Truncated { .. } => {}
         }
         None
     }

@@ -117,6 +117,17 @@ pub async fn say_seed(s: &mut Socket, samples: &[i16]) {
     }
 }
 
+/// Reads seed messages until reply audio arrives (the call goes on); an error frame fails.
+pub async fn until_seed_reply_audio(s: &mut Socket) {
+    loop {
+        let m = next_json(s).await.expect("the call goes on");
+        assert_ne!(m["type"], "error", "{m}");
+        if m["type"] == "audio_response" {
+            return;
+        }
+    }
+}
+
 /// Reads seed messages until `count` sentence captions arrived; returns them.
 pub async fn seed_captions(s: &mut Socket, count: usize) -> Vec<String> {
     let mut texts = Vec::new();
