@@ -7,6 +7,7 @@ use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
 use callfleet_worker::providers::{ChatMessage, ChatRole};
+use callfleet_worker::session::call::LOST_WORDS;
 use support::calls::*;
 use support::*;
 
@@ -205,9 +206,12 @@ async fn realtime_call(
     timeout_seconds: u32,
     call: &str,
 ) -> (StandinHandle, TestWorker, Socket) {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .expect("stand-in");
+    // Short replies (10 ms of speech per character) keep the turns quick.
+    let config = StandinConfig {
+        speech_ms_per_char: 10,
+        ..StandinConfig::instant()
+    };
+    let standin = OpenAiStandin::start(config).await.expect("stand-in");
     let spec = format!(r#"{TURNS},"mode":"realtime""#);
     let pipeline = pipeline_json_with(&standin.base_url(), 1, timeout_seconds, 0, &spec);
     let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
@@ -218,6 +222,20 @@ async fn realtime_call(
     send_text(&mut s, start_call(call, Some(&token(call)))).await;
     wait_for(&mut s, "status", "ready").await;
     (standin, w, s)
+}
+
+#[tokio::test]
+async fn a_realtime_session_refused_at_the_start_reports_why() {
+    let limited = FaultRule::new(
+        Some(Endpoint::Realtime),
+        Fault::RateLimit { retry_after_ms: 0 },
+        None,
+    );
+    let (_standin, w, mut s) = realtime_call(&[limited], 5, "rt-limited").await;
+    let error = wait_for(&mut s, "type", "error").await;
+    assert_eq!(error["code"], "RATE_LIMIT", "{error}");
+    wait_closed(&mut s).await;
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -234,6 +252,26 @@ async fn a_silent_realtime_session_is_replaced_and_the_caller_answered() {
     until_seed_reply_audio(&mut s).await;
     until_history_has(&w, call, REPLY_440).await;
     assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn words_lost_with_a_realtime_session_are_asked_for_again() {
+    // The connection drops as the caller stops speaking: their words never reach history.
+    let lost = FaultRule::new(Some(Endpoint::Realtime), Fault::DropAfterSpeech, Some(1));
+    let call = "rt-lost-words";
+    let (_standin, w, mut s) = realtime_call(&[lost], 5, call).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    // The new session is asked to have the caller repeat (the stand-in speaks instructions
+    // as given), instead of leaving them in silence.
+    until_seed_reply_audio(&mut s).await;
+    until_history_has(&w, call, LOST_WORDS).await;
+    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
+    // They say it again and are answered.
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    until_history_has(&w, call, REPLY_440).await;
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     assert_eq!(wait_closed(&mut s).await, Some(1000));
     w.stop().await;

@@ -1,9 +1,10 @@
 //! Providers gone wrong, against a live worker: while calls take turns, random faults come and
-//! go on the stand-in (rate limits, server errors, stalls before and during a stream, dropped
+//! go on the stand-in (rate limits, server errors, stalls before, at and during a stream, dropped
 //! streams; on one endpoint or all, for a few requests, after letting some through). Every turn
 //! must end with the reply or a clear error frame (`RATE_LIMIT`, `TIMEOUT`, `INTERNAL_ERROR`),
-//! never hang; the call must stay usable; history must not hold text the caller did not hear;
-//! and nothing may panic.
+//! never hang; history must not hold text the caller did not hear; and nothing may panic. In
+//! the cascade (STT, chat, TTS over HTTP) the call always stays usable; in realtime mode a call
+//! may end, but only after an error frame saying why (its session could not be replaced).
 //!
 //! The schedule comes from a seed printed at the start; `CALLFLEET_RANDOM_SEED=<hex>` replays
 //! one (the interleaving with the calls still varies).
@@ -14,11 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::SinkExt;
+
 use callfleet_tests::openai_standin::faults::{Endpoint, Fault, FaultRule};
 use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+use tokio_tungstenite::tungstenite::Message;
 
 use support::calls::*;
 use support::*;
@@ -42,16 +46,48 @@ fn fault() -> impl Strategy<Value = Fault> {
         Just(Fault::Stall),
         Just(Fault::StallMidStream),
         Just(Fault::DropMidStream),
+        Just(Fault::StallAfterHeaders),
+        Just(Fault::DropAfterSpeech),
     ]
 }
 
-fn change() -> impl Strategy<Value = Change> {
-    let endpoint = prop::sample::select(vec![
-        None,
-        Some(Endpoint::Transcriptions),
-        Some(Endpoint::Chat),
-        Some(Endpoint::Speech),
-    ]);
+/// How the worker under test answers: the cascade or one realtime session per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Cascade,
+    Realtime,
+}
+
+impl Mode {
+    /// The pipeline spec fields for this mode.
+    fn spec(self) -> String {
+        match self {
+            Mode::Cascade => TURNS.to_owned(),
+            Mode::Realtime => format!(r#"{TURNS},"mode":"realtime""#),
+        }
+    }
+
+    /// The end of a reply's last mark (`<reply>.<sentence>`): the cascade speaks the
+    /// stand-in's two sentences separately, realtime mode a response as one.
+    fn last_mark(self) -> &'static str {
+        match self {
+            Mode::Cascade => ".1",
+            Mode::Realtime => ".0",
+        }
+    }
+}
+
+fn change(mode: Mode) -> impl Strategy<Value = Change> {
+    let endpoints = match mode {
+        Mode::Cascade => vec![
+            None,
+            Some(Endpoint::Transcriptions),
+            Some(Endpoint::Chat),
+            Some(Endpoint::Speech),
+        ],
+        Mode::Realtime => vec![None, Some(Endpoint::Realtime)],
+    };
+    let endpoint = prop::sample::select(endpoints);
     let rule = (endpoint, fault(), 1u32..4, 0u32..3).prop_map(|(endpoint, fault, count, skip)| {
         FaultRule::new(endpoint, fault, Some(count)).after(skip)
     });
@@ -64,14 +100,30 @@ fn change() -> impl Strategy<Value = Change> {
 enum Outcome {
     Answered,
     Failed(String),
+    /// The worker flushed the reply before its end (realtime mode, when the provider session
+    /// was lost mid-reply and replaced): the caller heard it stop and speaks again.
+    Cut,
+    /// The worker closed the call.
+    Ended,
 }
 
 /// Speaks one utterance and reads until the reply's last sentence was played (its mark) or an
 /// error frame came; acknowledges every mark, as a carrier does once audio has played.
-async fn take_turn(s: &mut Socket, hz: f64) -> Outcome {
-    say_seed(s, &utterance(hz, 8_000)).await;
+async fn take_turn(s: &mut Socket, hz: f64, mode: Mode) -> Outcome {
+    // Sending fails once the worker closed the call; what it said before closing is still read.
+    let mut closed = false;
+    for frame in utterance(hz, 8_000).chunks(160) {
+        let audio = serde_json::json!({"type": "audio", "data": mulaw_b64(frame)}).to_string();
+        if s.send(Message::Text(audio.into())).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let mut heard = false;
     loop {
-        let message = next_json(s).await.expect("the call stays open");
+        let Some(message) = next_json(s).await else {
+            return Outcome::Ended;
+        };
         match message["type"].as_str() {
             Some("error") => {
                 let code = message["code"].as_str().unwrap_or_default().to_owned();
@@ -81,15 +133,18 @@ async fn take_turn(s: &mut Socket, hz: f64) -> Outcome {
                 );
                 return Outcome::Failed(code);
             }
+            _ if closed => {}
+            Some("audio_response") => heard = true,
+            // A flush before this turn's reply began is the caller's own barge-in on the end
+            // of the reply before (they speak as soon as its last frame is sent).
+            Some("clear") if heard => return Outcome::Cut,
             Some("mark") => {
                 let name = message["name"].as_str().unwrap_or_default().to_owned();
-                send_text(
-                    s,
-                    serde_json::json!({"type": "mark", "name": name}).to_string(),
-                )
-                .await;
-                // The stand-in's replies have two sentences; marks are `<reply>.<sentence>`.
-                if name.ends_with(".1") {
+                let played = serde_json::json!({"type": "mark", "name": name}).to_string();
+                if s.send(Message::Text(played.into())).await.is_err() {
+                    return Outcome::Ended;
+                }
+                if name.ends_with(mode.last_mark()) {
                     return Outcome::Answered;
                 }
             }
@@ -98,19 +153,44 @@ async fn take_turn(s: &mut Socket, hz: f64) -> Outcome {
     }
 }
 
-/// A call that takes turns until `stop` is set (at least `min_turns`), then vanishes (no
-/// `end_call`), so the worker keeps its history for a resume and it can be checked.
-async fn call(url: String, call: String, min_turns: usize, stop: Arc<AtomicBool>) -> Vec<Outcome> {
-    let mut s = connect(&url).await;
-    send_text(&mut s, start_call(&call, Some(&token(&call)))).await;
-    wait_for(&mut s, "status", "ready").await;
+/// Turns taken per connection: then the caller vanishes and the call is resumed on a new one
+/// (as after a dropped carrier leg), so new provider sessions meet the faults of the moment.
+const TURNS_PER_CONNECTION: usize = 2;
+
+/// A call that takes turns until `stop` is set (at least `min_turns`). Each connection vanishes
+/// (no `end_call`) after a few turns or when the worker closed it, and the call resumes on a
+/// new one; the worker keeps its history in between, so it can be checked at the end. Errors
+/// name a worker that closed a call without an error frame saying why, or in the cascade.
+async fn call(
+    url: String,
+    call: String,
+    mode: Mode,
+    min_turns: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Outcome>, String> {
     let mut outcomes = Vec::new();
     while outcomes.len() < min_turns || !stop.load(Ordering::SeqCst) {
-        let hz = [440.0, 880.0, 300.0][outcomes.len() % 3];
-        outcomes.push(take_turn(&mut s, hz).await);
+        let mut s = connect(&url).await;
+        send_text(&mut s, start_call(&call, Some(&token(&call)))).await;
+        wait_for(&mut s, "status", "ready").await;
+        let mut last: Option<Outcome> = None;
+        for turn in 0..TURNS_PER_CONNECTION {
+            let hz = [440.0, 880.0, 300.0][(outcomes.len() + turn) % 3];
+            let outcome = take_turn(&mut s, hz, mode).await;
+            if matches!(outcome, Outcome::Ended) {
+                if mode == Mode::Cascade {
+                    return Err(format!("{call}: the worker ended a cascade call"));
+                }
+                if !matches!(last, Some(Outcome::Failed(_))) {
+                    return Err(format!("{call}: ended without an error frame saying why"));
+                }
+                break;
+            }
+            outcomes.extend(last.replace(outcome));
+        }
+        outcomes.extend(last);
     }
-    drop(s);
-    outcomes
+    Ok(outcomes)
 }
 
 fn seed() -> ([u8; 32], String) {
@@ -140,20 +220,29 @@ async fn quick_standin() -> StandinHandle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_provider_faults_end_every_turn_cleanly() {
+    random_provider_faults(Mode::Cascade).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_realtime_faults_end_every_turn_cleanly() {
+    random_provider_faults(Mode::Realtime).await;
+}
+
+async fn random_provider_faults(mode: Mode) {
     let panics_before = panics().load(Ordering::SeqCst);
     let (seed, hex) = seed();
     let mut runner = TestRunner::new_with_rng(
         Default::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
     );
-    let schedule: Vec<Change> = prop::collection::vec(change(), 10..30)
+    let schedule: Vec<Change> = prop::collection::vec(change(mode), 10..30)
         .new_tree(&mut runner)
         .expect("schedule")
         .current();
 
     let standin = quick_standin().await;
     // A one-second provider timeout keeps stalls short; one retry exercises the retry path.
-    let pipeline = pipeline_json_with(&standin.base_url(), 1, 1, 1, TURNS);
+    let pipeline = pipeline_json_with(&standin.base_url(), 1, 1, 1, &mode.spec());
     let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
 
     // The calls take turns for as long as the faults come and go.
@@ -161,7 +250,7 @@ async fn random_provider_faults_end_every_turn_cleanly() {
     let calls: Vec<_> = (0..CALLS)
         .map(|i| {
             let url = w.url("/ws/call-session");
-            tokio::spawn(call(url, format!("pf-{i}"), 1, stop.clone()))
+            tokio::spawn(call(url, format!("pf-{i}"), mode, 1, stop.clone()))
         })
         .collect();
     for change in &schedule {
@@ -177,11 +266,14 @@ async fn random_provider_faults_end_every_turn_cleanly() {
         let outcomes = tokio::time::timeout(PATIENCE * 3, call)
             .await
             .unwrap_or_else(|_| panic!("call pf-{i} hung (seed {hex})\n{schedule:#?}"))
-            .expect("call task");
+            .expect("call task")
+            .unwrap_or_else(|e| panic!("{e} (seed {hex})\n{schedule:#?}"));
         for outcome in outcomes {
             let key = match outcome {
                 Outcome::Answered => "answered".to_owned(),
                 Outcome::Failed(code) => code,
+                Outcome::Cut => "cut".to_owned(),
+                Outcome::Ended => "ended".to_owned(),
             };
             *tally.entry(key).or_default() += 1;
         }
@@ -197,9 +289,11 @@ async fn random_provider_faults_end_every_turn_cleanly() {
     }
     // With the faults gone, a resumed call is answered as usual.
     let once = Arc::new(AtomicBool::new(true));
-    let after = call(w.url("/ws/call-session"), "pf-0".into(), 1, once).await;
+    let after = call(w.url("/ws/call-session"), "pf-0".into(), mode, 1, once)
+        .await
+        .expect("a clean call");
     assert!(
-        matches!(after[..], [Outcome::Answered]),
+        matches!(after[..], [Outcome::Answered, Outcome::Answered]),
         "{after:?} (seed {hex})"
     );
     assert_eq!(

@@ -51,6 +51,10 @@ pub enum Fault {
     /// Send the response headers, then nothing, without closing; on the realtime endpoint the
     /// session opens and takes audio but never answers.
     StallAfterHeaders,
+    /// Realtime: drop the connection as the caller stops speaking, before their words are
+    /// committed and transcribed (what a reset connection does to events in flight). Elsewhere
+    /// the same as `DropMidStream`.
+    DropAfterSpeech,
 }
 
 /// One injected fault: for `endpoint` (all when `None`), for the next `count` requests
@@ -83,7 +87,7 @@ impl FaultRule {
     }
 }
 
-/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers>[:count]`.
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech>[:count]`.
 impl FromStr for FaultRule {
     type Err = String;
 
@@ -115,6 +119,7 @@ impl FromStr for FaultRule {
             "stall_mid_stream" => Fault::StallMidStream,
             "drop" => Fault::DropMidStream,
             "stall_after_headers" => Fault::StallAfterHeaders,
+            "drop_after_speech" => Fault::DropAfterSpeech,
             status => match status.parse::<u16>() {
                 Ok(status @ 500..=599) => Fault::ServerError { status },
                 _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),

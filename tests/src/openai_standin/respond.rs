@@ -63,9 +63,10 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
             ))
         }
         Fault::Stall => std::future::pending().await,
-        Fault::StallMidStream | Fault::DropMidStream | Fault::StallAfterHeaders => {
-            Gate::Serve(Some(fault))
-        }
+        Fault::StallMidStream
+        | Fault::DropMidStream
+        | Fault::StallAfterHeaders
+        | Fault::DropAfterSpeech => Gate::Serve(Some(fault)),
     }
 }
 
@@ -127,7 +128,7 @@ pub fn paced_response(
         }
         if sent == 1 {
             match mid_stream {
-                Some(Fault::DropMidStream) => {
+                Some(Fault::DropMidStream | Fault::DropAfterSpeech) => {
                     // Let the server flush what was sent (it does while the body is pending),
                     // so the client really sees a response break, not a refused request.
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -42,6 +42,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// (a burst of caller frames): enough for it to catch up when it only lacked CPU time, few
 /// enough to cost nothing when it is stuck on a slow disk (then frames are dropped and counted).
 const RECORDER_YIELDS: usize = 8;
+/// What a new realtime session is told when the caller's last words were lost with the old one.
+/// Instructions, not a script, so the model answers in the conversation's language.
+pub const LOST_WORDS: &str = "The connection dropped while the caller was speaking and their last \
+words were lost. Briefly apologise and ask them to say it again.";
 /// Realtime sessions a call opens again after losing one (a dropped connection, the provider's
 /// session time limit), in a row without a completed response in between, before it gives up
 /// and ends with an error.
@@ -292,8 +296,9 @@ impl CallSession {
             message: "call started",
         });
         if self.pipeline.config.spec.mode == PipelineMode::Realtime {
-            if let Err(message) = self.open_realtime().await {
-                self.fail(ErrorCode::InternalError, &message);
+            if let Err(err) = self.open_realtime().await {
+                let code = ErrorCode::from_provider_code(err.caller_code());
+                self.fail(code, &err.to_string());
                 self.finish(Ending::ProviderLost).await;
                 return;
             }
@@ -835,7 +840,7 @@ impl CallSession {
 
     // ---- realtime mode -------------------------------------------------------------------
 
-    async fn open_realtime(&mut self) -> Result<(), String> {
+    async fn open_realtime(&mut self) -> Result<(), ProviderError> {
         let spec = &self.pipeline.config.spec;
         let options = RealtimeOptions {
             instructions: spec.llm.system_prompt.clone(),
@@ -847,8 +852,7 @@ impl CallSession {
             .providers
             .realtime
             .connect(&spec.realtime, options)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.realtime = Some(session);
         self.uplink = Some(Uplink::new(
             &spec.turn_detection,
@@ -867,9 +871,7 @@ impl CallSession {
                     continue;
                 }
                 let add = RealtimeCommand::AddMessage(message.clone());
-                if let Err(err) = rt.commands.send(add).await {
-                    return Err(format!("could not resume the conversation: {err}"));
-                }
+                rt.commands.send(add).await?;
             }
         }
         if self.history.is_empty()
@@ -910,18 +912,23 @@ impl CallSession {
                 Ok(()) => {
                     self.ctx.metrics.realtime_reconnects.inc();
                     // The caller was waiting for an answer and heard none of it: the new
-                    // session, which has their words, answers them.
-                    let caller_last = self
-                        .history
-                        .messages()
-                        .last()
-                        .is_some_and(|m| m.role == ChatRole::User);
-                    if awaited_answer && !heard_some && caller_last {
-                        self.request_realtime_response().await;
+                    // session answers what they said, or, when their words went down with the
+                    // old session (a reset connection loses what was in flight), asks them to
+                    // say it again; never silence.
+                    if awaited_answer && !heard_some {
+                        let caller_last = self
+                            .history
+                            .messages()
+                            .last()
+                            .is_some_and(|m| m.role == ChatRole::User);
+                        let instructions = (!caller_last).then(|| LOST_WORDS.to_owned());
+                        self.request_realtime_response(instructions).await;
                     }
                     return None;
                 }
                 Err(reopen) => {
+                    // The caller hears why the call cannot go on: the new session's failure.
+                    let code = ErrorCode::from_provider_code(reopen.caller_code());
                     self.fail(code, &format!("{message}; a new session failed: {reopen}"));
                     return Some(Ending::ProviderLost);
                 }
@@ -937,9 +944,10 @@ impl CallSession {
         self.realtime_due = Some(Instant::now() + Duration::from_secs(u64::from(timeout)));
     }
 
-    /// Asks the realtime session for a response to the conversation as it stands.
-    async fn request_realtime_response(&mut self) {
-        let respond = RealtimeCommand::CreateResponse { instructions: None };
+    /// Asks the realtime session for a response to the conversation as it stands (with
+    /// `instructions` for this response only, when given).
+    async fn request_realtime_response(&mut self, instructions: Option<String>) {
+        let respond = RealtimeCommand::CreateResponse { instructions };
         if let Some(rt) = self.realtime.as_mut()
             && rt.commands.send(respond).await.is_ok()
         {
