@@ -109,18 +109,29 @@ pub enum RealtimeEvent {
 /// The sending half of a session.
 pub struct RealtimeCommands {
     sink: Pin<Box<dyn Sink<RealtimeCommand, Error = ProviderError> + Send>>,
+    /// The first failure: a failed sink must not be polled again (futures' adapters panic
+    /// when they are), so later commands fail with it at once.
+    failed: Option<ProviderError>,
 }
 
 impl RealtimeCommands {
     pub fn new(sink: impl Sink<RealtimeCommand, Error = ProviderError> + Send + 'static) -> Self {
         Self {
             sink: Box::pin(sink),
+            failed: None,
         }
     }
 
     /// Sends one command and flushes it.
     pub async fn send(&mut self, command: RealtimeCommand) -> ProviderResult<()> {
-        self.sink.send(command).await
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let result = self.sink.send(command).await;
+        if let Err(err) = &result {
+            self.failed = Some(err.clone());
+        }
+        result
     }
 
     /// Appends caller audio (µ-law 8 kHz).
@@ -137,8 +148,11 @@ impl RealtimeCommands {
         .await
     }
 
-    /// Closes the session cleanly.
+    /// Closes the session cleanly (nothing to do once it failed).
     pub async fn close(&mut self) -> ProviderResult<()> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
         self.sink.close().await
     }
 }
@@ -148,4 +162,28 @@ impl RealtimeCommands {
 pub struct RealtimeSession {
     pub commands: RealtimeCommands,
     pub events: BoxStream<'static, ProviderResult<RealtimeEvent>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::sink;
+
+    #[tokio::test]
+    async fn a_failed_command_sink_is_not_polled_again() {
+        // A sink adapter that panics when polled after it failed, like the WebSocket's.
+        let failing = sink::unfold(0u32, |calls, _command: RealtimeCommand| async move {
+            assert_eq!(calls, 0, "polled again after failing");
+            Err::<u32, _>(ProviderError::Transport("reset".into()))
+        });
+        let mut commands = RealtimeCommands::new(failing);
+        let audio = || RealtimeCommand::AppendAudio(Bytes::from_static(&[0xff; 160]));
+        for _ in 0..3 {
+            assert_eq!(
+                commands.send(audio()).await,
+                Err(ProviderError::Transport("reset".into()))
+            );
+        }
+        assert_eq!(commands.close().await, Ok(()));
+    }
 }
