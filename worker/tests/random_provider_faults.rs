@@ -131,6 +131,13 @@ async fn take_turn(s: &mut Socket, hz: f64, mode: Mode) -> Outcome {
                     ["RATE_LIMIT", "TIMEOUT", "INTERNAL_ERROR"].contains(&code.as_str()),
                     "a provider failure is reported with one of the seed's codes: {message}"
                 );
+                // The caller stops sending after speaking, so only a worker that left them
+                // waiting in silence for the whole idle timeout ends a turn this way.
+                let why = message["message"].as_str().unwrap_or_default();
+                assert!(
+                    !why.contains("idle timeout"),
+                    "the caller was left in silence: {message}"
+                );
                 return Outcome::Failed(code);
             }
             _ if closed => {}

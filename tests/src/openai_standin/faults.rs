@@ -51,9 +51,9 @@ pub enum Fault {
     /// Send the response headers, then nothing, without closing; on the realtime endpoint the
     /// session opens and takes audio but never answers.
     StallAfterHeaders,
-    /// Realtime: drop the connection as the caller stops speaking, before their words are
-    /// committed and transcribed (what a reset connection does to events in flight). Elsewhere
-    /// the same as `DropMidStream`.
+    /// Realtime: drop the connection as the caller stops speaking, before it says so and before
+    /// their words are committed and transcribed (what a reset connection does to events in
+    /// flight). Elsewhere the same as `DropMidStream`.
     DropAfterSpeech,
 }
 

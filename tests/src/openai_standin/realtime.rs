@@ -189,17 +189,17 @@ impl Session {
                     break;
                 }
                 let is_audio = event["type"] == "response.output_audio.delta";
-                let drop_now = event["type"] == "input_audio_buffer.speech_stopped"
-                    && self.mid_stream == Some(Fault::DropAfterSpeech);
+                if event["type"] == "input_audio_buffer.speech_stopped"
+                    && self.mid_stream == Some(Fault::DropAfterSpeech)
+                {
+                    return; // the client never hears that the caller stopped
+                }
                 event["event_id"] = Value::String(self.id("event"));
                 if socket
                     .send(Message::Text(event.to_string().into()))
                     .await
                     .is_err()
                 {
-                    return;
-                }
-                if drop_now {
                     return;
                 }
                 if is_audio {

@@ -231,6 +231,10 @@ struct CallSession {
     /// answer (after the caller stopped speaking, or during a response). A session silent past
     /// it has stalled and is treated as lost.
     realtime_due: Option<Instant>,
+    /// Realtime mode: the caller spoke (by the uplink's own VAD) and no answer has started
+    /// since; kept by the worker because a reset connection can lose the provider's events
+    /// saying so.
+    realtime_unanswered: bool,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -281,6 +285,7 @@ impl CallSession {
             realtime: None,
             realtime_reconnects: 0,
             realtime_due: None,
+            realtime_unanswered: false,
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -902,7 +907,8 @@ impl CallSession {
             None => (ErrorCode::InternalError, "realtime session closed".into()),
         };
         self.realtime = None;
-        let awaited_answer = self.realtime_due.take().is_some();
+        let awaited_answer = self.realtime_due.take().is_some() || self.realtime_unanswered;
+        let still_speaking = self.uplink.as_ref().is_some_and(Uplink::caller_speaking);
         let retryable = err.as_ref().is_none_or(ProviderError::is_retryable);
         if retryable && self.realtime_reconnects < REALTIME_RECONNECTS {
             self.realtime_reconnects += 1;
@@ -914,8 +920,9 @@ impl CallSession {
                     // The caller was waiting for an answer and heard none of it: the new
                     // session answers what they said, or, when their words went down with the
                     // old session (a reset connection loses what was in flight), asks them to
-                    // say it again; never silence.
-                    if awaited_answer && !heard_some {
+                    // say it again; never silence. A caller still talking is left to the new
+                    // session's own turn detection.
+                    if awaited_answer && !heard_some && !still_speaking {
                         let caller_last = self
                             .history
                             .messages()
@@ -966,7 +973,14 @@ impl CallSession {
             }
             _ => samples,
         };
-        let Some(mulaw) = self.uplink.as_mut().and_then(|u| u.push(samples)) else {
+        let Some(uplink) = self.uplink.as_mut() else {
+            return;
+        };
+        let mulaw = uplink.push(samples);
+        if uplink.caller_speaking() {
+            self.realtime_unanswered = true;
+        }
+        let Some(mulaw) = mulaw else {
             return;
         };
         if let Some(rt) = self.realtime.as_mut()
@@ -1004,6 +1018,7 @@ impl CallSession {
             }
             RealtimeEvent::AudioDelta { item_id, audio, .. } => {
                 self.expect_realtime();
+                self.realtime_unanswered = false;
                 if self.reply.item_id.as_deref() != Some(item_id.as_str()) {
                     self.commit_finished_reply().await;
                     self.reply = Reply {

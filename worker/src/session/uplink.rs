@@ -50,6 +50,11 @@ impl Uplink {
         now.then(|| self.take())
     }
 
+    /// Whether the caller is in confirmed speech (until `silenceMs` of quiet ends their turn).
+    pub fn caller_speaking(&self) -> bool {
+        self.vad.is_speaking()
+    }
+
     fn take(&mut self) -> Bytes {
         let next = Vec::with_capacity(self.chunk_bytes);
         Bytes::from(std::mem::replace(&mut self.pending, next))
