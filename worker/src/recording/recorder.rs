@@ -77,10 +77,10 @@ impl CallRecorder {
         self.offer(Input::Cut { at: Instant::now() });
     }
 
-    /// Whether the recorder has fallen half a queue behind. The call task then yields once
-    /// after handing it a frame, so a burst of caller frames (a carrier catching up after a
-    /// network stall hands over dozens in one read) lets the recorder drain between them
-    /// instead of overflowing; the call still never waits for it.
+    /// Whether the recorder has fallen half a queue behind. The call task then yields to it a
+    /// few times after handing it a frame, so a burst of caller frames (a carrier catching up
+    /// after a network stall hands over dozens in one read) lets the recorder drain between
+    /// them instead of overflowing; the call still never waits for it.
     pub fn is_behind(&self) -> bool {
         self.tx.capacity() < QUEUE / 2
     }

@@ -31,12 +31,11 @@ impl History {
             return;
         }
         self.messages.push_back(message);
-        if self.messages.len() <= self.max_turns * 2 {
+        let excess = self.messages.len().saturating_sub(self.max_turns * 2);
+        if excess == 0 {
             return;
         }
-        while self.messages.len() > self.max_turns * 2 {
-            self.messages.pop_front();
-        }
+        self.messages.drain(..excess);
         // Turns are not always pairs (a turn whose provider failed has no reply), so the cut
         // can fall between a question and its answer: drop the orphaned answer too, so the
         // model never sees a reply without what it replied to.
