@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::spool::{ASSISTANT, CALLER, Meta};
 use super::timeline::{Side, cut_at, gap_before, position};
@@ -16,8 +15,10 @@ use super::{Recordings, blocking};
 use crate::media::{StreamResampler, l16, mulaw};
 use crate::metrics::Metrics;
 
-/// Messages queued per call: about a second of both directions' 20 ms frames.
-pub const QUEUE: usize = 100;
+/// Messages queued per call: about two and a half seconds of both directions' 20 ms frames, so
+/// a carrier's burst after a network stall fits (the channel allocates its slots as they fill,
+/// so an idle queue costs no more than a short one).
+pub const QUEUE: usize = 256;
 /// Bytes buffered per channel before a write (a second of L16, two of µ-law).
 const BUFFER: usize = 16 * 1024;
 /// Samples converted at a time: 100 ms at 24 kHz.
@@ -247,22 +248,15 @@ impl Track {
     }
 }
 
-/// A spool file written through a buffer of [`BUFFER`] bytes: each full buffer is written on
-/// the blocking pool while the next one fills (`tokio::fs::File` would copy every chunk into a
-/// buffer of its own).
+/// A spool file written through a buffer of [`BUFFER`] bytes, each full buffer written on the
+/// blocking pool. One buffer, not two: `tokio::fs::File` would copy into a second one.
 struct ChannelFile {
     /// `None` once a write failed: later writes fail fast.
     file: Option<std::fs::File>,
     buf: Vec<u8>,
     /// Bytes already in the file.
     written: u64,
-    /// A full buffer being written in the background (at most one): the recorder goes on
-    /// draining the call's frames meanwhile, so a slow disk write does not back up the queue.
-    writing: Option<JoinHandle<Written>>,
 }
-
-/// What a background write gives back: the file, how many bytes it wrote, and how it went.
-type Written = (std::fs::File, usize, io::Result<()>);
 
 impl ChannelFile {
     fn new(file: std::fs::File) -> Self {
@@ -270,7 +264,6 @@ impl ChannelFile {
             file: Some(file),
             buf: Vec::with_capacity(BUFFER),
             written: 0,
-            writing: None,
         }
     }
 
@@ -281,48 +274,34 @@ impl ChannelFile {
             self.buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
             if self.buf.len() >= BUFFER {
-                self.write_behind().await?;
+                self.flush().await?;
             }
         }
         Ok(())
     }
 
-    /// Starts writing the buffer in the background, once the previous write finished.
-    async fn write_behind(&mut self) -> io::Result<()> {
-        self.settle().await?;
+    async fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let mut file = self.take_file()?;
-        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(BUFFER));
-        self.writing = Some(tokio::task::spawn_blocking(move || {
+        let buf = std::mem::take(&mut self.buf);
+        let (file, mut buf, result) = tokio::task::spawn_blocking(move || {
             let result = file.write_all(&buf);
-            (file, buf.len(), result)
-        }));
-        Ok(())
-    }
-
-    /// Waits for the background write, if one is running.
-    async fn settle(&mut self) -> io::Result<()> {
-        let Some(writing) = self.writing.take() else {
-            return Ok(());
-        };
-        let (file, len, result) = writing.await.map_err(io::Error::other)?;
+            (file, buf, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
         result?;
-        self.written += len as u64;
+        self.written += buf.len() as u64;
+        buf.clear();
+        self.buf = buf;
         self.file = Some(file);
         Ok(())
     }
 
-    /// Writes everything buffered and waits until it is in the file.
-    async fn flush(&mut self) -> io::Result<()> {
-        self.write_behind().await?;
-        self.settle().await
-    }
-
     /// Shortens the channel to `len` bytes.
     async fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.settle().await?;
         if len >= self.written {
             self.buf.truncate((len - self.written) as usize);
             return Ok(());
