@@ -100,8 +100,9 @@ fn change(mode: Mode) -> impl Strategy<Value = Change> {
 enum Outcome {
     Answered,
     Failed(String),
-    /// The worker flushed the reply before its end (realtime mode, when the provider session
-    /// was lost mid-reply and replaced): the caller heard it stop and speaks again.
+    /// The worker flushed a reply before its end: realtime mode replaced the provider session
+    /// mid-reply, or the caller's words barged in on audio still playing after an error. The
+    /// caller heard it stop and speaks again.
     Cut,
     /// The worker closed the call.
     Ended,
