@@ -225,6 +225,27 @@ async fn realtime_call(
 }
 
 #[tokio::test]
+async fn realtime_history_keeps_the_order_of_the_conversation() {
+    let (_standin, w, mut s) = realtime_call(&[], 5, "rt-order").await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    // The caller speaks again just after the reply has played (its mark acknowledged), before
+    // the once-a-second housekeeping would have committed it: the reply still goes into
+    // history before their next words.
+    let mark = wait_for(&mut s, "type", "mark").await;
+    send_text(&mut s, mark.to_string()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    say_seed(&mut s, &utterance(880.0, 8_000)).await;
+    let reply_880 = "I heard tone 880. What else can I do for you?";
+    until_history_has(&w, "rt-order", reply_880).await;
+    let history = w.worker().ctx.store.load("rt-order").await;
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(said, ["tone 440", REPLY_440, "tone 880", reply_880]);
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn a_realtime_session_refused_at_the_start_reports_why() {
     let limited = FaultRule::new(
         Some(Endpoint::Realtime),

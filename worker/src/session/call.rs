@@ -1008,12 +1008,16 @@ impl CallSession {
                 {
                     self.barge_in().await;
                 }
+                // A reply that finished playing goes into history before what the caller now
+                // says (housekeeping would commit it only within the next second).
+                self.commit_finished_reply().await;
             }
             RealtimeEvent::SpeechStopped { .. } => {
                 self.speech_ended_at = Some(now);
                 self.expect_realtime();
             }
             RealtimeEvent::InputTranscript { text, .. } => {
+                self.commit_finished_reply().await;
                 self.history.push(ChatMessage::new(ChatRole::User, text));
             }
             RealtimeEvent::AudioDelta { item_id, audio, .. } => {
