@@ -50,6 +50,30 @@ words were lost. Briefly apologise and ask them to say it again.";
 /// session time limit), in a row without a completed response in between, before it gives up
 /// and ends with an error.
 const REALTIME_RECONNECTS: u32 = 3;
+
+/// Counts a call's realtime session losses in a row: a session that completes a response is
+/// healthy, so a long call survives the provider's session limit any number of times, while a
+/// provider that keeps failing ends the call after [`REALTIME_RECONNECTS`] new sessions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SessionLosses {
+    in_a_row: u32,
+}
+
+impl SessionLosses {
+    /// Records a loss; whether another session may be opened.
+    fn lost(&mut self) -> bool {
+        if self.in_a_row >= REALTIME_RECONNECTS {
+            return false;
+        }
+        self.in_a_row += 1;
+        true
+    }
+
+    /// A response completed: the losses before it no longer count.
+    fn answered(&mut self) {
+        self.in_a_row = 0;
+    }
+}
 /// Audio kept from before the VAD fired, so the first syllable reaches STT.
 const PREROLL: Duration = Duration::from_millis(300);
 
@@ -225,8 +249,8 @@ struct CallSession {
     last_inbound: Instant,
     had_error: bool,
     realtime: Option<RealtimeSession>,
-    /// Realtime sessions this call opened again since its last completed response.
-    realtime_reconnects: u32,
+    /// Realtime sessions this call lost since its last completed response.
+    realtime_losses: SessionLosses,
     /// Realtime mode: when the provider must next be heard from, while the call waits for an
     /// answer (after the caller stopped speaking, or during a response). A session silent past
     /// it has stalled and is treated as lost.
@@ -283,7 +307,7 @@ impl CallSession {
             last_inbound: now,
             had_error: false,
             realtime: None,
-            realtime_reconnects: 0,
+            realtime_losses: SessionLosses::default(),
             realtime_due: None,
             realtime_unanswered: false,
             to_8k: None,
@@ -910,10 +934,9 @@ impl CallSession {
         let awaited_answer = self.realtime_due.take().is_some() || self.realtime_unanswered;
         let still_speaking = self.uplink.as_ref().is_some_and(Uplink::caller_speaking);
         let retryable = err.as_ref().is_none_or(ProviderError::is_retryable);
-        if retryable && self.realtime_reconnects < REALTIME_RECONNECTS {
-            self.realtime_reconnects += 1;
+        if retryable && self.realtime_losses.lost() {
             let heard_some = self.stop_reply().await;
-            tracing::warn!(call_id = %self.call_id, error = %message, attempt = self.realtime_reconnects, "realtime session lost; opening a new one");
+            tracing::warn!(call_id = %self.call_id, error = %message, attempt = self.realtime_losses.in_a_row, "realtime session lost; opening a new one");
             match self.open_realtime().await {
                 Ok(()) => {
                     self.ctx.metrics.realtime_reconnects.inc();
@@ -1073,7 +1096,7 @@ impl CallSession {
             RealtimeEvent::ResponseDone { status, .. } => {
                 self.realtime_due = None;
                 if status == "completed" {
-                    self.realtime_reconnects = 0;
+                    self.realtime_losses.answered();
                 }
             }
             RealtimeEvent::ResponseCreated { .. } => self.expect_realtime(),
@@ -1105,5 +1128,26 @@ async fn next_realtime(
     match session {
         Some(session) => session.events.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_losses_end_the_call_only_in_a_row() {
+        let mut losses = SessionLosses::default();
+        for _ in 0..REALTIME_RECONNECTS {
+            assert!(losses.lost(), "a new session is opened");
+        }
+        assert!(!losses.lost(), "one loss too many in a row");
+        // A completed response in between: a long call outlives many session limits.
+        let mut losses = SessionLosses::default();
+        for _ in 0..10 {
+            assert!(losses.lost());
+            losses.answered();
+        }
+        assert_eq!(losses, SessionLosses { in_a_row: 0 });
     }
 }
