@@ -7,7 +7,6 @@ use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
 use callfleet_worker::providers::{ChatMessage, ChatRole};
-use callfleet_worker::session::call::LOST_WORDS;
 use support::calls::*;
 use support::*;
 
@@ -279,20 +278,22 @@ async fn a_silent_realtime_session_is_replaced_and_the_caller_answered() {
 }
 
 #[tokio::test]
-async fn words_lost_with_a_realtime_session_are_asked_for_again() {
-    // The connection drops as the caller stops speaking: their words never reach history.
+async fn words_lost_with_a_realtime_session_reach_the_next_one() {
+    // The connection drops as the caller stops speaking, before the provider says so: their
+    // words never reach history as text.
     let lost = FaultRule::new(Some(Endpoint::Realtime), Fault::DropAfterSpeech, Some(1));
     let call = "rt-lost-words";
-    let (_standin, w, mut s) = realtime_call(&[lost], 5, call).await;
+    let (standin, w, mut s) = realtime_call(&[lost], 5, call).await;
     say_seed(&mut s, &utterance(440.0, 8_000)).await;
-    // The new session is asked to have the caller repeat (the stand-in speaks instructions
-    // as given), instead of leaving them in silence.
+    // The worker kept the audio of the unanswered turn and plays it to the new session, which
+    // answers it without the caller saying it again.
     until_seed_reply_audio(&mut s).await;
-    until_history_has(&w, call, LOST_WORDS).await;
-    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
-    // They say it again and are answered.
-    say_seed(&mut s, &utterance(440.0, 8_000)).await;
     until_history_has(&w, call, REPLY_440).await;
+    let history = w.worker().ctx.store.load(call).await;
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(said, ["tone 440", REPLY_440]);
+    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     assert_eq!(wait_closed(&mut s).await, Some(1000));
     w.stop().await;

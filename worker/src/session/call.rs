@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -259,6 +260,10 @@ struct CallSession {
     /// since; kept by the worker because a reset connection can lose the provider's events
     /// saying so.
     realtime_unanswered: bool,
+    /// Realtime mode: the caller's audio of that unanswered turn as sent to the provider
+    /// (µ-law, the last [`MAX_UTTERANCE`] at most), so a new session can hear what the old one
+    /// was lost with. Dropped once an answer starts or the words are transcribed.
+    realtime_turn_audio: Vec<u8>,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -310,6 +315,7 @@ impl CallSession {
             realtime_losses: SessionLosses::default(),
             realtime_due: None,
             realtime_unanswered: false,
+            realtime_turn_audio: Vec::new(),
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -940,12 +946,25 @@ impl CallSession {
             match self.open_realtime().await {
                 Ok(()) => {
                     self.ctx.metrics.realtime_reconnects.inc();
-                    // The caller was waiting for an answer and heard none of it: the new
-                    // session answers what they said, or, when their words went down with the
-                    // old session (a reset connection loses what was in flight), asks them to
-                    // say it again; never silence. A caller still talking is left to the new
-                    // session's own turn detection.
-                    if awaited_answer && !heard_some && !still_speaking {
+                    // The caller was waiting for an answer and heard none of it; never leave
+                    // them in silence. Words the old session took down with it (a reset
+                    // connection loses what was in flight) are played to the new one, whose
+                    // turn detection answers them as usual (or hears the rest, if the caller
+                    // is still talking); words it had transcribed are in the conversation, so
+                    // the new session is asked to answer; if neither, the caller is asked to
+                    // say it again.
+                    let turn_audio = std::mem::take(&mut self.realtime_turn_audio);
+                    if awaited_answer && !heard_some && !turn_audio.is_empty() {
+                        if let Some(rt) = self.realtime.as_mut()
+                            && rt
+                                .commands
+                                .append_audio(Bytes::from(turn_audio))
+                                .await
+                                .is_ok()
+                        {
+                            self.expect_realtime();
+                        }
+                    } else if awaited_answer && !heard_some && !still_speaking {
                         let caller_last = self
                             .history
                             .messages()
@@ -1006,6 +1025,12 @@ impl CallSession {
         let Some(mulaw) = mulaw else {
             return;
         };
+        if self.realtime_unanswered {
+            self.realtime_turn_audio.extend_from_slice(&mulaw);
+            let cap = MAX_UTTERANCE.as_millis() as usize * 8; // µ-law at 8 kHz: 8 bytes a ms
+            let excess = self.realtime_turn_audio.len().saturating_sub(cap);
+            self.realtime_turn_audio.drain(..excess);
+        }
         if let Some(rt) = self.realtime.as_mut()
             && let Err(err) = rt.commands.append_audio(mulaw).await
         {
@@ -1040,12 +1065,15 @@ impl CallSession {
                 self.expect_realtime();
             }
             RealtimeEvent::InputTranscript { text, .. } => {
+                // The words are known now; a new session would be given them as text.
+                self.realtime_turn_audio = Vec::new();
                 self.commit_finished_reply().await;
                 self.history.push(ChatMessage::new(ChatRole::User, text));
             }
             RealtimeEvent::AudioDelta { item_id, audio, .. } => {
                 self.expect_realtime();
                 self.realtime_unanswered = false;
+                self.realtime_turn_audio = Vec::new();
                 if self.reply.item_id.as_deref() != Some(item_id.as_str()) {
                     self.commit_finished_reply().await;
                     self.reply = Reply {
