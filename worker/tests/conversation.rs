@@ -205,12 +205,9 @@ async fn realtime_call(
     timeout_seconds: u32,
     call: &str,
 ) -> (StandinHandle, TestWorker, Socket) {
-    // Short replies (10 ms of speech per character) keep the turns quick.
-    let config = StandinConfig {
-        speech_ms_per_char: 10,
-        ..StandinConfig::instant()
-    };
-    let standin = OpenAiStandin::start(config).await.expect("stand-in");
+    let standin = OpenAiStandin::start(quick_standin())
+        .await
+        .expect("stand-in");
     let spec = format!(r#"{TURNS},"mode":"realtime""#);
     let pipeline = pipeline_json_with(&standin.base_url(), 1, timeout_seconds, 0, &spec);
     let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
@@ -239,8 +236,7 @@ async fn realtime_history_keeps_the_order_of_the_conversation() {
     let history = w.worker().ctx.store.load("rt-order").await;
     let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(said, ["tone 440", REPLY_440, "tone 880", reply_880]);
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
 }
 
@@ -272,8 +268,7 @@ async fn a_silent_realtime_session_is_replaced_and_the_caller_answered() {
     until_seed_reply_audio(&mut s).await;
     until_history_has(&w, call, REPLY_440).await;
     assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
 }
 
@@ -294,8 +289,7 @@ async fn words_lost_with_a_realtime_session_reach_the_next_one() {
     assert_eq!(said, ["tone 440", REPLY_440]);
     assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
     assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
 }
 
@@ -310,8 +304,7 @@ async fn a_realtime_session_stalled_mid_reply_is_replaced() {
     // The caller heard the start of that reply; the next turn is answered in full.
     say_seed(&mut s, &utterance(880.0, 8_000)).await;
     until_history_has(&w, call, "I heard tone 880. What else can I do for you?").await;
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
 }
 
@@ -330,8 +323,7 @@ async fn a_lost_realtime_session_is_opened_again_with_the_conversation_so_far() 
     say_seed(&mut s, &utterance(880.0, 8_000)).await;
     until_seed_reply_audio(&mut s).await;
     until_history_has(&w, call, "tone 880").await;
-    send_text(&mut s, r#"{"type":"end_call"}"#).await;
-    assert_eq!(wait_closed(&mut s).await, Some(1000));
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
 }
 

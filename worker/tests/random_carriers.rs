@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use proptest::prelude::*;
-use proptest::strategy::ValueTree;
-use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 use tokio_tungstenite::tungstenite::Message;
 
 use callfleet_tests::openai_standin::StandinHandle;
@@ -24,7 +22,7 @@ use callfleet_worker::protocols::Protocol;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use support::calls::*;
-use support::frames::{Frame, any_protocol, frame};
+use support::frames::{Frame, any_protocol, draw, frame, seeded_runner};
 use support::recording::*;
 use support::*;
 
@@ -326,24 +324,9 @@ struct Run {
 
 async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) -> Run {
     let panics_before = panics().load(Ordering::SeqCst);
-    let seed: [u8; 32] = match std::env::var("CALLFLEET_RANDOM_SEED") {
-        Ok(hex) => {
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex seed"))
-                .collect();
-            bytes.try_into().expect("32-byte seed")
-        }
-        Err(_) => rand::random(),
-    };
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    println!("CALLFLEET_RANDOM_SEED={hex}");
-    let mut runner = TestRunner::new_with_rng(
-        Default::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
-    );
+    let (mut runner, hex) = seeded_runner();
     let scripts: Vec<Script> = (0..CONNECTIONS)
-        .map(|_| script().new_tree(&mut runner).expect("script").current())
+        .map(|_| draw(script(), &mut runner))
         .collect();
 
     // A short idle timeout (which also bounds the wait for a call's start) ends the scripts

@@ -17,14 +17,13 @@ use std::time::Duration;
 
 use futures::SinkExt;
 
+use callfleet_tests::openai_standin::OpenAiStandin;
 use callfleet_tests::openai_standin::faults::{Endpoint, Fault, FaultRule};
-use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
 use proptest::prelude::*;
-use proptest::strategy::ValueTree;
-use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 use tokio_tungstenite::tungstenite::Message;
 
 use support::calls::*;
+use support::frames::{draw, seeded_runner};
 use support::*;
 
 /// Calls at once, each taking turns while faults come and go.
@@ -201,31 +200,6 @@ async fn call(
     Ok(outcomes)
 }
 
-fn seed() -> ([u8; 32], String) {
-    let seed: [u8; 32] = match std::env::var("CALLFLEET_RANDOM_SEED") {
-        Ok(hex) => (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex seed"))
-            .collect::<Vec<u8>>()
-            .try_into()
-            .expect("32-byte seed"),
-        Err(_) => rand::random(),
-    };
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    println!("CALLFLEET_RANDOM_SEED={hex}");
-    (seed, hex)
-}
-
-async fn quick_standin() -> StandinHandle {
-    // Short replies (10 ms of speech per character) keep the turns quick.
-    OpenAiStandin::start(StandinConfig {
-        speech_ms_per_char: 10,
-        ..StandinConfig::instant()
-    })
-    .await
-    .expect("stand-in")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_provider_faults_end_every_turn_cleanly() {
     random_provider_faults(Mode::Cascade).await;
@@ -238,17 +212,12 @@ async fn random_realtime_faults_end_every_turn_cleanly() {
 
 async fn random_provider_faults(mode: Mode) {
     let panics_before = panics().load(Ordering::SeqCst);
-    let (seed, hex) = seed();
-    let mut runner = TestRunner::new_with_rng(
-        Default::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
-    );
-    let schedule: Vec<Change> = prop::collection::vec(change(mode), 10..30)
-        .new_tree(&mut runner)
-        .expect("schedule")
-        .current();
+    let (mut runner, hex) = seeded_runner();
+    let schedule: Vec<Change> = draw(prop::collection::vec(change(mode), 10..30), &mut runner);
 
-    let standin = quick_standin().await;
+    let standin = OpenAiStandin::start(quick_standin())
+        .await
+        .expect("stand-in");
     // A one-second provider timeout keeps stalls short; one retry exercises the retry path.
     let pipeline = pipeline_json_with(&standin.base_url(), 1, 1, 1, &mode.spec());
     let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;

@@ -37,6 +37,21 @@ pub fn mulaw_b64(samples: &[i16]) -> String {
     STANDARD.encode(bytes)
 }
 
+/// The stand-in without artificial delays and with short replies (10 ms of speech per
+/// character), for tests that take many turns.
+pub fn quick_standin() -> StandinConfig {
+    StandinConfig {
+        speech_ms_per_char: 10,
+        ..StandinConfig::instant()
+    }
+}
+
+/// Hangs up a seed-protocol call (`end_call`) and waits for the worker's close code.
+pub async fn seed_hang_up(socket: &mut Socket) -> Option<u16> {
+    send_text(socket, r#"{"type":"end_call"}"#).await;
+    wait_closed(socket).await
+}
+
 /// The stand-in (no artificial delays) and a worker using it with `extra` spec fields.
 pub async fn setup_with(
     extra: &str,

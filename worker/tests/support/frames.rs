@@ -6,6 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use callfleet_worker::protocols::Protocol;
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Value, json};
 
 /// Any JSON value, a few levels deep.
@@ -146,4 +148,28 @@ pub fn any_protocol() -> impl Strategy<Value = Protocol> {
         Protocol::Twilio,
         Protocol::FreeSwitch,
     ])
+}
+
+/// A proptest runner for the live random tests, seeded from `CALLFLEET_RANDOM_SEED` (64 hex
+/// digits) when set, else at random. The seed is printed, and returned as hex for failure
+/// messages, so a failing run can be replayed.
+pub fn seeded_runner() -> (TestRunner, String) {
+    let seed: [u8; 32] = match std::env::var("CALLFLEET_RANDOM_SEED") {
+        Ok(hex) => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex seed"))
+            .collect::<Vec<u8>>()
+            .try_into()
+            .expect("32-byte seed"),
+        Err(_) => rand::random(),
+    };
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    println!("CALLFLEET_RANDOM_SEED={hex}");
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+    (TestRunner::new_with_rng(Default::default(), rng), hex)
+}
+
+/// One value of `strategy`, drawn by `runner` (no shrinking: the seed replays the run).
+pub fn draw<S: Strategy>(strategy: S, runner: &mut TestRunner) -> S::Value {
+    strategy.new_tree(runner).expect("a value").current()
 }
