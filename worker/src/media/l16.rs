@@ -19,11 +19,14 @@ pub fn decode_into(bytes: &[u8], out: &mut Vec<i16>) -> Result<(), OddLength> {
     Ok(())
 }
 
-/// Appends the little-endian bytes of `samples` to `out`.
+/// Appends the little-endian bytes of `samples` to `out`. Written into a resized buffer rather
+/// than pushed two bytes at a time, so the loop has no capacity checks and vectorises: a
+/// second of audio per turn goes through here on its way to speech-to-text.
 pub fn encode_into(samples: &[i16], out: &mut Vec<u8>) {
-    out.reserve(samples.len() * 2);
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
+    let start = out.len();
+    out.resize(start + samples.len() * 2, 0);
+    for (pair, s) in out[start..].chunks_exact_mut(2).zip(samples) {
+        pair.copy_from_slice(&s.to_le_bytes());
     }
 }
 

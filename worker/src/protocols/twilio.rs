@@ -34,10 +34,27 @@ pub struct TwilioMessage<'a> {
 
 #[derive(Debug, Deserialize, Serialize)]
 pub struct MediaPayload<'a> {
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "borrowed_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub track: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub payload: Cow<'a, str>,
+}
+
+/// An optional string borrowed from the frame when it has no escapes. serde's own
+/// `Option<Cow<str>>` always allocates (`borrow` reaches only a `Cow` directly in a field), and
+/// `track` arrives with every media frame.
+fn borrowed_option<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(deserializer)?.map(|b| b.0))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -254,6 +271,18 @@ mod tests {
 
     fn text(d: &mut Decoder, s: &str) -> Result<InboundEvent, ProtocolError> {
         d.decode(Incoming::Text(s))
+    }
+
+    #[test]
+    fn media_track_is_borrowed_unless_escaped() {
+        let parse = |text: &'static str| serde_json::from_str::<MediaPayload<'_>>(text).unwrap();
+        let plain = parse(r#"{"track":"inbound","payload":"//8="}"#);
+        assert!(matches!(plain.track, Some(Cow::Borrowed("inbound"))));
+        let escaped = parse(r#"{"track":"out\u0062ound","payload":"//8="}"#);
+        assert_eq!(escaped.track.as_deref(), Some("outbound"));
+        assert!(parse(r#"{"payload":"//8="}"#).track.is_none());
+        assert!(parse(r#"{"track":null,"payload":"//8="}"#).track.is_none());
+        assert!(serde_json::from_str::<MediaPayload<'_>>(r#"{"track":5,"payload":""}"#).is_err());
     }
 
     #[test]

@@ -17,9 +17,7 @@ pub fn encode_wav(samples: &[i16], sample_rate: u32) -> Vec<u8> {
     out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
-    for sample in samples {
-        out.extend_from_slice(&sample.to_le_bytes());
-    }
+    crate::media::l16::encode_into(samples, &mut out);
     out
 }
 
