@@ -122,6 +122,13 @@ pub struct SttSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]{2}$"))]
     pub language: Option<String>,
+    /// Upload the caller's audio while they speak (a chunked request opened once speech is
+    /// confirmed), so only the last fraction of a second is sent after their turn ends. The
+    /// OpenAI API accepts this; a server that refuses it gets the whole utterance instead, and
+    /// the worker stops trying for that pipeline version. Set `false` for servers that accept
+    /// chunked uploads but mishandle them.
+    #[serde(default = "default_true")]
+    pub upload_while_speaking: bool,
 }
 
 /// Chat completions (`/v1/chat/completions`, streamed over SSE).
@@ -289,6 +296,7 @@ impl Default for SttSpec {
         Self {
             model: default_stt_model(),
             language: None,
+            upload_while_speaking: true,
         }
     }
 }

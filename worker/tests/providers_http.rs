@@ -110,6 +110,7 @@ fn stt_spec(model: &str) -> SttSpec {
     SttSpec {
         model: model.into(),
         language: Some("en".into()),
+        upload_while_speaking: true,
     }
 }
 

@@ -5,9 +5,21 @@
 use std::f64::consts::TAU;
 use std::io::Cursor;
 
+/// The data length a WAV header carries when the file was written before its length was known
+/// (an upload made while the caller spoke): decoders such as ffmpeg, and OpenAI's, read it as
+/// "to the end of the file". Any other length must match the file.
+const UNKNOWN_LENGTH: u32 = u32::MAX;
+
 /// Reads a mono or multi-channel 16-bit WAV, keeping the first channel.
 pub fn read_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
-    let reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    // hound refuses the unknown length (not a whole number of samples): it reads a copy of
+    // the header that states the length the upload turned out to have.
+    let patched = streamed_header(bytes);
+    let header: &[u8] = match &patched {
+        Some(header) => header,
+        None => bytes,
+    };
+    let reader = hound::WavReader::new(Cursor::new(header)).map_err(|e| e.to_string())?;
     let spec = reader.spec();
     if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
         return Err(format!(
@@ -36,6 +48,28 @@ pub fn read_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
         .map(|frame| i16::from_le_bytes([frame[0], frame[1]]))
         .collect();
     Ok((samples, spec.sample_rate))
+}
+
+/// When the `data` chunk says [`UNKNOWN_LENGTH`]: the header up to the samples, with the
+/// length the rest of the upload has.
+fn streamed_header(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 12; // "RIFF", size, "WAVE"
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let size = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        if &chunk[..4] == b"data" {
+            if size != UNKNOWN_LENGTH {
+                return None;
+            }
+            let body = at + 8;
+            let actual = u32::try_from(bytes.len() - body).ok()?;
+            let mut header = bytes[..body].to_vec();
+            header[at + 4..body].copy_from_slice(&actual.to_le_bytes());
+            return Some(header);
+        }
+        // Chunks are padded to an even size.
+        at = at.checked_add(8 + size as usize + (size as usize & 1))?;
+    }
+    None
 }
 
 const MULAW_BIAS: i32 = 0x84;
@@ -157,6 +191,19 @@ mod tests {
         // A header promising more than the upload holds is refused.
         let cut = &bytes[..bytes.len() - 2];
         assert!(read_wav(cut).is_err());
+    }
+
+    #[test]
+    fn reads_a_streamed_wav_to_its_end() {
+        let mut bytes = wav(1, 8_000, &[]);
+        bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[40..44].copy_from_slice(&UNKNOWN_LENGTH.to_le_bytes());
+        for s in [5i16, -6, 7] {
+            bytes.extend_from_slice(&s.to_le_bytes());
+        }
+        assert_eq!(read_wav(&bytes).unwrap(), (vec![5, -6, 7], 8_000));
+        bytes.push(1);
+        assert!(read_wav(&bytes).is_err(), "half a sample at the end");
     }
 
     #[test]

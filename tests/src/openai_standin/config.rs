@@ -67,6 +67,10 @@ pub struct StandinConfig {
     /// e.g. `chat:429:2` or `all:500`. Endpoints: transcriptions, chat, speech, realtime.
     #[arg(long = "fault", env = "STANDIN_FAULTS", value_delimiter = ',')]
     pub faults: Vec<FaultRule>,
+    /// Refuse transcription uploads without a `Content-Length` (411), as servers that cannot
+    /// take a chunked request body do.
+    #[arg(long, env = "STANDIN_REQUIRE_CONTENT_LENGTH")]
+    pub require_content_length: bool,
 }
 
 impl Default for StandinConfig {
@@ -84,6 +88,7 @@ impl Default for StandinConfig {
             realtime_response_ms: defaults::REALTIME_RESPONSE_MS,
             vad_threshold_dbfs: defaults::VAD_THRESHOLD_DBFS,
             faults: Vec::new(),
+            require_content_length: false,
         }
     }
 }

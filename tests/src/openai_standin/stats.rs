@@ -28,6 +28,9 @@ pub struct Stats {
     items_created: AtomicU64,
     appends: AtomicU64,
     appended_ms: AtomicU64,
+    chunked_uploads: AtomicU64,
+    broken_uploads: AtomicU64,
+    transcribed_samples: AtomicU64,
 }
 
 /// What one endpoint saw.
@@ -61,6 +64,12 @@ pub struct StatsSnapshot {
     /// `input_audio_buffer.append` messages accepted, and the audio they carried.
     pub realtime_appends: u64,
     pub realtime_appended_ms: u64,
+    /// Transcription uploads sent without a length (chunked: made while the caller spoke).
+    pub transcription_chunked_uploads: u64,
+    /// Transcription uploads whose body broke off before its end (the client gave it up).
+    pub transcription_broken_uploads: u64,
+    /// Samples of audio in the transcription uploads that were read whole.
+    pub transcribed_samples: u64,
 }
 
 impl StatsSnapshot {
@@ -106,6 +115,16 @@ impl Stats {
     pub fn item_created(&self) {
         bump(&self.items_created);
     }
+    pub fn chunked_upload(&self) {
+        bump(&self.chunked_uploads);
+    }
+    pub fn broken_upload(&self) {
+        bump(&self.broken_uploads);
+    }
+    pub fn transcribed(&self, samples: usize) {
+        self.transcribed_samples
+            .fetch_add(samples as u64, Ordering::Relaxed);
+    }
     pub fn appended(&self, ms: u64) {
         bump(&self.appends);
         self.appended_ms.fetch_add(ms, Ordering::Relaxed);
@@ -132,6 +151,9 @@ impl Stats {
             realtime_items_created: self.items_created.load(Ordering::Relaxed),
             realtime_appends: self.appends.load(Ordering::Relaxed),
             realtime_appended_ms: self.appended_ms.load(Ordering::Relaxed),
+            transcription_chunked_uploads: self.chunked_uploads.load(Ordering::Relaxed),
+            transcription_broken_uploads: self.broken_uploads.load(Ordering::Relaxed),
+            transcribed_samples: self.transcribed_samples.load(Ordering::Relaxed),
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Multipart, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
@@ -11,7 +13,7 @@ use super::Shared;
 use super::audio::read_wav;
 use super::config::StandinConfig;
 use super::faults::Endpoint;
-use super::respond::{Gate, Piece, bad_request, gate, paced_response, sse};
+use super::respond::{Gate, Piece, bad_request, gate, openai_error, paced_response, sse};
 use super::rules::{tokens, transcript_of};
 
 struct Upload {
@@ -44,20 +46,44 @@ async fn read_upload(mut multipart: Multipart) -> Result<Upload, String> {
     Ok(upload)
 }
 
-pub async fn transcriptions(State(shared): State<Arc<Shared>>, multipart: Multipart) -> Response {
-    let arrived = tokio::time::Instant::now();
+pub async fn transcriptions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Response {
     let mid_stream = match gate(&shared, Endpoint::Transcriptions).await {
         Gate::Serve(mid_stream) => mid_stream,
         Gate::Refuse(response) => return response,
     };
+    let chunked = !headers.contains_key(CONTENT_LENGTH);
+    if chunked {
+        shared.stats.chunked_upload();
+        if shared.config.require_content_length {
+            return openai_error(
+                StatusCode::LENGTH_REQUIRED,
+                "invalid_request_error",
+                None,
+                "A Content-Length is required (this server cannot take chunked uploads).",
+            );
+        }
+    }
     let upload = match read_upload(multipart).await {
         Ok(upload) => upload,
-        Err(e) => return bad_request(&format!("invalid transcription request: {e}")),
+        Err(e) => {
+            if chunked {
+                shared.stats.broken_upload();
+            }
+            return bad_request(&format!("invalid transcription request: {e}"));
+        }
     };
+    // A provider starts on the audio once all of it is there: latencies count from here, so
+    // time spent uploading is the client's, as it is against the real API.
+    let arrived = tokio::time::Instant::now();
     let (samples, sample_rate) = match read_wav(&upload.wav) {
         Ok(audio) => audio,
         Err(e) => return bad_request(&format!("could not decode audio file: {e}")),
     };
+    shared.stats.transcribed(samples.len());
     let config = &shared.config;
     let text = transcript_of(&samples, sample_rate, config.vad_threshold_dbfs);
     let first = StandinConfig::ms(config.transcription_ms);

@@ -71,18 +71,50 @@ pub trait SpeechToText: Send + Sync {
         audio: Utterance,
         spec: &SttSpec,
     ) -> BoxFuture<'static, ProviderResult<Transcript>> {
-        let mut events = self.transcribe_stream(audio, spec);
-        Box::pin(async move {
-            while let Some(event) = events.next().await {
-                if let TranscriptEvent::Done(transcript) = event? {
-                    return Ok(transcript);
-                }
-            }
-            Err(ProviderError::Protocol(
-                "transcription ended without a final transcript".into(),
-            ))
-        })
+        final_transcript(self.transcribe_stream(audio, spec))
     }
+
+    /// Opens a transcription while the caller is still speaking, so the audio is uploaded as it
+    /// arrives and only the end of the utterance is left to send when the turn ends. `None`
+    /// when this provider or pipeline sends utterances whole.
+    fn begin_upload(&self, _sample_rate: u32, _spec: &SttSpec) -> Option<Box<dyn LiveUpload>> {
+        None
+    }
+}
+
+/// An utterance's transcription, uploading while the caller speaks
+/// ([`SpeechToText::begin_upload`]). Dropping it without [`LiveUpload::finish`] abandons the
+/// request (the burst was not a turn, or the call ended).
+pub trait LiveUpload: Send {
+    /// The next samples of the utterance, in order, at the rate it was begun with. Never
+    /// waits: an upload that falls behind or has failed is given up, and `finish` sends the
+    /// utterance whole instead.
+    fn push(&mut self, samples: &[i16]);
+
+    /// The utterance is complete; `audio` is all of it (what was pushed). Ends the upload and
+    /// streams the transcript as [`SpeechToText::transcribe_stream`] does, sending `audio`
+    /// whole, with the usual retries, when the early request failed or was given up.
+    fn finish(
+        self: Box<Self>,
+        audio: Utterance,
+        spec: &SttSpec,
+    ) -> BoxStream<'static, ProviderResult<TranscriptEvent>>;
+}
+
+/// The final text of a transcript stream.
+pub fn final_transcript(
+    mut events: BoxStream<'static, ProviderResult<TranscriptEvent>>,
+) -> BoxFuture<'static, ProviderResult<Transcript>> {
+    Box::pin(async move {
+        while let Some(event) = events.next().await {
+            if let TranscriptEvent::Done(transcript) = event? {
+                return Ok(transcript);
+            }
+        }
+        Err(ProviderError::Protocol(
+            "transcription ended without a final transcript".into(),
+        ))
+    })
 }
 
 /// Who wrote a chat message.

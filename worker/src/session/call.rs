@@ -18,7 +18,7 @@ use super::history::{History, SpokenSentence, heard_text};
 use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
 use super::socket::{CallSocket, SocketEvent, close_code};
-use super::turn::{TurnInput, TurnOutput, run_turn};
+use super::turn::{STT_SAMPLE_RATE, TurnInput, TurnOutput, run_turn};
 use super::uplink::Uplink;
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
@@ -26,8 +26,8 @@ use crate::context::WorkerContext;
 use crate::media::{AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
 use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Protocol};
 use crate::providers::{
-    ChatMessage, ChatRole, ProviderError, RealtimeCommand, RealtimeEvent, RealtimeOptions,
-    RealtimeSession, ServerVad, Utterance,
+    ChatMessage, ChatRole, LiveUpload, ProviderError, RealtimeCommand, RealtimeEvent,
+    RealtimeOptions, RealtimeSession, ServerVad, Utterance,
 };
 use crate::recording::CallRecorder;
 use callfleet_crds::PipelineMode;
@@ -233,6 +233,9 @@ struct CallSession {
     out_format: AudioFormat,
     vad: Vad,
     utterance: Vec<i16>,
+    /// The utterance's transcription, uploading while the caller speaks (from confirmed
+    /// speech to the end of the turn), and how many of its samples it has been given.
+    live_upload: Option<(Box<dyn LiveUpload>, usize)>,
     preroll: VecDeque<i16>,
     in_rate: u32,
     history: History,
@@ -302,6 +305,7 @@ impl CallSession {
             protocol,
             socket,
             utterance: Vec::new(),
+            live_upload: None,
             preroll: VecDeque::new(),
             reply: Reply::default(),
             turn: None,
@@ -468,6 +472,7 @@ impl CallSession {
             // The seed protocol fixes the format with the first audio message.
             self.in_rate = format.sample_rate;
             self.utterance.clear();
+            self.live_upload = None;
             self.preroll.clear();
         }
         let frame = (self.in_rate / 50).max(1) as usize;
@@ -486,17 +491,22 @@ impl CallSession {
                     self.preroll.clear();
                 }
                 self.utterance.extend_from_slice(chunk);
+                self.feed_live_upload();
             } else {
                 if was_in_utterance {
                     // A burst too short to be speech.
                     self.utterance.clear();
+                    self.live_upload = None;
                 }
                 self.push_preroll(chunk);
             }
             let too_long =
                 self.utterance.len() as u64 >= MAX_UTTERANCE.as_secs() * u64::from(self.in_rate);
             match event {
-                Some(VadEvent::SpeechStarted) => self.on_caller_input_started().await,
+                Some(VadEvent::SpeechStarted) => {
+                    self.begin_live_upload();
+                    self.on_caller_input_started().await
+                }
                 Some(VadEvent::TurnEnded) => self.on_turn_ended().await,
                 None if too_long => {
                     self.vad.reset();
@@ -504,6 +514,30 @@ impl CallSession {
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Confirmed speech: its transcription starts uploading now, from the first sample kept.
+    fn begin_live_upload(&mut self) {
+        self.live_upload = None;
+        if self.in_rate > STT_SAMPLE_RATE {
+            // Resampled for speech-to-text when the turn ends: sent whole then.
+            return;
+        }
+        let stt = &self.pipeline.providers.stt;
+        self.live_upload = stt
+            .begin_upload(self.in_rate, &self.pipeline.config.spec.stt)
+            .map(|upload| (upload, 0));
+        self.feed_live_upload();
+    }
+
+    /// Hands the live upload what the utterance gained since it last did.
+    fn feed_live_upload(&mut self) {
+        if let Some((upload, fed)) = self.live_upload.as_mut()
+            && let Some(new) = self.utterance.get(*fed..)
+        {
+            upload.push(new);
+            *fed = self.utterance.len();
         }
     }
 
@@ -545,6 +579,7 @@ impl CallSession {
 
     async fn on_turn_ended(&mut self) {
         let samples = std::mem::take(&mut self.utterance);
+        let live_upload = self.live_upload.take().map(|(upload, _)| upload);
         if samples.is_empty() {
             return;
         }
@@ -554,6 +589,7 @@ impl CallSession {
                 samples,
                 sample_rate: self.in_rate,
             },
+            live_upload,
             prompt,
         });
     }

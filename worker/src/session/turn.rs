@@ -12,7 +12,10 @@ use tokio::sync::mpsc;
 use crate::config::PipelineVersion;
 use crate::media::{StreamResampler, l16};
 use crate::metrics::Metrics;
-use crate::providers::{ChatMessage, ProviderError, ProviderResult, TTS_SAMPLE_RATE, Utterance};
+use crate::providers::{
+    ChatMessage, LiveUpload, ProviderError, ProviderResult, TTS_SAMPLE_RATE, Utterance,
+    final_transcript,
+};
 
 use super::handoff::{HandOff, HandOffPacer};
 use super::sentence_speech::{SentenceSpeech, read_ahead};
@@ -29,6 +32,8 @@ pub enum TurnInput {
     /// Caller speech to transcribe and answer. `prompt` is the system prompt plus history.
     Speech {
         utterance: Utterance,
+        /// The utterance's upload made while the caller spoke, if one was.
+        live_upload: Option<Box<dyn LiveUpload>>,
         prompt: Vec<ChatMessage>,
     },
     /// Caller input that is already text (a keypad entry) to answer.
@@ -71,8 +76,16 @@ pub async fn run_turn(
 ) {
     let result = match input {
         TurnInput::Say(text) => speak(&pipeline, &metrics, vec![text], out_rate, &out).await,
-        TurnInput::Speech { utterance, prompt } => {
-            answer(&pipeline, &metrics, utterance, prompt, out_rate, &out).await
+        TurnInput::Speech {
+            utterance,
+            live_upload,
+            prompt,
+        } => {
+            let speech = Speech {
+                utterance,
+                live_upload,
+            };
+            answer(&pipeline, &metrics, speech, prompt, out_rate, &out).await
         }
         TurnInput::Typed { text, prompt } => {
             let heard = Heard {
@@ -105,23 +118,42 @@ async fn send(out: &mpsc::Sender<TurnOutput>, item: TurnOutput) -> Result<(), Tu
     out.send(item).await.map_err(|_| TurnError::CallGone)
 }
 
+/// A caller utterance and its upload made while they spoke, if one was.
+struct Speech {
+    utterance: Utterance,
+    live_upload: Option<Box<dyn LiveUpload>>,
+}
+
 /// Transcribes the utterance, then answers what was heard.
 async fn answer(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
-    utterance: Utterance,
+    speech: Speech,
     prompt: Vec<ChatMessage>,
     out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
     let spec = &pipeline.config.spec;
+    let Speech {
+        utterance,
+        mut live_upload,
+    } = speech;
+    if utterance.sample_rate > STT_SAMPLE_RATE {
+        // Uploads while speaking carry the call's own rate; this one is resampled first.
+        live_upload = None;
+    }
     let utterance = to_stt_rate(utterance);
     let started = Instant::now();
-    let transcript = pipeline
-        .providers
-        .stt
-        .transcribe(utterance, &spec.stt)
-        .await?;
+    let transcript = match live_upload {
+        Some(upload) => final_transcript(upload.finish(utterance, &spec.stt)).await?,
+        None => {
+            pipeline
+                .providers
+                .stt
+                .transcribe(utterance, &spec.stt)
+                .await?
+        }
+    };
     let stt_wait = started.elapsed();
     metrics.stt_latency.observe(stt_wait.as_secs_f64());
     let heard = Heard {

@@ -108,8 +108,20 @@ impl ProviderHttp {
         endpoint: &'static str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync,
     ) -> ProviderResult<OpenResponse> {
+        self.send_after(config, endpoint, None, build).await
+    }
+
+    /// As [`ProviderHttp::send`], when a first attempt made another way already failed with
+    /// `first`: it counts as one attempt and its error decides whether and when to retry.
+    pub async fn send_after(
+        &self,
+        config: &ProviderConfig,
+        endpoint: &'static str,
+        first: Option<ProviderError>,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync,
+    ) -> ProviderResult<OpenResponse> {
         let build = &build;
-        with_retries(config.max_retries, move || async move {
+        with_retries_after(config.max_retries, first, move || async move {
             let permit = self.permit().await;
             let request = build(self.client()).bearer_auth(&config.api_key);
             // After the permit: a wait for the worker's own request limit is not a round trip.
@@ -119,35 +131,83 @@ impl ProviderHttp {
                 Ok(Err(e)) => return Err(request_error(&e)),
                 Ok(Ok(response)) => response,
             };
-            if let Some(round_trips) = &self.round_trips {
-                round_trips
-                    .get_or_create(&[("endpoint", endpoint)])
-                    .observe(sent.elapsed().as_secs_f64());
-            }
-            let status = response.status();
-            if status.is_success() {
-                return Ok(OpenResponse {
-                    response,
-                    idle_timeout: config.timeout,
-                    _permit: permit,
-                });
-            }
-            let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
-            let retry_after = parse_retry_after(header("retry-after-ms"), header("retry-after"));
-            let request_id = header("x-request-id").map(str::to_owned);
-            let body = match timeout(config.timeout, response.text()).await {
-                Ok(Ok(body)) => body,
-                _ => String::new(),
-            };
-            Err(ProviderError::from_status(
-                status.as_u16(),
-                retry_after,
-                &body,
-                request_id.as_deref(),
-            ))
+            self.observe_round_trip(endpoint, sent);
+            accept(response, config, permit).await
         })
         .await
     }
+
+    /// Sends one request whose body is still being written (`build` gets the calling media
+    /// thread's pool), without retries: the body cannot be replayed. The timeout for the
+    /// response starts when `body_done` fires, not at the request: until then the caller is
+    /// still talking. A response that comes before (a refusal) is taken at once.
+    pub async fn send_live(
+        &self,
+        config: &ProviderConfig,
+        endpoint: &'static str,
+        build: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+        body_done: impl Future<Output = ()>,
+    ) -> ProviderResult<OpenResponse> {
+        let permit = self.permit().await;
+        let send = build(self.client()).bearer_auth(&config.api_key).send();
+        tokio::pin!(send);
+        let early = tokio::select! {
+            biased;
+            response = &mut send => Some(response),
+            () = body_done => None,
+        };
+        let response = match early {
+            Some(response) => response,
+            None => {
+                let sent = Instant::now();
+                let response = timeout(config.timeout, send)
+                    .await
+                    .map_err(|_| ProviderError::Timeout("waiting for the response"))?;
+                self.observe_round_trip(endpoint, sent);
+                response
+            }
+        };
+        let response = response.map_err(|e| request_error(&e))?;
+        accept(response, config, permit).await
+    }
+
+    fn observe_round_trip(&self, endpoint: &'static str, sent: Instant) {
+        if let Some(round_trips) = &self.round_trips {
+            round_trips
+                .get_or_create(&[("endpoint", endpoint)])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// A response with its headers read: the open body when the status is a success, else the
+/// typed error (with the server's retry hint and request id).
+async fn accept(
+    response: reqwest::Response,
+    config: &ProviderConfig,
+    permit: Option<OwnedSemaphorePermit>,
+) -> ProviderResult<OpenResponse> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(OpenResponse {
+            response,
+            idle_timeout: config.timeout,
+            _permit: permit,
+        });
+    }
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let retry_after = parse_retry_after(header("retry-after-ms"), header("retry-after"));
+    let request_id = header("x-request-id").map(str::to_owned);
+    let body = match timeout(config.timeout, response.text()).await {
+        Ok(Ok(body)) => body,
+        _ => String::new(),
+    };
+    Err(ProviderError::from_status(
+        status.as_u16(),
+        retry_after,
+        &body,
+        request_id.as_deref(),
+    ))
 }
 
 /// One reqwest client per media thread, trusting the public roots plus `extra`.
@@ -175,17 +235,35 @@ fn build_clients(
 
 /// Runs `attempt` until it succeeds, fails permanently or the retries are used up, sleeping
 /// per [`RetryPolicy`] in between.
-pub async fn with_retries<T, F, Fut>(max_retries: u32, mut attempt: F) -> ProviderResult<T>
+pub async fn with_retries<T, F, Fut>(max_retries: u32, attempt: F) -> ProviderResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ProviderResult<T>>,
+{
+    with_retries_after(max_retries, None, attempt).await
+}
+
+/// As [`with_retries`], when a first attempt made elsewhere already failed with `first`
+/// (`None`: nothing tried yet): it counts as an attempt, and its error decides the first wait.
+pub async fn with_retries_after<T, F, Fut>(
+    max_retries: u32,
+    first: Option<ProviderError>,
+    mut attempt: F,
+) -> ProviderResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ProviderResult<T>>,
 {
     let policy = RetryPolicy::new(max_retries);
     let mut retries_done = 0;
+    let mut failed = first;
     loop {
-        let error = match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(error) => error,
+        let error = match failed.take() {
+            Some(error) => error,
+            None => match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            },
         };
         match policy.delay_before_retry(&error, retries_done, rand::random::<f64>()) {
             Some(delay) => {

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod http;
+pub mod live;
 pub mod pcm;
 pub mod realtime;
 pub mod retry;
@@ -14,17 +15,19 @@ pub mod wav;
 
 use std::future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 pub use self::http::ProviderHttp;
-use self::http::{Step, decode_stream};
+use self::http::{OpenResponse, Step, decode_stream};
 use self::pcm::SampleAligner;
 use crate::providers::{
-    ChatMessage, ChatModel, ProviderConfig, ProviderResult, Providers, Realtime, RealtimeOptions,
-    RealtimeSession, SpeechToText, TextToSpeech, TranscriptEvent, Utterance,
+    ChatMessage, ChatModel, LiveUpload, ProviderConfig, ProviderError, ProviderResult, Providers,
+    Realtime, RealtimeOptions, RealtimeSession, SpeechToText, TextToSpeech, TranscriptEvent,
+    Utterance,
 };
 use callfleet_crds::aipipeline::{LlmSpec, RealtimeSpec, SttSpec, TtsSpec};
 
@@ -34,6 +37,9 @@ use callfleet_crds::aipipeline::{LlmSpec, RealtimeSpec, SttSpec, TtsSpec};
 pub struct OpenAi {
     http: ProviderHttp,
     config: Arc<ProviderConfig>,
+    /// Set once the server refused an upload made while the caller spoke and then took the
+    /// same utterance whole: it needs a length up front, so later utterances go whole.
+    live_refused: Arc<AtomicBool>,
 }
 
 impl OpenAi {
@@ -41,11 +47,52 @@ impl OpenAi {
         Self {
             http,
             config: Arc::new(config),
+            live_refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.base_url)
+    }
+
+    /// The whole utterance in one request, with retries; `first` is the error of an attempt
+    /// already made (an upload while the caller spoke).
+    async fn transcribe_whole(
+        &self,
+        audio: Utterance,
+        spec: &SttSpec,
+        first: Option<ProviderError>,
+    ) -> ProviderResult<BoxStream<'static, ProviderResult<TranscriptEvent>>> {
+        let wav = Bytes::from(wav::encode_wav(&audio.samples, audio.sample_rate));
+        let streamed = stt::supports_streaming(&spec.model);
+        let url = self.url("/audio/transcriptions");
+        let response = self
+            .http
+            .send_after(&self.config, "transcriptions", first, |client| {
+                client
+                    .post(&url)
+                    .multipart(stt::transcription_form(&wav, spec, streamed))
+            })
+            .await?;
+        transcript_events(response).await
+    }
+}
+
+/// The transcript in a successful response. Decided by what came back, not what was asked: a
+/// compatible server may ignore `stream=true` and answer plain JSON.
+async fn transcript_events(
+    response: OpenResponse,
+) -> ProviderResult<BoxStream<'static, ProviderResult<TranscriptEvent>>> {
+    if response.is_event_stream() {
+        Ok(decode_stream(
+            response.into_sse(),
+            "transcription stream",
+            |event| stt::decode_transcript_event(&event.data),
+        ))
+    } else {
+        let body = response.bytes().await?;
+        let transcript = stt::decode_transcript_json(&body)?;
+        Ok(stream::once(future::ready(Ok(TranscriptEvent::Done(transcript)))).boxed())
     }
 }
 
@@ -70,33 +117,19 @@ impl SpeechToText for OpenAi {
     ) -> BoxStream<'static, ProviderResult<TranscriptEvent>> {
         let this = self.clone();
         let spec = spec.clone();
-        let wav = Bytes::from(wav::encode_wav(&audio.samples, audio.sample_rate));
-        let streamed = stt::supports_streaming(&spec.model);
-        let request = async move {
-            let url = this.url("/audio/transcriptions");
-            let response = this
-                .http
-                .send(&this.config, "transcriptions", |client| {
-                    client
-                        .post(&url)
-                        .multipart(stt::transcription_form(&wav, &spec, streamed))
-                })
-                .await?;
-            // Decide by what came back, not what was asked: a compatible server may ignore
-            // `stream=true` and answer plain JSON.
-            if response.is_event_stream() {
-                Ok(decode_stream(
-                    response.into_sse(),
-                    "transcription stream",
-                    |event| stt::decode_transcript_event(&event.data),
-                ))
-            } else {
-                let body = response.bytes().await?;
-                let transcript = stt::decode_transcript_json(&body)?;
-                Ok(stream::once(future::ready(Ok(TranscriptEvent::Done(transcript)))).boxed())
-            }
-        };
+        let request = async move { this.transcribe_whole(audio, &spec, None).await };
         stream::once(request).try_flatten().boxed()
+    }
+
+    fn begin_upload(&self, sample_rate: u32, spec: &SttSpec) -> Option<Box<dyn LiveUpload>> {
+        if !spec.upload_while_speaking || self.live_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Box::new(live::LiveTranscription::begin(
+            self.clone(),
+            sample_rate,
+            spec,
+        )))
     }
 }
 

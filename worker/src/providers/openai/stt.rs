@@ -17,12 +17,19 @@ pub fn supports_streaming(model: &str) -> bool {
 
 /// The multipart form for one attempt (forms are single-use; `wav` is shared, not copied).
 pub fn transcription_form(wav: &Bytes, spec: &SttSpec, stream: bool) -> Form {
-    let file = Part::stream_with_length(wav.clone(), wav.len() as u64)
-        .file_name("utterance.wav")
-        .mime_str("audio/wav")
-        .unwrap_or_else(|_| Part::bytes(wav.to_vec()).file_name("utterance.wav"));
+    let file = Part::stream_with_length(wav.clone(), wav.len() as u64);
+    with_file(fields(spec, stream), file)
+}
+
+/// The multipart form of an upload made while the caller speaks: the WAV is `body`, written as
+/// the audio arrives (no length, so the request goes chunked).
+pub fn live_transcription_form(body: reqwest::Body, spec: &SttSpec, stream: bool) -> Form {
+    with_file(fields(spec, stream), Part::stream(body))
+}
+
+/// The text fields, sent before the file so a server can refuse a bad request before the audio.
+fn fields(spec: &SttSpec, stream: bool) -> Form {
     let mut form = Form::new()
-        .part("file", file)
         .text("model", spec.model.clone())
         .text("response_format", "json");
     if let Some(language) = spec.language.as_ref().filter(|l| !l.is_empty()) {
@@ -32,6 +39,15 @@ pub fn transcription_form(wav: &Bytes, spec: &SttSpec, stream: bool) -> Form {
         form = form.text("stream", "true");
     }
     form
+}
+
+fn with_file(form: Form, file: Part) -> Form {
+    let file = file.file_name("utterance.wav");
+    // "audio/wav" always parses; the fallback only keeps this free of a panic path.
+    match file.mime_str("audio/wav") {
+        Ok(file) => form.part("file", file),
+        Err(_) => form,
+    }
 }
 
 /// Decodes the non-streamed answer `{"text": ...}`.
