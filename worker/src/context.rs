@@ -96,6 +96,16 @@ impl WorkerContext {
         }
     }
 
+    /// Runs `f` where turns run, so the tasks it spawns (a provider request opened before its
+    /// turn, such as an upload while the caller speaks) use the turns' connection pool and
+    /// runtime rather than the call's.
+    pub fn in_turn_context<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.turns {
+            Some(turns) => turns.enter(f),
+            None => f(),
+        }
+    }
+
     /// Stop admitting calls (SIGTERM).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);

@@ -35,6 +35,9 @@ fn round_trip_histogram() -> Histogram {
 pub type ProviderRoundTrips =
     Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
 
+/// Uploads made while the caller spoke, by how they ended (see `providers::openai::live`).
+pub type LiveUploadOutcomes = Family<[(&'static str, &'static str); 1], Counter>;
+
 /// All worker metrics.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +60,8 @@ pub struct Metrics {
     pub barge_ins: Counter,
     /// Realtime sessions lost mid-call and opened again with the conversation so far.
     pub realtime_reconnects: Counter,
+    /// Utterance uploads made while the caller spoke, by outcome.
+    pub stt_live_uploads: LiveUploadOutcomes,
     /// How late each media runtime's 100 ms probe timer fired (load shedding's signal).
     pub event_loop_lag: Histogram,
     /// Media runtimes currently shedding new calls.
@@ -166,6 +171,7 @@ impl Metrics {
         let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
         let realtime_reconnects = Counter::default();
+        let stt_live_uploads = LiveUploadOutcomes::default();
         let event_loop_lag = overhead_histogram();
         let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
@@ -250,6 +256,11 @@ impl Metrics {
             realtime_reconnects.clone(),
         );
         registry.register(
+            "callfleet_stt_live_uploads",
+            "Utterances uploaded while the caller spoke, by outcome: heard (answered by that request), failed (sent whole after the request failed), given_up (sent whole after the upload fell behind), refused (the server refused the chunked request; sent whole, and whole from then on)",
+            stt_live_uploads.clone(),
+        );
+        registry.register(
             "callfleet_reply_frames_dropped",
             "Reply audio frames dropped because the carrier stopped reading (a second queued)",
             reply_frames_dropped.clone(),
@@ -278,6 +289,7 @@ impl Metrics {
             turn_overhead,
             barge_ins,
             realtime_reconnects,
+            stt_live_uploads,
             event_loop_lag,
             overloaded_runtimes,
             reply_frames_dropped,

@@ -68,6 +68,12 @@ impl TurnRuntime {
     {
         self.handle.spawn(turn)
     }
+
+    /// Runs `f` with this runtime as the current one, so what it spawns runs here.
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.handle.enter();
+        f()
+    }
 }
 
 #[cfg(test)]

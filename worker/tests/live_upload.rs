@@ -11,6 +11,7 @@ use callfleet_tests::openai_standin::audio::tone;
 use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
+use callfleet_worker::metrics::LiveUploadOutcomes;
 use callfleet_worker::providers::openai::{OpenAi, ProviderHttp};
 use callfleet_worker::providers::{
     LiveUpload, ProviderConfig, ProviderError, SpeechToText, Utterance, final_transcript,
@@ -192,6 +193,36 @@ async fn a_server_that_stalls_on_the_upload_is_given_the_utterance_again() {
 }
 
 #[tokio::test]
+async fn an_upload_that_falls_behind_is_given_up_and_the_utterance_sent_whole() {
+    let standin = standin(StandinConfig::instant()).await;
+    let outcomes = LiveUploadOutcomes::default();
+    let config = ProviderConfig {
+        base_url: standin.base_url(),
+        api_key: "sk-test".into(),
+        timeout: Duration::from_secs(5),
+        max_retries: 0,
+    };
+    let http = ProviderHttp::new(None)
+        .unwrap()
+        .counting_live_uploads(outcomes.clone());
+    let openai = OpenAi::new(http, config);
+    // Ten seconds of audio handed over in 400 ms pieces without the request getting a turn to
+    // send any (the test's runtime has one thread): more than its queue holds.
+    let audio = spoken(10_000);
+    let mut upload = openai.begin_upload(RATE, &spec("whisper-1")).unwrap();
+    for piece in audio.samples.chunks(6_400) {
+        upload.push(piece);
+    }
+    let transcript = final_transcript(upload.finish(audio.clone(), &spec("whisper-1"))).await;
+    assert_eq!(transcript.expect("sent whole").text, "tone 440");
+    let count = |outcome| outcomes.get_or_create(&[("outcome", outcome)]).get();
+    assert_eq!((count("given_up"), count("heard")), (1, 0));
+    let stats = standin.stats();
+    assert_eq!(stats.transcriptions.completed, 1);
+    assert_eq!(stats.transcribed_samples, audio.samples.len() as u64);
+}
+
+#[tokio::test]
 async fn an_abandoned_upload_is_broken_off_not_completed() {
     let standin = standin(StandinConfig::instant()).await;
     let openai = client(&standin, Duration::from_secs(5), 0);
@@ -253,6 +284,29 @@ async fn a_call_uploads_while_the_caller_speaks_and_is_answered_as_before() {
         "the same utterance either way"
     );
     assert_eq!(live.transcriptions.requests, 1);
+}
+
+#[tokio::test]
+async fn the_worker_counts_how_its_uploads_ended() {
+    let (standin, w) = setup("").await;
+    let heard = r#"callfleet_stt_live_uploads_total{outcome="heard"}"#;
+    let failed = r#"callfleet_stt_live_uploads_total{outcome="failed"}"#;
+    let mut s = call_saying(&w, "CA-count", &support::calls::utterance(440.0, 8_000)).await;
+    until_history_has(&w, "CA-count", "tone 440").await;
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Transcriptions),
+        Fault::ServerError { status: 503 },
+        Some(1),
+    ));
+    support::calls::say_twilio(&mut s, "CA-count", &support::calls::utterance(550.0, 8_000)).await;
+    // No retries configured: the failed early request is the turn's one attempt.
+    eventually(async || {
+        let (_, metrics) = get_text(&w.http("/metrics"), None).await;
+        metric_value(&metrics, heard) == Some(1.0) && metric_value(&metrics, failed) == Some(1.0)
+    })
+    .await;
+    twilio_hang_up(&mut s, "CA-count").await;
+    w.stop().await;
 }
 
 #[tokio::test]

@@ -47,8 +47,9 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
         ))?)
     };
     let pools = if turns.is_some() { 1 } else { media_threads };
-    let http =
-        ProviderHttp::per_thread(limit, pools)?.observing(metrics.provider_round_trips.clone());
+    let http = ProviderHttp::per_thread(limit, pools)?
+        .observing(metrics.provider_round_trips.clone())
+        .counting_live_uploads(metrics.stt_live_uploads.clone());
     let pipelines = Arc::new(PipelineSource::new(
         args.pipeline_file.clone(),
         args.provider_api_key_file.clone(),

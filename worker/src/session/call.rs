@@ -525,8 +525,10 @@ impl CallSession {
             return;
         }
         let stt = &self.pipeline.providers.stt;
-        self.live_upload = stt
-            .begin_upload(self.in_rate, &self.pipeline.config.spec.stt)
+        let spec = &self.pipeline.config.spec.stt;
+        self.live_upload = self
+            .ctx
+            .in_turn_context(|| stt.begin_upload(self.in_rate, spec))
             .map(|upload| (upload, 0));
         self.feed_live_upload();
     }

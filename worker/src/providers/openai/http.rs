@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::{SseDecoder, SseEvent};
 use super::trust;
-use crate::metrics::ProviderRoundTrips;
+use crate::metrics::{LiveUploadOutcomes, ProviderRoundTrips};
 use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
 
 /// One per worker process: the HTTP connection pools the calls share (keep-alive connections
@@ -34,6 +34,8 @@ pub struct ProviderHttp {
     /// Where each request's time to response headers is recorded, when the worker keeps
     /// metrics.
     round_trips: Option<ProviderRoundTrips>,
+    /// Where uploads made while the caller spoke are counted by outcome.
+    live_uploads: Option<LiveUploadOutcomes>,
 }
 
 impl ProviderHttp {
@@ -53,6 +55,7 @@ impl ProviderHttp {
             limit: max_concurrent_requests.map(|n| Arc::new(Semaphore::new(n.max(1)))),
             tls: None,
             round_trips: None,
+            live_uploads: None,
         })
     }
 
@@ -60,6 +63,19 @@ impl ProviderHttp {
     pub fn observing(mut self, round_trips: ProviderRoundTrips) -> Self {
         self.round_trips = Some(round_trips);
         self
+    }
+
+    /// Counts uploads made while the caller spoke into `outcomes`.
+    pub fn counting_live_uploads(mut self, outcomes: LiveUploadOutcomes) -> Self {
+        self.live_uploads = Some(outcomes);
+        self
+    }
+
+    /// One more upload made while the caller spoke ended with `outcome`.
+    pub fn count_live_upload(&self, outcome: &'static str) {
+        if let Some(outcomes) = &self.live_uploads {
+            outcomes.get_or_create(&[("outcome", outcome)]).inc();
+        }
     }
 
     /// New connection pools that also trust `extra` CA certificates (a pipeline's
@@ -72,6 +88,7 @@ impl ProviderHttp {
             limit: self.limit.clone(),
             tls: Some(tls),
             round_trips: self.round_trips.clone(),
+            live_uploads: self.live_uploads.clone(),
         })
     }
 
