@@ -293,6 +293,55 @@ async fn words_lost_with_a_realtime_session_reach_the_next_one() {
     w.stop().await;
 }
 
+/// A realtime call on a provider that hears quieter speech (-60 dBFS) than the worker's own
+/// VAD (-30 dBFS) and drops its first session with `fault`, and a quiet caller's turn on it.
+async fn quiet_caller_lost_with(fault: Fault, call: &str) -> (StandinHandle, TestWorker, Socket) {
+    let standin = OpenAiStandin::start(StandinConfig {
+        vad_threshold_dbfs: -60.0,
+        ..quick_standin()
+    })
+    .await
+    .expect("stand-in");
+    let spec = r#","turnDetection":{"silenceMs":300,"minSpeechMs":100,"vadThresholdDbfs":-30},"mode":"realtime""#;
+    let pipeline = pipeline_json_with(&standin.base_url(), 1, 5, 0, spec);
+    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
+    standin.inject(FaultRule::new(Some(Endpoint::Realtime), fault, Some(1)));
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    // About -48 dBFS: a 440 Hz tone at a fiftieth of the test tones' level, at the pace a
+    // carrier sends it (the provider's word that the caller started comes back while they talk).
+    let quiet: Vec<i16> = utterance(440.0, 8_000).iter().map(|s| s / 50).collect();
+    for frame in quiet.chunks(160) {
+        say_seed(&mut s, frame).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (standin, w, s)
+}
+
+#[tokio::test]
+async fn words_only_the_provider_heard_are_answered_by_the_next_session() {
+    // The session drops while the provider hears the caller (before it says they stopped, or
+    // after, before it transcribed them). The worker's own VAD took the quiet speech for
+    // silence, but the provider said the caller started: the worker kept their audio from
+    // then, with the half second before, and the new session answers it.
+    for (fault, call) in [
+        (Fault::DropAfterSpeech, "rt-quiet-1"),
+        (Fault::DropBeforeTranscript, "rt-quiet-2"),
+    ] {
+        let (standin, w, mut s) = quiet_caller_lost_with(fault, call).await;
+        until_seed_reply_audio(&mut s).await;
+        until_history_has(&w, call, REPLY_440).await;
+        let history = w.worker().ctx.store.load(call).await;
+        let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(said, ["tone 440", REPLY_440], "{fault:?}");
+        assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
+        assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+        assert_eq!(seed_hang_up(&mut s).await, Some(1000));
+        w.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_realtime_session_stalled_mid_reply_is_replaced() {
     let stall = FaultRule::new(Some(Endpoint::Realtime), Fault::StallMidStream, Some(1));

@@ -47,6 +47,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         Just(Fault::DropMidStream),
         Just(Fault::StallAfterHeaders),
         Just(Fault::DropAfterSpeech),
+        Just(Fault::DropBeforeTranscript),
     ]
 }
 

@@ -55,6 +55,9 @@ pub enum Fault {
     /// their words are committed and transcribed (what a reset connection does to events in
     /// flight). Elsewhere the same as `DropMidStream`.
     DropAfterSpeech,
+    /// Realtime: drop the connection just after saying the caller stopped speaking, before
+    /// their words are committed and transcribed. Elsewhere the same as `DropMidStream`.
+    DropBeforeTranscript,
 }
 
 /// One injected fault: for `endpoint` (all when `None`), for the next `count` requests
@@ -87,7 +90,7 @@ impl FaultRule {
     }
 }
 
-/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech>[:count]`.
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript>[:count]`.
 impl FromStr for FaultRule {
     type Err = String;
 
@@ -120,6 +123,7 @@ impl FromStr for FaultRule {
             "drop" => Fault::DropMidStream,
             "stall_after_headers" => Fault::StallAfterHeaders,
             "drop_after_speech" => Fault::DropAfterSpeech,
+            "drop_before_transcript" => Fault::DropBeforeTranscript,
             status => match status.parse::<u16>() {
                 Ok(status @ 500..=599) => Fault::ServerError { status },
                 _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),

@@ -202,6 +202,11 @@ impl Session {
                 {
                     return;
                 }
+                if event["type"] == "input_audio_buffer.speech_stopped"
+                    && self.mid_stream == Some(Fault::DropBeforeTranscript)
+                {
+                    return; // the words go down with the connection
+                }
                 if is_audio {
                     self.audio_deltas_sent += 1;
                     if self.audio_deltas_sent == 1 {

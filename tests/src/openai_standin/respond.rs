@@ -66,7 +66,8 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
         Fault::StallMidStream
         | Fault::DropMidStream
         | Fault::StallAfterHeaders
-        | Fault::DropAfterSpeech => Gate::Serve(Some(fault)),
+        | Fault::DropAfterSpeech
+        | Fault::DropBeforeTranscript => Gate::Serve(Some(fault)),
     }
 }
 
@@ -128,7 +129,9 @@ pub fn paced_response(
         }
         if sent == 1 {
             match mid_stream {
-                Some(Fault::DropMidStream | Fault::DropAfterSpeech) => {
+                Some(
+                    Fault::DropMidStream | Fault::DropAfterSpeech | Fault::DropBeforeTranscript,
+                ) => {
                     // Let the server flush what was sent (it does while the body is pending),
                     // so the client really sees a response break, not a refused request.
                     tokio::time::sleep(Duration::from_millis(20)).await;

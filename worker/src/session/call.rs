@@ -77,6 +77,11 @@ impl SessionLosses {
 }
 /// Audio kept from before the VAD fired, so the first syllable reaches STT.
 const PREROLL: Duration = Duration::from_millis(300);
+/// Realtime mode: the caller's audio from before their turn was noticed that is kept with it
+/// (one second of µ-law at 8 kHz). A turn is noticed after the VAD's `minSpeechMs`, or when the
+/// provider says so: its `prefix_padding_ms` (300) plus the way back over the network later,
+/// so without it a new session would hear the turn's first words cut.
+const REALTIME_LEAD_BYTES: usize = 8_000;
 
 /// Runs one connection's call from the first frame to the close.
 pub async fn run_call(
@@ -259,14 +264,17 @@ struct CallSession {
     /// answer (after the caller stopped speaking, or during a response). A session silent past
     /// it has stalled and is treated as lost.
     realtime_due: Option<Instant>,
-    /// Realtime mode: the caller spoke (by the uplink's own VAD) and no answer has started
-    /// since; kept by the worker because a reset connection can lose the provider's events
-    /// saying so.
+    /// Realtime mode: the caller spoke (by the uplink's own VAD, or the provider said so) and
+    /// no answer has started since; kept by the worker because a reset connection can lose the
+    /// provider's events saying so.
     realtime_unanswered: bool,
     /// Realtime mode: the caller's audio of that unanswered turn as sent to the provider
     /// (µ-law, the last [`MAX_UTTERANCE`] at most), so a new session can hear what the old one
     /// was lost with. Dropped once an answer starts or the words are transcribed.
     realtime_turn_audio: Vec<u8>,
+    /// Realtime mode: the last [`REALTIME_LEAD_BYTES`] of caller audio sent while no turn was
+    /// unanswered: the start of the next turn's kept audio.
+    realtime_recent_audio: VecDeque<u8>,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -320,6 +328,7 @@ impl CallSession {
             realtime_due: None,
             realtime_unanswered: false,
             realtime_turn_audio: Vec::new(),
+            realtime_recent_audio: VecDeque::new(),
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -1058,7 +1067,7 @@ impl CallSession {
         };
         let mulaw = uplink.push(samples);
         if uplink.caller_speaking() {
-            self.realtime_unanswered = true;
+            self.mark_realtime_unanswered();
         }
         let Some(mulaw) = mulaw else {
             return;
@@ -1068,11 +1077,29 @@ impl CallSession {
             let cap = MAX_UTTERANCE.as_millis() as usize * 8; // µ-law at 8 kHz: 8 bytes a ms
             let excess = self.realtime_turn_audio.len().saturating_sub(cap);
             self.realtime_turn_audio.drain(..excess);
+        } else {
+            self.realtime_recent_audio.extend(&mulaw[..]);
+            let excess = self
+                .realtime_recent_audio
+                .len()
+                .saturating_sub(REALTIME_LEAD_BYTES);
+            self.realtime_recent_audio.drain(..excess);
         }
         if let Some(rt) = self.realtime.as_mut()
             && let Err(err) = rt.commands.append_audio(mulaw).await
         {
             tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
+        }
+    }
+
+    /// Realtime mode: the caller is taking a turn (by the uplink's VAD or the provider's). Until
+    /// an answer starts, their audio is kept, beginning with the lead-in before the turn was
+    /// noticed.
+    fn mark_realtime_unanswered(&mut self) {
+        if !self.realtime_unanswered {
+            self.realtime_unanswered = true;
+            self.realtime_turn_audio
+                .extend(self.realtime_recent_audio.drain(..));
         }
     }
 
@@ -1088,8 +1115,11 @@ impl CallSession {
         };
         match event {
             RealtimeEvent::SpeechStarted { .. } => {
-                // The caller talks: no answer is awaited until they stop.
+                // The caller talks: no answer is awaited until they stop, and their words are
+                // kept in case the session goes down with them (the provider may hear speech
+                // the worker's own VAD takes for quiet).
                 self.realtime_due = None;
+                self.mark_realtime_unanswered();
                 if self.playout.is_active(now) && self.pipeline.config.spec.turn_detection.barge_in
                 {
                     self.barge_in().await;
