@@ -19,7 +19,7 @@ use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
 use super::socket::{CallSocket, SocketEvent, close_code};
 use super::turn::{STT_SAMPLE_RATE, TurnInput, TurnOutput, run_turn};
-use super::uplink::Uplink;
+use super::uplink::{RecentAudio, Uplink};
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
 use crate::context::WorkerContext;
@@ -274,7 +274,7 @@ struct CallSession {
     realtime_turn_audio: Vec<u8>,
     /// Realtime mode: the last [`REALTIME_LEAD_BYTES`] of caller audio sent while no turn was
     /// unanswered: the start of the next turn's kept audio.
-    realtime_recent_audio: VecDeque<u8>,
+    realtime_recent_audio: RecentAudio,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -328,7 +328,7 @@ impl CallSession {
             realtime_due: None,
             realtime_unanswered: false,
             realtime_turn_audio: Vec::new(),
-            realtime_recent_audio: VecDeque::new(),
+            realtime_recent_audio: RecentAudio::new(REALTIME_LEAD_BYTES),
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -1078,12 +1078,7 @@ impl CallSession {
             let excess = self.realtime_turn_audio.len().saturating_sub(cap);
             self.realtime_turn_audio.drain(..excess);
         } else {
-            self.realtime_recent_audio.extend(&mulaw[..]);
-            let excess = self
-                .realtime_recent_audio
-                .len()
-                .saturating_sub(REALTIME_LEAD_BYTES);
-            self.realtime_recent_audio.drain(..excess);
+            self.realtime_recent_audio.push(&mulaw);
         }
         if let Some(rt) = self.realtime.as_mut()
             && let Err(err) = rt.commands.append_audio(mulaw).await
@@ -1098,8 +1093,8 @@ impl CallSession {
     fn mark_realtime_unanswered(&mut self) {
         if !self.realtime_unanswered {
             self.realtime_unanswered = true;
-            self.realtime_turn_audio
-                .extend(self.realtime_recent_audio.drain(..));
+            self.realtime_recent_audio
+                .move_into(&mut self.realtime_turn_audio);
         }
     }
 
