@@ -4,9 +4,17 @@
 //! The jar comes from `tests/s3proxy-jar` (run by `tests/install-prereqs`; run here too when
 //! the jar is missing). The server can be taken down and brought back on the same port with
 //! the same data, so tests can play an S3 outage. The process is killed on drop.
+//!
+//! Its port is below the kernel's ephemeral range and held by a bound, non-listening socket
+//! while the server is down (connections are refused, as by a host with nothing on the port):
+//! a port picked with `bind(0)` and let go would be handed to the next `bind(0)` in the test
+//! process (another test's S3Proxy, worker or stand-in), which then took the "down" server's
+//! uploads.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -22,6 +30,8 @@ pub struct S3Proxy {
     data: tempfile::TempDir,
     port: u16,
     process: Option<Child>,
+    /// Holds the port while the server is down.
+    placeholder: Option<tokio::net::TcpSocket>,
 }
 
 impl S3Proxy {
@@ -41,14 +51,12 @@ impl S3Proxy {
     pub fn reserve() -> Result<Self> {
         let data = tempfile::tempdir().context("S3Proxy data folder")?;
         std::fs::create_dir_all(data.path().join("blobs").join(Self::BUCKET))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .context("free port")?;
+        let (port, placeholder) = reserve_port()?;
         Ok(Self {
             data,
             port,
             process: None,
+            placeholder: Some(placeholder),
         })
     }
 
@@ -80,6 +88,9 @@ impl S3Proxy {
             ),
         )?;
         let log = std::fs::File::create(self.log_path())?;
+        // Freed only now, for the server to bind; below the ephemeral range, nothing else in
+        // this process picks it meanwhile.
+        self.placeholder = None;
         let child = Command::new("java")
             .args([
                 "-Xmx256m",
@@ -124,6 +135,9 @@ impl S3Proxy {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.placeholder.is_none() {
+            self.placeholder = hold(self.port).ok();
+        }
     }
 
     /// A client for the bucket, as the worker would configure one.
@@ -152,6 +166,38 @@ impl Drop for S3Proxy {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// First port to try: below the kernel's ephemeral range (32768 and up by default), so no
+/// `bind(0)` returns it; the start is random so concurrent test processes rarely meet.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next port to try in this process.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A free port from [`PORTS`], held by a bound socket.
+fn reserve_port() -> Result<(u16, tokio::net::TcpSocket)> {
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        rand::random_range(PORTS),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..200 {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + port.wrapping_sub(PORTS.start) % (PORTS.end - PORTS.start);
+        if let Ok(socket) = hold(port) {
+            return Ok((port, socket));
+        }
+    }
+    bail!("no free port in {PORTS:?}")
+}
+
+/// Binds `port` on 127.0.0.1 without listening: the port is taken, connections are refused.
+fn hold(port: u16) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    Ok(socket)
 }
 
 /// Whether something answers HTTP on the port (a plain request over TCP, no client needed).

@@ -307,9 +307,10 @@ async fn a_worker_killed_mid_call_uploads_the_recording_on_its_next_start() {
     worker.0.kill().expect("kill -9 the worker");
     let _ = worker.0.wait();
     drop(s);
+    let early = keys(&s3).await;
     assert!(
-        keys(&s3).await.is_empty(),
-        "nothing uploaded before the restart"
+        early.is_empty(),
+        "nothing uploaded before the restart: {early:?}"
     );
 
     let port = free_port();
