@@ -135,6 +135,10 @@ impl Playout {
         }
     }
 
+    pub fn mode(&self) -> PlaybackMode {
+        self.mode
+    }
+
     pub fn rate(&self) -> u32 {
         self.rate
     }
