@@ -18,7 +18,7 @@ use super::history::{History, SpokenSentence, heard_text};
 use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
 use super::socket::{CallSocket, SocketEvent, close_code};
-use super::turn::{Playback, STT_SAMPLE_RATE, TurnInput, TurnOutput, run_turn};
+use super::turn::{STT_SAMPLE_RATE, TurnInput, TurnOutput, run_turn};
 use super::uplink::{RecentAudio, Uplink};
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
@@ -644,10 +644,7 @@ impl CallSession {
             self.pipeline.clone(),
             self.ctx.metrics.clone(),
             input,
-            Playback {
-                rate: self.out_format.sample_rate,
-                mode: self.playout.mode(),
-            },
+            self.out_format.sample_rate,
             tx,
         ));
         self.reply = Reply {

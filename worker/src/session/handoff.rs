@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 pub const BATCH: Duration = Duration::from_millis(100);
 /// Held audio is handed over at the latest when the call's unplayed audio would drop to this.
 pub const MARGIN: Duration = Duration::from_millis(60);
-/// Reading from the provider pauses once the call holds more unplayed audio than this...
-pub const READ_PAUSE_ABOVE: Duration = Duration::from_millis(300);
-/// ...until it would be down to this. Meanwhile what the provider sends waits in the socket and
-/// is read in one go: a provider streaming four times faster than real time in 40 ms chunks
-/// woke the turn 65 times for a 2.6 s reply, a dozen times with the pause. One streaming at
-/// real time never builds the lead, so it is read as it comes.
-pub const READ_RESUME_AT: Duration = Duration::from_millis(200);
 
 /// What to do with the audio held so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,18 +50,11 @@ impl HandOffPacer {
         }
         // Assumes playout ran without a gap since the first hand-off; a gap only means more is
         // really unplayed than estimated, so the estimate errs on the safe side.
-        match (first + self.handed_duration()).checked_sub(MARGIN) {
+        let handed = Duration::from_micros(self.handed_samples * 1_000_000 / u64::from(self.rate));
+        match (first + handed).checked_sub(MARGIN) {
             Some(latest) if latest > now => HandOff::HoldUntil(latest),
             _ => HandOff::Now,
         }
-    }
-
-    /// When reading from the provider may resume, if it should pause now (see
-    /// [`READ_PAUSE_ABOVE`]).
-    pub fn read_pause(&self, now: Instant) -> Option<Instant> {
-        let runs_out = self.first? + self.handed_duration();
-        let unplayed = runs_out.checked_duration_since(now)?;
-        (unplayed > READ_PAUSE_ABOVE).then(|| runs_out - READ_RESUME_AT)
     }
 
     /// Records that `samples` were handed over at `now`.
@@ -78,11 +64,6 @@ impl HandOffPacer {
         }
         self.first.get_or_insert(now);
         self.handed_samples += samples as u64;
-    }
-
-    /// How long the audio handed over so far plays.
-    fn handed_duration(&self) -> Duration {
-        Duration::from_micros(self.handed_samples * 1_000_000 / u64::from(self.rate))
     }
 
     fn samples(&self, span: Duration) -> u64 {
@@ -138,20 +119,6 @@ mod tests {
             pacer.handed(samples(40), now);
             now += ms(40);
         }
-    }
-
-    #[test]
-    fn reads_pause_while_the_call_holds_plenty_and_resume_before_it_runs_low() {
-        let t0 = Instant::now();
-        let mut pacer = HandOffPacer::new(RATE);
-        assert_eq!(pacer.read_pause(t0), None, "nothing handed yet");
-        pacer.handed(samples(300), t0);
-        assert_eq!(pacer.read_pause(t0), None, "not more than 300 ms ahead");
-        pacer.handed(samples(500), t0 + ms(10));
-        // 800 ms handed from t0: it runs out at 800 ms, reading resumes at 600 ms.
-        assert_eq!(pacer.read_pause(t0 + ms(10)), Some(t0 + ms(600)));
-        assert_eq!(pacer.read_pause(t0 + ms(600)), None, "200 ms left: read");
-        assert_eq!(pacer.read_pause(t0 + ms(900)), None, "ran out: read");
     }
 
     #[test]

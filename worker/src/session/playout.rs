@@ -135,10 +135,6 @@ impl Playout {
         }
     }
 
-    pub fn mode(&self) -> PlaybackMode {
-        self.mode
-    }
-
     pub fn rate(&self) -> u32 {
         self.rate
     }

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::PipelineVersion;
 use crate::media::{StreamResampler, l16};
 use crate::metrics::Metrics;
-use crate::protocols::PlaybackMode;
 use crate::providers::{
     ChatMessage, LiveUpload, ProviderError, ProviderResult, TTS_SAMPLE_RATE, Utterance,
     final_transcript,
@@ -27,14 +26,6 @@ use super::sentences::SentenceSplitter;
 /// for its model itself, and upsampling adds no information, only CPU and upload bytes. Higher
 /// rates are brought down to this one.
 pub const STT_SAMPLE_RATE: u32 = 16_000;
-
-/// How the call plays the reply: the rate the turn produces audio at, and whether the carrier
-/// plays it as it streams or as a file per sentence.
-#[derive(Debug, Clone, Copy)]
-pub struct Playback {
-    pub rate: u32,
-    pub mode: PlaybackMode,
-}
 
 /// What the turn asks for.
 pub enum TurnInput {
@@ -80,11 +71,11 @@ pub async fn run_turn(
     pipeline: Arc<PipelineVersion>,
     metrics: Arc<Metrics>,
     input: TurnInput,
-    playback: Playback,
+    out_rate: u32,
     out: mpsc::Sender<TurnOutput>,
 ) {
     let result = match input {
-        TurnInput::Say(text) => speak(&pipeline, &metrics, vec![text], playback, &out).await,
+        TurnInput::Say(text) => speak(&pipeline, &metrics, vec![text], out_rate, &out).await,
         TurnInput::Speech {
             utterance,
             live_upload,
@@ -94,14 +85,14 @@ pub async fn run_turn(
                 utterance,
                 live_upload,
             };
-            answer(&pipeline, &metrics, speech, prompt, playback, &out).await
+            answer(&pipeline, &metrics, speech, prompt, out_rate, &out).await
         }
         TurnInput::Typed { text, prompt } => {
             let heard = Heard {
                 text,
                 provider_wait: Duration::ZERO,
             };
-            reply(&pipeline, &metrics, heard, prompt, playback, &out).await
+            reply(&pipeline, &metrics, heard, prompt, out_rate, &out).await
         }
     };
     let last = match result {
@@ -139,7 +130,7 @@ async fn answer(
     metrics: &Metrics,
     speech: Speech,
     prompt: Vec<ChatMessage>,
-    playback: Playback,
+    out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
     let spec = &pipeline.config.spec;
@@ -169,7 +160,7 @@ async fn answer(
         text: transcript.text.trim().to_owned(),
         provider_wait: stt_wait,
     };
-    reply(pipeline, metrics, heard, prompt, playback, out).await
+    reply(pipeline, metrics, heard, prompt, out_rate, out).await
 }
 
 /// What the caller said, and the provider time it took to know it.
@@ -184,7 +175,7 @@ async fn reply(
     metrics: &Metrics,
     heard: Heard,
     mut prompt: Vec<ChatMessage>,
-    playback: Playback,
+    out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
     let spec = &pipeline.config.spec;
@@ -228,7 +219,7 @@ async fn reply(
         Ok::<(), TurnError>(())
     };
     let tts = async {
-        let mut speaker = Speaker::new(pipeline, metrics, playback)?;
+        let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
         speaker.chat_clock = Some((heard_wait, chat_started));
         speaker.say_all(&mut sentence_rx, out).await
     };
@@ -240,7 +231,7 @@ async fn speak(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
     sentences: Vec<String>,
-    playback: Playback,
+    out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
     let (tx, mut rx) = mpsc::channel(sentences.len().max(1));
@@ -248,7 +239,7 @@ async fn speak(
         let _ = tx.try_send(sentence);
     }
     drop(tx);
-    Speaker::new(pipeline, metrics, playback)?
+    Speaker::new(pipeline, metrics, out_rate)?
         .say_all(&mut rx, out)
         .await
 }
@@ -263,10 +254,6 @@ struct Speaker<'a> {
     /// Audio at the call's rate not yet handed to the call task.
     resampled: Vec<i16>,
     pacer: HandOffPacer,
-    /// Reading from the provider pauses while the call holds plenty of unplayed audio: only
-    /// when the carrier plays audio as it streams (a carrier playing a file per sentence
-    /// starts only once the sentence is complete).
-    pause_reads: bool,
     /// Provider time before the chat model's first sentence (speech-to-text), and when the
     /// chat request went out; `None` for fixed text.
     chat_clock: Option<(Duration, Instant)>,
@@ -279,7 +266,6 @@ struct Speaker<'a> {
 /// What woke a sentence's playing loop.
 enum Step {
     Chunk(Option<ProviderResult<Bytes>>),
-    ResumeReads,
     HandOff,
     NextSentence(Option<String>),
     ReadAhead,
@@ -289,9 +275,9 @@ impl<'a> Speaker<'a> {
     fn new(
         pipeline: &'a PipelineVersion,
         metrics: &'a Metrics,
-        playback: Playback,
+        out_rate: u32,
     ) -> Result<Self, TurnError> {
-        let resampler = StreamResampler::new(TTS_SAMPLE_RATE, playback.rate)
+        let resampler = StreamResampler::new(TTS_SAMPLE_RATE, out_rate)
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
         Ok(Self {
             pipeline,
@@ -299,8 +285,7 @@ impl<'a> Speaker<'a> {
             resampler,
             pcm: Vec::new(),
             resampled: Vec::new(),
-            pacer: HandOffPacer::new(playback.rate),
-            pause_reads: playback.mode == PlaybackMode::Paced,
+            pacer: HandOffPacer::new(out_rate),
             chat_clock: None,
             provider_wait: Duration::ZERO,
             wait_reported: false,
@@ -347,17 +332,6 @@ impl<'a> Speaker<'a> {
         }
     }
 
-    /// Decodes a chunk of TTS PCM and resamples it to the call's rate.
-    fn take_chunk(&mut self, chunk: &[u8]) -> Result<(), TurnError> {
-        self.pcm.clear();
-        l16::decode_into(chunk, &mut self.pcm)
-            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        self.resampler
-            .push(&self.pcm, &mut self.resampled)
-            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-        Ok(())
-    }
-
     /// Hands the audio collected so far to the call task.
     async fn hand_off(&mut self, out: &mpsc::Sender<TurnOutput>) -> Result<(), TurnError> {
         if self.resampled.is_empty() {
@@ -385,29 +359,17 @@ impl<'a> Speaker<'a> {
         let hold = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
-        let resume = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(resume);
-        let mut paused = false;
         loop {
-            // While reads pause, the next sentence is still asked for and its first audio read
-            // (its request goes out on that first read); the rest of it waits with this one.
-            let read_ahead_now =
-                !paused || upcoming.as_ref().is_some_and(|u| u.first_byte().is_none());
             let step = tokio::select! {
                 biased;
-                chunk = speech.next(), if !paused => Step::Chunk(chunk),
-                () = &mut resume, if paused => Step::ResumeReads,
+                chunk = speech.next() => Step::Chunk(chunk),
                 () = &mut hold, if holding => Step::HandOff,
                 text = sentences.recv(), if *more && upcoming.is_none() => Step::NextSentence(text),
-                () = read_ahead(upcoming), if read_ahead_now => Step::ReadAhead,
+                () = read_ahead(upcoming) => Step::ReadAhead,
             };
             let chunk = match step {
                 Step::Chunk(Some(chunk)) => chunk?,
                 Step::Chunk(None) => break,
-                Step::ResumeReads => {
-                    paused = false;
-                    continue;
-                }
                 Step::HandOff => {
                     holding = false;
                     self.hand_off(out).await?;
@@ -433,20 +395,13 @@ impl<'a> Speaker<'a> {
                 }
                 first = false;
             }
-            self.take_chunk(&chunk)?;
-            // What arrived with it is taken in the same wake-up (the connection has read it).
-            let mut ended = false;
-            while let Some(next) = speech.next().now_or_never() {
-                match next {
-                    Some(chunk) => self.take_chunk(&chunk?)?,
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                }
-            }
-            let now = Instant::now();
-            match self.pacer.decide(self.resampled.len(), now) {
+            self.pcm.clear();
+            l16::decode_into(&chunk, &mut self.pcm)
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            self.resampler
+                .push(&self.pcm, &mut self.resampled)
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            match self.pacer.decide(self.resampled.len(), Instant::now()) {
                 HandOff::Now => {
                     holding = false;
                     self.hand_off(out).await?;
@@ -456,13 +411,6 @@ impl<'a> Speaker<'a> {
                     holding = true;
                 }
                 HandOff::HoldUntil(_) => {}
-            }
-            if ended {
-                break;
-            }
-            if let Some(until) = self.pacer.read_pause(now).filter(|_| self.pause_reads) {
-                resume.as_mut().reset(until.into());
-                paused = true;
             }
         }
         self.resampler
