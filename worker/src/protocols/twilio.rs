@@ -24,8 +24,10 @@ pub struct TwilioMessage<'a> {
     pub event: Cow<'a, str>,
     #[serde(borrow, default)]
     pub media: Option<MediaPayload<'a>>,
+    /// Boxed: it arrives once per call, and inline it made every media message (50 a second)
+    /// three times larger, moved by `memcpy` six times per frame while being decoded.
     #[serde(default)]
-    pub start: Option<StartPayload>,
+    pub start: Option<Box<StartPayload>>,
     #[serde(default)]
     pub mark: Option<MarkPayload>,
     #[serde(default)]
@@ -114,7 +116,7 @@ impl TwilioDecoder {
                     return Err(ProtocolError::DuplicateStart);
                 }
                 let start = message.start.ok_or(ProtocolError::MissingField("start"))?;
-                let event = start_event(start)?;
+                let event = start_event(*start)?;
                 self.started = true;
                 Ok(event)
             }
