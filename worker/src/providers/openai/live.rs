@@ -7,8 +7,8 @@
 //! that receives the audio every [`CHUNK`] as it arrives. When the turn ends only the last chunk
 //! and the multipart trailer are left to send. Over a real network that is more than the
 //! transfer time of the rest: a keep-alive connection idle since the last turn restarts TCP slow
-//! start, so a whole three-second utterance (46 KB at 8 kHz, 92 KB at 16 kHz) takes two or three
-//! round trips to the provider to upload, each tens of milliseconds.
+//! start, so a whole three-second utterance (46 KB at 8 kHz, 92 KB at 16 kHz) can take two or
+//! three round trips to the provider to upload, each tens of milliseconds.
 //!
 //! The request cannot be replayed, so it gets no retries of its own: when it fails (or falls
 //! [`QUEUE`] chunks behind, or a server refuses chunked uploads), the turn sends the utterance
@@ -177,7 +177,8 @@ impl LiveUpload for LiveTranscription {
                         return transcript_events(open).await;
                     }
                     Ok(Err(error)) => Some(error),
-                    // The request's task went away: nothing was asked of the provider.
+                    // The request's task went away without an answer: its outcome is unknown,
+                    // so the utterance goes whole, with every retry.
                     Err(_) => None,
                 }
             } else {
