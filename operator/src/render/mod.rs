@@ -13,6 +13,8 @@ pub mod common;
 mod fixtures;
 pub mod media;
 pub mod pipeline;
+#[cfg(test)]
+mod properties;
 pub mod sip;
 pub mod status;
 pub mod token;
