@@ -9,19 +9,21 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use callfleet_crds::CallCluster;
+use callfleet_crds::pipeline_config::PIPELINE_CONFIG_KEY;
+use callfleet_crds::{AiPipeline, CallCluster, PipelineConfig};
 use kube::CustomResourceExt;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 
-use super::fixtures::{NAMESPACE, UID, pipeline};
+use super::common::Context;
+use super::fixtures::{self, NAMESPACE, UID, pipeline};
 use super::{Destination, RenderInputs, render_call_cluster};
 
-/// The CallCluster `spec` schema.
-fn spec_schema() -> Value {
-    let crd = serde_json::to_value(CallCluster::crd()).expect("CRD serializes");
+/// A custom resource's `spec` schema.
+fn spec_schema<K: CustomResourceExt>() -> Value {
+    let crd = serde_json::to_value(K::crd()).expect("CRD serializes");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
 }
 
@@ -116,7 +118,7 @@ fn junk(rng: &mut StdRng) -> String {
 /// cannot hold is refused by the API server before any operator sees it).
 fn call_cluster(name: &str, seed: u64) -> Option<CallCluster> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut spec = value_for(&spec_schema(), &mut rng, 0);
+    let mut spec = value_for(&spec_schema::<CallCluster>(), &mut rng, 0);
     spec["pipelineRef"] = json!({"name": "support-pipeline"});
     serde_json::from_value(json!({
         "apiVersion": "callfleet.dev/v1alpha1",
@@ -179,5 +181,39 @@ proptest! {
             prop_assert_eq!(owner["controller"].as_bool(), Some(true));
             prop_assert_eq!(object.value["metadata"]["namespace"].as_str(), Some(NAMESPACE));
         }
+    }
+}
+
+/// An AiPipeline with a generated spec, if it deserializes.
+fn ai_pipeline(seed: u64) -> Option<AiPipeline> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let spec = value_for(&spec_schema::<AiPipeline>(), &mut rng, 0);
+    serde_json::from_value(json!({
+        "apiVersion": "callfleet.dev/v1alpha1",
+        "kind": "AiPipeline",
+        "metadata": {"name": "support-pipeline", "namespace": NAMESPACE, "generation": 4},
+        "spec": spec,
+    }))
+    .ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// The pipeline ConfigMap is the operator-to-worker contract: whatever AiPipeline the
+    /// types hold, the worker reads back exactly the spec the operator wrote.
+    #[test]
+    fn any_typed_pipeline_reaches_workers_unchanged(seed in any::<u64>()) {
+        let Some(pipeline) = ai_pipeline(seed) else {
+            return Ok(());
+        };
+        let cc = fixtures::call_cluster(json!({}));
+        let ctx = Context::new(&cc).expect("fixture context");
+        let config_map = super::pipeline::config_map(&ctx, &pipeline).expect("renders");
+        let data = config_map.data.expect("data");
+        let read: PipelineConfig =
+            serde_json::from_str(&data[PIPELINE_CONFIG_KEY]).expect("workers parse it");
+        prop_assert_eq!(read.spec, pipeline.spec);
+        prop_assert_eq!(read.generation, 4);
     }
 }
