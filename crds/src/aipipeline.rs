@@ -123,11 +123,12 @@ pub struct SttSpec {
     #[schemars(regex(pattern = r"^[a-z]{2}$"))]
     pub language: Option<String>,
     /// Upload the caller's audio while they speak (a chunked request opened once speech is
-    /// confirmed), so only the last fraction of a second is sent after their turn ends. The
-    /// OpenAI API accepts this; a server that refuses it gets the whole utterance instead, and
-    /// the worker stops trying for that pipeline version. Set `false` for servers that accept
-    /// chunked uploads but mishandle them.
-    #[serde(default = "default_true")]
+    /// confirmed), so only the last fraction of a second is sent after their turn ends: saves
+    /// a round trip or two per turn to a distant provider, for a few percent more worker CPU
+    /// and an open provider connection per speaking caller. The OpenAI API accepts this; a
+    /// server that refuses it gets the whole utterance instead, and the worker stops trying for
+    /// that pipeline version. Off by default: each utterance is uploaded when the turn ends.
+    #[serde(default)]
     pub upload_while_speaking: bool,
 }
 
@@ -296,7 +297,7 @@ impl Default for SttSpec {
         Self {
             model: default_stt_model(),
             language: None,
-            upload_while_speaking: true,
+            upload_while_speaking: false,
         }
     }
 }

@@ -34,9 +34,13 @@ fn client(standin: &StandinHandle, timeout: Duration, max_retries: u32) -> OpenA
 fn spec(model: &str) -> SttSpec {
     SttSpec {
         model: model.into(),
+        upload_while_speaking: true,
         ..SttSpec::default()
     }
 }
+
+/// A worker pipeline's extra spec fields turning uploads while speaking on.
+const LIVE: &str = r#","stt":{"uploadWhileSpeaking":true}"#;
 
 /// A tone of `ms` between short silences, 16 kHz.
 fn spoken(ms: u32) -> Utterance {
@@ -128,13 +132,9 @@ async fn a_server_that_needs_a_length_gets_utterances_whole_from_then_on() {
         openai.begin_upload(RATE, &spec("whisper-1")).is_none(),
         "later utterances go whole"
     );
-    // A pipeline that asks for whole uploads never opens one early.
+    // A pipeline that asks for whole uploads (the default) never opens one early.
     let fresh = client(&standin, Duration::from_secs(5), 0);
-    let whole = SttSpec {
-        upload_while_speaking: false,
-        ..spec("whisper-1")
-    };
-    assert!(fresh.begin_upload(RATE, &whole).is_none());
+    assert!(fresh.begin_upload(RATE, &SttSpec::default()).is_none());
 }
 
 #[tokio::test]
@@ -249,7 +249,7 @@ async fn a_call_uploads_while_the_caller_speaks_and_is_answered_as_before() {
     let speech = support::calls::tone(440.0, 8_000, 600);
     let silence = vec![0i16; 4_000];
 
-    let (standin, w) = setup("").await;
+    let (standin, w) = setup(LIVE).await;
     let mut s = call_saying(&w, "CA-live", &speech).await;
     // The caller is still "speaking" (no end of turn yet): the upload is under way.
     eventually(async || standin.stats().transcription_chunked_uploads == 1).await;
@@ -288,7 +288,7 @@ async fn a_call_uploads_while_the_caller_speaks_and_is_answered_as_before() {
 
 #[tokio::test]
 async fn the_worker_counts_how_its_uploads_ended() {
-    let (standin, w) = setup("").await;
+    let (standin, w) = setup(LIVE).await;
     let heard = r#"callfleet_stt_live_uploads_total{outcome="heard"}"#;
     let failed = r#"callfleet_stt_live_uploads_total{outcome="failed"}"#;
     let mut s = call_saying(&w, "CA-count", &support::calls::utterance(440.0, 8_000)).await;
@@ -311,7 +311,7 @@ async fn the_worker_counts_how_its_uploads_ended() {
 
 #[tokio::test]
 async fn a_caller_who_hangs_up_mid_sentence_leaves_no_transcription() {
-    let (standin, w) = setup_standin(StandinConfig::instant(), "", |_| {}).await;
+    let (standin, w) = setup_standin(StandinConfig::instant(), LIVE, |_| {}).await;
     let mut s = call_saying(&w, "CA-gone", &support::calls::tone(440.0, 8_000, 600)).await;
     eventually(async || standin.stats().transcription_chunked_uploads == 1).await;
     twilio_hang_up(&mut s, "CA-gone").await;

@@ -238,14 +238,16 @@ async fn run(url: String, call: String, script: Script) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_carriers_never_break_the_worker() {
-    random_carriers(|_| {}).await.w.stop().await;
+    random_carriers("", |_| {}).await.w.stop().await;
 }
 
 /// The same on four batching media threads, with turns on their own runtime: every hand-off
-/// between a call and its turn crosses threads.
+/// between a call and its turn crosses threads. Utterances are uploaded while callers speak,
+/// so those uploads are opened from call threads onto the turn runtime, and abandoned by
+/// callers who vanish mid-sentence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_carriers_never_break_a_batching_worker() {
-    random_carriers(|a| {
+    random_carriers(r#","stt":{"uploadWhileSpeaking":true}"#, |a| {
         a.media_threads = 4;
         a.event_batch_us = 1_000;
     })
@@ -262,7 +264,10 @@ async fn random_carriers_never_break_a_batching_worker() {
 async fn random_carriers_lose_no_recording() {
     let s3 = S3Proxy::start().await.expect("S3Proxy");
     let spool = tempfile::tempdir().unwrap();
-    let run = random_carriers(|a| record_to(a, &s3, spool.path(), RecordingFormat::Wav)).await;
+    let run = random_carriers("", |a| {
+        record_to(a, &s3, spool.path(), RecordingFormat::Wav)
+    })
+    .await;
     let recordings = run.w.worker().ctx.recordings.clone().expect("recording");
     eventually(async || recordings.is_settled()).await;
 
@@ -322,7 +327,8 @@ struct Run {
     _standin: StandinHandle,
 }
 
-async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) -> Run {
+/// 48 random carrier scripts against one worker whose pipeline has `extra` spec fields.
+async fn random_carriers(extra: &str, tune: impl FnOnce(&mut ServeArgs)) -> Run {
     let panics_before = panics().load(Ordering::SeqCst);
     let (mut runner, hex) = seeded_runner();
     let scripts: Vec<Script> = (0..CONNECTIONS)
@@ -331,7 +337,7 @@ async fn random_carriers(tune: impl FnOnce(&mut ServeArgs)) -> Run {
 
     // A short idle timeout (which also bounds the wait for a call's start) ends the scripts
     // that never start a call sooner; no script pauses that long.
-    let (standin, w) = setup_with("", |a| {
+    let (standin, w) = setup_with(extra, |a| {
         a.idle_timeout_seconds = 3;
         tune(a);
     })

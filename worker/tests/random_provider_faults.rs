@@ -62,7 +62,8 @@ impl Mode {
     /// The pipeline spec fields for this mode.
     fn spec(self) -> String {
         match self {
-            Mode::Cascade => TURNS.to_owned(),
+            // Uploads while speaking: their fallbacks to whole uploads meet every fault too.
+            Mode::Cascade => format!(r#"{TURNS},"stt":{{"uploadWhileSpeaking":true}}"#),
             Mode::Realtime => format!(r#"{TURNS},"mode":"realtime""#),
         }
     }
