@@ -1,14 +1,18 @@
 //! Transcriptions uploaded while the caller speaks.
 //!
-//! A turn used to upload its utterance after the caller stopped: a second or more of audio on
-//! the critical path of every reply (46 KB for three seconds at 8 kHz; over a real uplink, with
-//! TCP slow start, tens of milliseconds). Here the request is opened once the VAD confirms
-//! speech, with a WAV header of unknown length ([`wav::UNKNOWN_LENGTH`]) and a chunked body
-//! that receives the audio every [`CHUNK`] as it arrives. When the turn ends only the last chunk
-//! and the multipart trailer are left to send. Over a real network that is more than the
-//! transfer time of the rest: a keep-alive connection idle since the last turn restarts TCP slow
-//! start, so a whole three-second utterance (46 KB at 8 kHz, 92 KB at 16 kHz) can take two or
-//! three round trips to the provider to upload, each tens of milliseconds.
+//! By default a turn uploads its utterance after the caller stopped: a second or more of audio
+//! on the critical path of every reply (46 KB for three seconds at 8 kHz; over a real uplink,
+//! with TCP slow start, tens of milliseconds). With `stt.uploadWhileSpeaking` the request is
+//! opened once the VAD confirms speech, with a WAV header of unknown length
+//! ([`wav::UNKNOWN_LENGTH`]) and a chunked body that receives the audio every [`CHUNK`] as it
+//! arrives. When the turn ends only the last chunk and the multipart trailer are left to send.
+//! Over a real network that is more than the transfer time of the rest: a keep-alive connection
+//! idle since the last turn restarts TCP slow start, so a whole three-second utterance (46 KB
+//! at 8 kHz, 92 KB at 16 kHz) can take two or three round trips to the provider to upload,
+//! each tens of milliseconds.
+//!
+//! It costs 2-5% more worker CPU per call in conversation and a provider connection per
+//! speaking caller (BENCHMARKS.md), hence opt-in.
 //!
 //! The request cannot be replayed, so it gets no retries of its own: when it fails (or falls
 //! [`QUEUE`] chunks behind, or a server refuses chunked uploads), the turn sends the utterance
