@@ -205,10 +205,20 @@ async fn realtime_call(
     timeout_seconds: u32,
     call: &str,
 ) -> (StandinHandle, TestWorker, Socket) {
-    let standin = OpenAiStandin::start(quick_standin())
-        .await
-        .expect("stand-in");
-    let spec = format!(r#"{TURNS},"mode":"realtime""#);
+    realtime_call_on(quick_standin(), TURNS, rules, timeout_seconds, call).await
+}
+
+/// As [`realtime_call`], on a stand-in configured by `config`, with `turns` as the pipeline's
+/// turn-detection fields.
+async fn realtime_call_on(
+    config: StandinConfig,
+    turns: &str,
+    rules: &[FaultRule],
+    timeout_seconds: u32,
+    call: &str,
+) -> (StandinHandle, TestWorker, Socket) {
+    let standin = OpenAiStandin::start(config).await.expect("stand-in");
+    let spec = format!(r#"{turns},"mode":"realtime""#);
     let pipeline = pipeline_json_with(&standin.base_url(), 1, timeout_seconds, 0, &spec);
     let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
     for rule in rules {
@@ -296,19 +306,14 @@ async fn words_lost_with_a_realtime_session_reach_the_next_one() {
 /// A realtime call on a provider that hears quieter speech (-60 dBFS) than the worker's own
 /// VAD (-30 dBFS) and drops its first session with `fault`, and a quiet caller's turn on it.
 async fn quiet_caller_lost_with(fault: Fault, call: &str) -> (StandinHandle, TestWorker, Socket) {
-    let standin = OpenAiStandin::start(StandinConfig {
+    let hears_more = StandinConfig {
         vad_threshold_dbfs: -60.0,
         ..quick_standin()
-    })
-    .await
-    .expect("stand-in");
-    let spec = r#","turnDetection":{"silenceMs":300,"minSpeechMs":100,"vadThresholdDbfs":-30},"mode":"realtime""#;
-    let pipeline = pipeline_json_with(&standin.base_url(), 1, 5, 0, spec);
-    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
-    standin.inject(FaultRule::new(Some(Endpoint::Realtime), fault, Some(1)));
-    let mut s = connect(&w.url("/ws/call-session")).await;
-    send_text(&mut s, start_call(call, Some(&token(call)))).await;
-    wait_for(&mut s, "status", "ready").await;
+    };
+    let quiet_turns =
+        r#","turnDetection":{"silenceMs":300,"minSpeechMs":100,"vadThresholdDbfs":-30}"#;
+    let drop = FaultRule::new(Some(Endpoint::Realtime), fault, Some(1));
+    let (standin, w, mut s) = realtime_call_on(hears_more, quiet_turns, &[drop], 5, call).await;
     // About -48 dBFS: a 440 Hz tone at a fiftieth of the test tones' level, at the pace a
     // carrier sends it (the provider's word that the caller started comes back while they talk).
     let quiet: Vec<i16> = utterance(440.0, 8_000).iter().map(|s| s / 50).collect();

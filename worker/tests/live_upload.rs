@@ -14,21 +14,22 @@ use callfleet_tests::openai_standin::{
 use callfleet_worker::metrics::LiveUploadOutcomes;
 use callfleet_worker::providers::openai::{OpenAi, ProviderHttp};
 use callfleet_worker::providers::{
-    LiveUpload, ProviderConfig, ProviderError, SpeechToText, Utterance, final_transcript,
+    LiveUpload, ProviderError, ProviderResult, SpeechToText, Transcript, Utterance,
+    final_transcript,
 };
 use support::calls::{setup, setup_standin, twilio_hang_up, twilio_start, until_history_has};
+use support::providers::client_over;
 use support::*;
 
 const RATE: u32 = 16_000;
 
 fn client(standin: &StandinHandle, timeout: Duration, max_retries: u32) -> OpenAi {
-    let config = ProviderConfig {
-        base_url: standin.base_url(),
-        api_key: "sk-test".into(),
+    client_over(
+        ProviderHttp::new(None).expect("http client"),
+        standin,
         timeout,
         max_retries,
-    };
-    OpenAi::new(ProviderHttp::new(None).expect("http client"), config)
+    )
 }
 
 fn spec(model: &str) -> SttSpec {
@@ -59,6 +60,19 @@ async fn speak(upload: &mut Box<dyn LiveUpload>, audio: &Utterance, pace: Durati
         upload.push(frame);
         tokio::time::sleep(pace).await;
     }
+}
+
+/// An utterance (whisper-1) uploaded while "spoken" at `pace` per frame, then its transcript.
+async fn say_live(
+    openai: &OpenAi,
+    audio: &Utterance,
+    pace: Duration,
+) -> ProviderResult<Transcript> {
+    let mut upload = openai
+        .begin_upload(RATE, &spec("whisper-1"))
+        .expect("uploads live");
+    speak(&mut upload, audio, pace).await;
+    final_transcript(upload.finish(audio.clone(), &spec("whisper-1"))).await
 }
 
 async fn standin(config: StandinConfig) -> StandinHandle {
@@ -97,10 +111,8 @@ async fn the_response_timeout_starts_when_the_caller_stops_not_when_the_upload_s
     let standin = standin(StandinConfig::instant()).await;
     let openai = client(&standin, Duration::from_millis(300), 0);
     let audio = spoken(1_000);
-    let mut upload = openai.begin_upload(RATE, &spec("whisper-1")).unwrap();
     // Speaking for longer than the provider timeout (real time: 20 ms per frame).
-    speak(&mut upload, &audio, Duration::from_millis(20)).await;
-    let transcript = final_transcript(upload.finish(audio, &spec("whisper-1"))).await;
+    let transcript = say_live(&openai, &audio, Duration::from_millis(20)).await;
     assert_eq!(transcript.expect("no timeout").text, "tone 440");
     assert_eq!(standin.stats().transcriptions.requests, 1);
 }
@@ -114,9 +126,7 @@ async fn a_server_that_needs_a_length_gets_utterances_whole_from_then_on() {
     .await;
     let openai = client(&standin, Duration::from_secs(5), 0);
     let audio = spoken(600);
-    let mut upload = openai.begin_upload(RATE, &spec("whisper-1")).unwrap();
-    speak(&mut upload, &audio, Duration::ZERO).await;
-    let transcript = final_transcript(upload.finish(audio.clone(), &spec("whisper-1"))).await;
+    let transcript = say_live(&openai, &audio, Duration::ZERO).await;
     // Refused (411) and sent whole, even with no retries configured: the refusal was of the
     // way it was sent, not of the request.
     assert_eq!(transcript.expect("sent whole").text, "tone 440");
@@ -150,18 +160,14 @@ async fn an_upload_refused_with_a_rate_limit_is_retried_whole_after_the_wait() {
     standin.inject(rate_limited(1));
     let openai = client(&standin, Duration::from_secs(5), 1);
     let audio = spoken(600);
-    let mut upload = openai.begin_upload(RATE, &spec("whisper-1")).unwrap();
-    speak(&mut upload, &audio, Duration::from_millis(1)).await;
-    let transcript = final_transcript(upload.finish(audio.clone(), &spec("whisper-1"))).await;
+    let transcript = say_live(&openai, &audio, Duration::from_millis(1)).await;
     assert_eq!(transcript.expect("retried whole").text, "tone 440");
     assert_eq!(standin.stats().transcriptions.requests, 2);
 
     // The early attempt counts: with no retries, its rate limit is the answer.
     let standin = standin_again(rate_limited(1)).await;
     let openai = client(&standin, Duration::from_secs(5), 0);
-    let mut upload = openai.begin_upload(RATE, &spec("whisper-1")).unwrap();
-    speak(&mut upload, &audio, Duration::from_millis(1)).await;
-    let result = final_transcript(upload.finish(audio, &spec("whisper-1"))).await;
+    let result = say_live(&openai, &audio, Duration::from_millis(1)).await;
     assert!(
         matches!(result, Err(ProviderError::RateLimited { .. })),
         "{result:?}"
@@ -185,9 +191,7 @@ async fn a_server_that_stalls_on_the_upload_is_given_the_utterance_again() {
     .await;
     let openai = client(&standin, Duration::from_millis(300), 1);
     let audio = spoken(600);
-    let mut upload = openai.begin_upload(RATE, &spec("whisper-1")).unwrap();
-    speak(&mut upload, &audio, Duration::from_millis(1)).await;
-    let transcript = final_transcript(upload.finish(audio, &spec("whisper-1"))).await;
+    let transcript = say_live(&openai, &audio, Duration::from_millis(1)).await;
     assert_eq!(transcript.expect("retried whole").text, "tone 440");
     assert_eq!(standin.stats().transcriptions.requests, 2);
 }
@@ -196,16 +200,10 @@ async fn a_server_that_stalls_on_the_upload_is_given_the_utterance_again() {
 async fn an_upload_that_falls_behind_is_given_up_and_the_utterance_sent_whole() {
     let standin = standin(StandinConfig::instant()).await;
     let outcomes = LiveUploadOutcomes::default();
-    let config = ProviderConfig {
-        base_url: standin.base_url(),
-        api_key: "sk-test".into(),
-        timeout: Duration::from_secs(5),
-        max_retries: 0,
-    };
     let http = ProviderHttp::new(None)
         .unwrap()
         .counting_live_uploads(outcomes.clone());
-    let openai = OpenAi::new(http, config);
+    let openai = client_over(http, &standin, Duration::from_secs(5), 0);
     // Ten seconds of audio handed over in 400 ms pieces without the request getting a turn to
     // send any (the test's runtime has one thread): more than its queue holds.
     let audio = spoken(10_000);

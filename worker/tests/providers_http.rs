@@ -20,6 +20,7 @@ use callfleet_worker::providers::{
     ChatMessage, ChatModel, ChatRole, ProviderConfig, ProviderError, SpeechToText, TextToSpeech,
     TranscriptEvent, Utterance,
 };
+use support::providers::client_over;
 
 /// Bound on waiting for the server to observe something (liveness, not a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -62,21 +63,6 @@ fn client_with(
         timeout,
         max_retries,
     )
-}
-
-fn client_over(
-    http: ProviderHttp,
-    standin: &StandinHandle,
-    timeout: Duration,
-    max_retries: u32,
-) -> OpenAi {
-    let config = ProviderConfig {
-        base_url: standin.base_url(),
-        api_key: "sk-test".into(),
-        timeout,
-        max_retries,
-    };
-    OpenAi::new(http, config)
 }
 
 /// Silence, one second of a 440 Hz tone, silence: 16 kHz mono.

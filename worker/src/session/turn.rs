@@ -134,14 +134,11 @@ async fn answer(
     out: &mpsc::Sender<TurnOutput>,
 ) -> Result<(), TurnError> {
     let spec = &pipeline.config.spec;
+    // The call opens uploads while speaking only at rates sent as they are.
     let Speech {
         utterance,
-        mut live_upload,
+        live_upload,
     } = speech;
-    if utterance.sample_rate > STT_SAMPLE_RATE {
-        // Uploads while speaking carry the call's own rate; this one is resampled first.
-        live_upload = None;
-    }
     let utterance = to_stt_rate(utterance);
     let started = Instant::now();
     let transcript = match live_upload {

@@ -18,6 +18,7 @@ use callfleet_worker::server::{RunningWorker, start};
 
 pub mod calls;
 pub mod frames;
+pub mod providers;
 pub mod recording;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
