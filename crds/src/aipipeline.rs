@@ -198,8 +198,11 @@ pub struct RealtimeSpec {
 }
 
 /// Energy VAD with hysteresis, end of turn and barge-in.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.earlyReplyMs) || self.earlyReplyMs < self.silenceMs").message("turnDetection.earlyReplyMs must be shorter than turnDetection.silenceMs")
+)]
 pub struct TurnDetectionSpec {
     /// Frame energy (dBFS) above which a frame counts as speech. Speech ends 6 dB below it.
     #[serde(default = "default_vad_threshold_dbfs")]
@@ -216,6 +219,15 @@ pub struct TurnDetectionSpec {
     /// Caller speech during assistant playback stops the playback and the reply in flight.
     #[serde(default = "default_true")]
     pub barge_in: bool,
+    /// Cascade mode: silence after which the reply is prepared (transcription, the model's
+    /// answer, its first speech) before the turn is over. It is played the moment `silenceMs`
+    /// is reached, and dropped if the caller speaks again first, so a reply can start as soon
+    /// as after a short window while the turn still ends only after the long one. Each pause
+    /// of this length that the caller talks through costs a transcription and usually a chat
+    /// request. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 5000))]
+    pub early_reply_ms: Option<u32>,
 }
 
 /// Observed state of an AiPipeline.
@@ -337,6 +349,7 @@ impl Default for TurnDetectionSpec {
             silence_ms: default_silence_ms(),
             min_speech_ms: default_min_speech_ms(),
             barge_in: true,
+            early_reply_ms: None,
         }
     }
 }

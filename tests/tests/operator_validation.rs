@@ -125,3 +125,38 @@ async fn an_ai_pipeline_realtime_input_chunk_is_bounded() -> Result<()> {
     kubectl_apply(cluster, &ns, &pipeline(100))?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_ai_pipeline_early_reply_must_come_before_the_end_of_the_turn() -> Result<()> {
+    let (cluster, ns) = namespace("op-invalid-early").await?;
+    let pipeline = |turn_detection: &str| {
+        format!(
+            "apiVersion: callfleet.dev/v1alpha1\nkind: AiPipeline\nmetadata: {{name: eager}}\nspec:\n  provider:\n    apiKeySecretRef: {{name: llm-key}}\n  turnDetection: {turn_detection}\n"
+        )
+    };
+    for bad in [
+        "{silenceMs: 600, earlyReplyMs: 600}",
+        // Against the default silenceMs (600), applied before the rule is checked.
+        "{earlyReplyMs: 800}",
+    ] {
+        match kubectl_apply(cluster, &ns, &pipeline(bad)) {
+            Ok(out) => anyhow::bail!("{bad} was accepted: {}", out.trim()),
+            Err(e) => ensure!(
+                e.to_string().contains(
+                    "turnDetection.earlyReplyMs must be shorter than turnDetection.silenceMs"
+                ),
+                "unexpected error for {bad}: {e}"
+            ),
+        }
+    }
+    for good in [
+        "{silenceMs: 1000, earlyReplyMs: 250}",
+        "{earlyReplyMs: 200}",
+        "{earlyReplyMs: null}",
+        "{silenceMs: 300}",
+    ] {
+        kubectl_apply(cluster, &ns, &pipeline(good))
+            .map_err(|e| anyhow::anyhow!("{good} was refused: {e}"))?;
+    }
+    Ok(())
+}

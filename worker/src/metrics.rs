@@ -38,6 +38,9 @@ pub type ProviderRoundTrips =
 /// Uploads made while the caller spoke, by how they ended (see `providers::openai::live`).
 pub type LiveUploadOutcomes = Family<[(&'static str, &'static str); 1], Counter>;
 
+/// Replies prepared during a pause in the caller's turn, by outcome.
+pub type EarlyReplyOutcomes = Family<[(&'static str, &'static str); 1], Counter>;
+
 /// All worker metrics.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +65,8 @@ pub struct Metrics {
     pub realtime_reconnects: Counter,
     /// Utterance uploads made while the caller spoke, by outcome.
     pub stt_live_uploads: LiveUploadOutcomes,
+    /// Replies prepared during a pause in the caller's turn, by outcome.
+    pub early_replies: EarlyReplyOutcomes,
     /// How late each media runtime's 100 ms probe timer fired (load shedding's signal).
     pub event_loop_lag: Histogram,
     /// Media runtimes currently shedding new calls.
@@ -172,6 +177,7 @@ impl Metrics {
         let barge_ins = Counter::default();
         let realtime_reconnects = Counter::default();
         let stt_live_uploads = LiveUploadOutcomes::default();
+        let early_replies = EarlyReplyOutcomes::default();
         let event_loop_lag = overhead_histogram();
         let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
@@ -261,6 +267,11 @@ impl Metrics {
             stt_live_uploads.clone(),
         );
         registry.register(
+            "callfleet_early_replies",
+            "Replies prepared during a pause in the caller's turn (turnDetection.earlyReplyMs), by outcome: used (the turn ended there and the reply played), dropped (the caller went on, or typed)",
+            early_replies.clone(),
+        );
+        registry.register(
             "callfleet_reply_frames_dropped",
             "Reply audio frames dropped because the carrier stopped reading (a second queued)",
             reply_frames_dropped.clone(),
@@ -290,6 +301,7 @@ impl Metrics {
             barge_ins,
             realtime_reconnects,
             stt_live_uploads,
+            early_replies,
             event_loop_lag,
             overloaded_runtimes,
             reply_frames_dropped,

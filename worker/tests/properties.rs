@@ -359,9 +359,11 @@ proptest! {
     #![proptest_config(config(256))]
 
     /// Over any audio, the VAD alternates "speech started" and "turn ended", starting with
-    /// speech; frames of any length (even empty) are measured without panicking.
+    /// speech, with pauses (and speech resumed after them) only in between and only when an
+    /// early-reply window shorter than the turn's is set; frames of any length (even empty)
+    /// are measured without panicking.
     #[test]
-    fn vad_events_alternate(
+    fn vad_events_follow_speech_pauses_and_turn_ends(
         frames in prop::collection::vec(
             prop_oneof![
                 prop::collection::vec(any::<i16>(), 0..200),
@@ -372,21 +374,33 @@ proptest! {
         threshold in prop_oneof![-90i32..0, any::<i32>()],
         silence_ms in prop_oneof![20u32..400, any::<u32>()],
         min_speech_ms in prop_oneof![0u32..200, any::<u32>()],
+        early_reply_ms in prop::option::of(prop_oneof![20u32..400, any::<u32>()]),
     ) {
         let mut vad = Vad::new(&TurnDetectionSpec {
             vad_threshold_dbfs: threshold,
             silence_ms,
             min_speech_ms,
             barge_in: true,
+            early_reply_ms,
         });
-        let mut expect = VadEvent::SpeechStarted;
+        let pauses = early_reply_ms.is_some_and(|ms| ms < silence_ms);
+        // Speech starts, may pause and resume, and ends; then the next utterance.
+        let mut last = VadEvent::TurnEnded;
         for frame in &frames {
             if let Some(event) = vad.process(frame, 20) {
-                prop_assert_eq!(event, expect);
-                expect = match event {
-                    VadEvent::SpeechStarted => VadEvent::TurnEnded,
-                    VadEvent::TurnEnded => VadEvent::SpeechStarted,
+                let allowed: &[VadEvent] = match last {
+                    VadEvent::TurnEnded => &[VadEvent::SpeechStarted],
+                    VadEvent::SpeechStarted | VadEvent::Resumed => {
+                        &[VadEvent::Paused, VadEvent::TurnEnded]
+                    }
+                    VadEvent::Paused => &[VadEvent::Resumed, VadEvent::TurnEnded],
                 };
+                prop_assert!(allowed.contains(&event), "{:?} after {:?}", event, last);
+                prop_assert!(
+                    pauses || !matches!(event, VadEvent::Paused | VadEvent::Resumed),
+                    "a pause without an early-reply window shorter than the turn's"
+                );
+                last = event;
             }
         }
     }

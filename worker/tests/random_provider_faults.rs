@@ -62,8 +62,12 @@ impl Mode {
     /// The pipeline spec fields for this mode.
     fn spec(self) -> String {
         match self {
-            // Uploads while speaking: their fallbacks to whole uploads meet every fault too.
-            Mode::Cascade => format!(r#"{TURNS},"stt":{{"uploadWhileSpeaking":true}}"#),
+            // Uploads while speaking: their fallbacks to whole uploads meet every fault too. And
+            // replies prepared in the pause before the turn ends, so faults also land in
+            // replies held back, dropped or played.
+            Mode::Cascade => {
+                r#","turnDetection":{"silenceMs":300,"minSpeechMs":100,"earlyReplyMs":120},"stt":{"uploadWhileSpeaking":true}"#.to_owned()
+            }
             Mode::Realtime => format!(r#"{TURNS},"mode":"realtime""#),
         }
     }
@@ -114,7 +118,16 @@ enum Outcome {
 async fn take_turn(s: &mut Socket, hz: f64, mode: Mode) -> Outcome {
     // Sending fails once the worker closed the call; what it said before closing is still read.
     let mut closed = false;
-    for frame in utterance(hz, 8_000).chunks(160) {
+    let mut speech = utterance(hz, 8_000);
+    if mode == Mode::Cascade && hz == 880.0 {
+        // A pause mid-sentence, longer than the early-reply window: a reply is prepared, then
+        // dropped when the caller goes on.
+        let second_half = speech.split_off(4_800);
+        speech.extend(vec![0i16; 1_600]);
+        speech.extend(tone(hz, 8_000, 300));
+        speech.extend(second_half);
+    }
+    for frame in speech.chunks(160) {
         let audio = serde_json::json!({"type": "audio", "data": mulaw_b64(frame)}).to_string();
         if s.send(Message::Text(audio.into())).await.is_err() {
             closed = true;

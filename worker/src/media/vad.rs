@@ -5,6 +5,8 @@
 //! or above the threshold and continues while frames stay above the release level (6 dB lower),
 //! so a voice fading between syllables does not flap. A burst shorter than `min_speech_ms`
 //! (cough, click) is dropped; after confirmed speech, `silence_ms` of quiet ends the turn.
+//! With an early-reply window configured, quiet that long inside the turn is reported as a
+//! pause, and speech after it as the pause ending, so a reply can be prepared in between.
 
 use callfleet_crds::aipipeline::TurnDetectionSpec;
 
@@ -21,6 +23,10 @@ pub enum VadEvent {
     SpeechStarted,
     /// Confirmed speech was followed by `silence_ms` of quiet: the caller's turn is over.
     TurnEnded,
+    /// Confirmed speech was followed by the early-reply window of quiet: the turn may be over.
+    Paused,
+    /// Speech again after [`VadEvent::Paused`]: the turn goes on.
+    Resumed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +48,8 @@ pub struct Vad {
     release_dbfs: f32,
     min_speech_ms: u32,
     silence_ms: u32,
+    /// Quiet after which a pause is reported; only when shorter than `silence_ms`.
+    pause_ms: Option<u32>,
     state: State,
 }
 
@@ -54,6 +62,7 @@ impl Vad {
             release_dbfs: start - HYSTERESIS_DB,
             min_speech_ms: spec.min_speech_ms,
             silence_ms: spec.silence_ms,
+            pause_ms: spec.early_reply_ms.filter(|&ms| ms < spec.silence_ms),
             state: State::Quiet,
         }
     }
@@ -95,9 +104,10 @@ impl Vad {
                 }
             }
             State::Speaking { silence_ms } => {
+                let paused = self.pause_ms.is_some_and(|pause| silence_ms >= pause);
                 if above_release {
                     self.state = State::Speaking { silence_ms: 0 };
-                    return None;
+                    return paused.then_some(VadEvent::Resumed);
                 }
                 let silence_ms = silence_ms.saturating_add(frame_ms);
                 if silence_ms >= self.silence_ms {
@@ -105,7 +115,8 @@ impl Vad {
                     Some(VadEvent::TurnEnded)
                 } else {
                     self.state = State::Speaking { silence_ms };
-                    None
+                    let pauses = self.pause_ms.is_some_and(|pause| silence_ms >= pause);
+                    (pauses && !paused).then_some(VadEvent::Paused)
                 }
             }
         }
@@ -152,6 +163,7 @@ mod tests {
             silence_ms,
             min_speech_ms,
             barge_in: true,
+            early_reply_ms: None,
         }
     }
 
@@ -218,5 +230,46 @@ mod tests {
         assert!(feed(&mut vad, -30.0, 1).is_empty());
         assert!(feed(&mut vad, -70.0, 4).is_empty());
         assert_eq!(feed(&mut vad, -70.0, 1), [VadEvent::TurnEnded]);
+    }
+
+    fn with_pause(spec: TurnDetectionSpec, early_reply_ms: u32) -> TurnDetectionSpec {
+        TurnDetectionSpec {
+            early_reply_ms: Some(early_reply_ms),
+            ..spec
+        }
+    }
+
+    #[test]
+    fn a_pause_is_reported_once_before_the_turn_ends() {
+        let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
+        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        // 180 ms of quiet is not yet a pause; 200 ms is, and it is said once.
+        assert!(feed(&mut vad, -70.0, 9).is_empty());
+        assert_eq!(feed(&mut vad, -70.0, 1), [VadEvent::Paused]);
+        assert!(feed(&mut vad, -70.0, 19).is_empty());
+        assert_eq!(feed(&mut vad, -70.0, 1), [VadEvent::TurnEnded]);
+    }
+
+    #[test]
+    fn speech_after_a_pause_resumes_the_turn_and_a_later_pause_is_reported_again() {
+        let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
+        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        assert_eq!(feed(&mut vad, -70.0, 15), [VadEvent::Paused]);
+        assert_eq!(feed(&mut vad, -20.0, 5), [VadEvent::Resumed]);
+        assert!(vad.is_speaking());
+        // Speech before the pause window is no resumption.
+        assert!(feed(&mut vad, -70.0, 5).is_empty());
+        assert!(feed(&mut vad, -20.0, 5).is_empty());
+        assert_eq!(
+            feed(&mut vad, -70.0, 30),
+            [VadEvent::Paused, VadEvent::TurnEnded]
+        );
+    }
+
+    #[test]
+    fn a_pause_window_not_shorter_than_the_turn_window_is_ignored() {
+        let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 600));
+        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        assert_eq!(feed(&mut vad, -70.0, 30), [VadEvent::TurnEnded]);
     }
 }

@@ -196,6 +196,9 @@ async fn reject(
 struct ActiveTurn {
     handle: JoinHandle<()>,
     output: mpsc::Receiver<TurnOutput>,
+    /// When it was started, for a reply prepared during a pause: its providers were partly or
+    /// wholly waited on before the caller's turn ended and the latency clock started.
+    prepared_at: Option<Instant>,
 }
 
 impl Drop for ActiveTurn {
@@ -249,6 +252,10 @@ struct CallSession {
     playout: Playout,
     reply: Reply,
     turn: Option<ActiveTurn>,
+    /// A reply prepared during a pause in the caller's turn (`turnDetection.earlyReplyMs`).
+    /// Its output is not read until the turn ends there, so it waits, holding no more than its
+    /// channel, and is dropped (its requests with it) if the caller speaks again first.
+    early_turn: Option<ActiveTurn>,
     /// Carrier acknowledges marks: trust them over the pacing estimate.
     marks_seen: bool,
     speech_ended_at: Option<Instant>,
@@ -317,6 +324,7 @@ impl CallSession {
             preroll: VecDeque::new(),
             reply: Reply::default(),
             turn: None,
+            early_turn: None,
             marks_seen: false,
             speech_ended_at: None,
             provider_wait: None,
@@ -483,6 +491,7 @@ impl CallSession {
             self.utterance.clear();
             self.live_upload = None;
             self.preroll.clear();
+            self.drop_early_turn();
         }
         let frame = (self.in_rate / 50).max(1) as usize;
         for chunk in samples.chunks(frame) {
@@ -517,6 +526,8 @@ impl CallSession {
                     self.on_caller_input_started().await
                 }
                 Some(VadEvent::TurnEnded) => self.on_turn_ended().await,
+                Some(VadEvent::Paused) => self.prepare_early_turn(),
+                Some(VadEvent::Resumed) => self.drop_early_turn(),
                 None if too_long => {
                     self.vad.reset();
                     self.on_turn_ended().await;
@@ -592,9 +603,22 @@ impl CallSession {
         let samples = std::mem::take(&mut self.utterance);
         let live_upload = self.live_upload.take().map(|(upload, _)| upload);
         if samples.is_empty() {
+            self.drop_early_turn();
             return;
         }
+        let early = self.early_turn.take();
         let prompt = self.begin_caller_turn("caller turn ended").await;
+        if let Some(early) = early {
+            // The caller stayed quiet since the pause: what was prepared answers the turn (the
+            // audio since is silence), and the upload made while they spoke is not needed.
+            self.ctx
+                .metrics
+                .early_replies
+                .get_or_create(&[("outcome", "used")])
+                .inc();
+            self.install_turn(early);
+            return;
+        }
         self.start_turn(TurnInput::Speech {
             utterance: Utterance {
                 samples,
@@ -608,6 +632,7 @@ impl CallSession {
     /// A keypad digit: the first of an entry interrupts the reply as speech does.
     async fn on_keypad(&mut self, digit: &str) {
         if !self.keypad.is_typing() {
+            self.drop_early_turn();
             self.on_caller_input_started().await;
         }
         match self.keypad.press(digit, Instant::now()) {
@@ -639,6 +664,12 @@ impl CallSession {
     }
 
     fn start_turn(&mut self, input: TurnInput) {
+        self.drop_early_turn();
+        let turn = self.spawn_turn(input, None);
+        self.install_turn(turn);
+    }
+
+    fn spawn_turn(&self, input: TurnInput, prepared_at: Option<Instant>) -> ActiveTurn {
         let (tx, rx) = mpsc::channel(32);
         let handle = self.ctx.spawn_turn(run_turn(
             self.pipeline.clone(),
@@ -647,12 +678,59 @@ impl CallSession {
             self.out_format.sample_rate,
             tx,
         ));
+        ActiveTurn {
+            handle,
+            output: rx,
+            prepared_at,
+        }
+    }
+
+    /// Makes `turn` the reply the call plays.
+    fn install_turn(&mut self, turn: ActiveTurn) {
         self.reply = Reply {
             id: self.reply.id.wrapping_add(1),
             ..Reply::default()
         };
         self.playout.clear();
-        self.turn = Some(ActiveTurn { handle, output: rx });
+        self.turn = Some(turn);
+    }
+
+    /// The caller paused long enough that the turn may be over: the reply to what they said so
+    /// far is prepared, held until the turn really ends. Only when nothing else is in flight
+    /// (a reply still playing would change the conversation the answer follows) and in
+    /// cascade mode (a realtime provider detects its own turns).
+    fn prepare_early_turn(&mut self) {
+        if self.realtime.is_some()
+            || self.keypad.is_typing()
+            || self.utterance.is_empty()
+            || self.is_replying(Instant::now())
+        {
+            return;
+        }
+        let prompt = self
+            .history
+            .prompt(&self.pipeline.config.spec.llm.system_prompt);
+        let input = TurnInput::Speech {
+            utterance: Utterance {
+                samples: self.utterance.clone(),
+                sample_rate: self.in_rate,
+            },
+            live_upload: None,
+            prompt,
+        };
+        self.early_turn = Some(self.spawn_turn(input, Some(Instant::now())));
+    }
+
+    /// The prepared reply no longer answers the turn (the caller went on): its requests are
+    /// dropped with it.
+    fn drop_early_turn(&mut self) {
+        if self.early_turn.take().is_some() {
+            self.ctx
+                .metrics
+                .early_replies
+                .get_or_create(&[("outcome", "dropped")])
+                .inc();
+        }
     }
 
     async fn on_turn_output(&mut self, output: Option<TurnOutput>) {
@@ -671,7 +749,21 @@ impl CallSession {
                     confirmed: false,
                 });
             }
-            Some(TurnOutput::ProviderWait(wait)) => self.provider_wait = Some(wait),
+            Some(TurnOutput::ProviderWait(wait)) => {
+                // A reply prepared early had a head start on the turn's clock: only the wait
+                // left after the turn ended counts against its first audio.
+                let head_start = match (self.turn.as_ref(), self.speech_ended_at) {
+                    (
+                        Some(ActiveTurn {
+                            prepared_at: Some(at),
+                            ..
+                        }),
+                        Some(ended),
+                    ) => ended.saturating_duration_since(*at),
+                    _ => Duration::ZERO,
+                };
+                self.provider_wait = Some(wait.saturating_sub(head_start));
+            }
             Some(TurnOutput::Audio(samples)) => {
                 self.playout.push(&samples);
                 self.arm_playout(now);

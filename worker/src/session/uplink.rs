@@ -128,6 +128,7 @@ mod tests {
             silence_ms: 200,
             min_speech_ms: 60,
             barge_in: true,
+            early_reply_ms: None,
         }
     }
 

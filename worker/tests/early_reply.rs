@@ -1,0 +1,172 @@
+//! Replies prepared during a pause (`turnDetection.earlyReplyMs`): the worker transcribes and
+//! answers what the caller said so far once they have been quiet for the short window, holds
+//! the answer, plays it the moment the turn really ends, and drops it when the caller goes on.
+
+mod support;
+
+use std::time::Duration;
+
+use callfleet_tests::openai_standin::rules::chat_reply;
+use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
+use callfleet_worker::providers::ChatRole;
+use support::calls::{say_twilio, tone, twilio_hang_up, twilio_start, until_history_has};
+use support::*;
+
+/// A long end-of-turn window (2 s) with a short early-reply one (200 ms): anything the
+/// worker answers before the caller has been quiet for 2 s was prepared early.
+const EAGER: &str = r#","turnDetection":{"silenceMs":2000,"minSpeechMs":100,"earlyReplyMs":200}"#;
+
+async fn setup(extra: &str) -> (StandinHandle, TestWorker) {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .expect("stand-in");
+    let worker = start_worker(&pipeline_json(&standin.base_url(), 1, extra), |a| {
+        a.openai_api_key = Some("sk-test".into());
+    })
+    .await;
+    (standin, worker)
+}
+
+fn silence(ms: u32) -> Vec<i16> {
+    vec![0; (8 * ms) as usize]
+}
+
+async fn metric(w: &TestWorker, series: &str) -> f64 {
+    let (_, metrics) = get_text(&w.http("/metrics"), None).await;
+    metric_value(&metrics, series).unwrap_or(0.0)
+}
+
+const FIRST_AUDIO_COUNT: &str = "callfleet_turn_first_audio_seconds_count";
+const USED: &str = r#"callfleet_early_replies_total{outcome="used"}"#;
+const DROPPED: &str = r#"callfleet_early_replies_total{outcome="dropped"}"#;
+
+/// A worker with [`EAGER`] turn detection and a Twilio call on it whose caller said a 440 Hz
+/// tone and has been quiet for 300 ms since: past the early-reply window, not at the end of the
+/// turn. Returns once the reply's speech has been asked for.
+async fn paused_call(call: &str) -> (StandinHandle, TestWorker, Socket) {
+    let (standin, w) = setup(EAGER).await;
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &tone(440.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(300)).await;
+    eventually(async || standin.stats().speech.requests >= 1).await;
+    (standin, w, s)
+}
+
+/// Reads the call's messages until the first reply audio frame.
+async fn until_reply_audio(s: &mut Socket) {
+    loop {
+        match next_json(s).await {
+            Some(msg) if msg["event"] == "media" => return,
+            Some(_) => {}
+            None => panic!("call closed before any reply audio"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reply_prepared_in_a_pause_is_held_until_the_turn_ends_then_played() {
+    let call = "CA-early";
+    // 200 ms into the pause the whole reply is asked for: transcription, chat and speech.
+    let (standin, w, mut s) = paused_call(call).await;
+    let stats = standin.stats();
+    assert_eq!((stats.transcriptions.requests, stats.chat.requests), (1, 1));
+    // The turn is not over (300 of 2,000 ms of quiet): nothing of it is played. (Audio let
+    // through would be on the wire within milliseconds; the wait only bounds the check.)
+    let played = tokio::time::timeout(Duration::from_millis(500), until_reply_audio(&mut s)).await;
+    assert!(played.is_err(), "reply audio before the turn ended");
+    assert_eq!(metric(&w, FIRST_AUDIO_COUNT).await, 0.0);
+    assert_eq!(metric(&w, USED).await, 0.0);
+
+    say_twilio(&mut s, call, &silence(1_800)).await;
+    until_reply_audio(&mut s).await;
+    until_history_has(&w, call, &chat_reply("tone 440")).await;
+    let stats = standin.stats();
+    assert_eq!(
+        (stats.transcriptions.requests, stats.chat.requests),
+        (1, 1),
+        "the prepared reply answered the turn; nothing was asked again"
+    );
+    assert_eq!(metric(&w, USED).await, 1.0);
+    assert_eq!(metric(&w, DROPPED).await, 0.0);
+    assert_eq!(metric(&w, FIRST_AUDIO_COUNT).await, 1.0);
+    // The worker's own overhead is still measured: against the wait left after the turn ended.
+    assert_eq!(
+        metric(&w, "callfleet_turn_overhead_seconds_count").await,
+        1.0
+    );
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_who_goes_on_after_a_pause_is_answered_for_everything_they_said() {
+    let call = "CA-goes-on";
+    // The reply to the first half is prepared...
+    let (standin, w, mut s) = paused_call(call).await;
+    // ...and the caller goes on: it is dropped, and the turn continues.
+    say_twilio(&mut s, call, &tone(660.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(2_100)).await;
+    until_reply_audio(&mut s).await;
+    eventually(async || metric(&w, USED).await == 1.0).await;
+    assert_eq!(metric(&w, DROPPED).await, 1.0);
+
+    // One caller turn, answered once, for both halves (the stand-in hears the mean pitch).
+    let store = w.worker().ctx.store.clone();
+    eventually(async || {
+        store
+            .load(call)
+            .await
+            .iter()
+            .any(|m| m.role == ChatRole::Assistant)
+    })
+    .await;
+    let history = store.load(call).await;
+    let said: Vec<&str> = history
+        .iter()
+        .filter(|m| m.role == ChatRole::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(said.len(), 1, "one caller turn: {history:?}");
+    assert!(
+        said[0].starts_with("tone ") && said[0] != "tone 440",
+        "the whole utterance was heard: {history:?}"
+    );
+    let answers: Vec<&str> = history
+        .iter()
+        .filter(|m| m.role == ChatRole::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(answers, [chat_reply(said[0]).as_str()], "{history:?}");
+    // The first half's transcription, then the whole's, prepared in the second pause.
+    assert_eq!(standin.stats().transcriptions.requests, 2);
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_early_reply_window_nothing_is_asked_before_the_turn_ends() {
+    let (standin, w) = setup(r#","turnDetection":{"silenceMs":2000,"minSpeechMs":100}"#).await;
+    let call = "CA-patient";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &tone(440.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(2_100)).await;
+    until_reply_audio(&mut s).await;
+    let stats = standin.stats();
+    assert_eq!((stats.transcriptions.requests, stats.chat.requests), (1, 1));
+    assert_eq!(metric(&w, USED).await + metric(&w, DROPPED).await, 0.0);
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_keypad_entry_during_a_pause_drops_the_prepared_reply() {
+    let call = "CA-typed";
+    let (_standin, w, mut s) = paused_call(call).await;
+    send_text(&mut s, support::calls::twilio_dtmf(call, "7")).await;
+    eventually(async || metric(&w, DROPPED).await == 1.0).await;
+    assert_eq!(metric(&w, USED).await, 0.0);
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
