@@ -9,7 +9,9 @@ use std::time::Duration;
 use callfleet_tests::openai_standin::rules::chat_reply;
 use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
 use callfleet_worker::providers::ChatRole;
-use support::calls::{say_twilio, tone, twilio_hang_up, twilio_start, until_history_has};
+use support::calls::{
+    quick_standin, say_twilio, tone, twilio_hang_up, twilio_start, until_history_has,
+};
 use support::*;
 
 /// A long end-of-turn window (2 s) with a short early-reply one (200 ms): anything the
@@ -167,6 +169,46 @@ async fn a_keypad_entry_during_a_pause_drops_the_prepared_reply() {
     send_text(&mut s, support::calls::twilio_dtmf(call, "7")).await;
     eventually(async || metric(&w, DROPPED).await == 1.0).await;
     assert_eq!(metric(&w, USED).await, 0.0);
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_prepared_just_after_the_last_one_played_follows_it() {
+    let standin = OpenAiStandin::start(quick_standin())
+        .await
+        .expect("stand-in");
+    let w = start_worker(&pipeline_json(&standin.base_url(), 1, EAGER), |a| {
+        a.openai_api_key = Some("sk-test".into());
+    })
+    .await;
+    let call = "CA-follows";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &tone(440.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(2_100)).await;
+    // The first reply's last sentence has gone out...
+    loop {
+        let msg = next_json(&mut s).await.expect("the call goes on");
+        if msg["event"] == "mark"
+            && msg["mark"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(".1"))
+        {
+            break;
+        }
+    }
+    // ...and played (the worker keeps the reply out of history until it has, and commits it
+    // on its next housekeeping round, up to a second later).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say_twilio(&mut s, call, &tone(660.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(300)).await;
+    eventually(async || standin.stats().chat.requests == 2).await;
+    assert_eq!(
+        standin.stats().chat_last_messages,
+        4,
+        "the prepared reply's prompt: system, the caller, the first reply, the caller again"
+    );
     twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }

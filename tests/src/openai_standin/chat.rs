@@ -48,6 +48,7 @@ pub async fn chat_completions(
     let Some(messages) = request.get("messages").and_then(Value::as_array) else {
         return bad_request("'messages' is a required property");
     };
+    shared.stats.chat_prompt(messages.len());
     let reply = chat_reply(&last_user_text(messages).unwrap_or_default());
     let limit = ["max_completion_tokens", "max_tokens"]
         .iter()

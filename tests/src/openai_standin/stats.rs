@@ -31,6 +31,7 @@ pub struct Stats {
     chunked_uploads: AtomicU64,
     broken_uploads: AtomicU64,
     transcribed_samples: AtomicU64,
+    chat_last_messages: AtomicU64,
 }
 
 /// What one endpoint saw.
@@ -70,6 +71,8 @@ pub struct StatsSnapshot {
     pub transcription_broken_uploads: u64,
     /// Samples of audio in the transcription uploads that were read whole.
     pub transcribed_samples: u64,
+    /// Messages in the latest chat request's prompt (system prompt and history included).
+    pub chat_last_messages: u64,
 }
 
 impl StatsSnapshot {
@@ -125,6 +128,10 @@ impl Stats {
         self.transcribed_samples
             .fetch_add(samples as u64, Ordering::Relaxed);
     }
+    pub fn chat_prompt(&self, messages: usize) {
+        self.chat_last_messages
+            .store(messages as u64, Ordering::Relaxed);
+    }
     pub fn appended(&self, ms: u64) {
         bump(&self.appends);
         self.appended_ms.fetch_add(ms, Ordering::Relaxed);
@@ -154,6 +161,7 @@ impl Stats {
             transcription_chunked_uploads: self.chunked_uploads.load(Ordering::Relaxed),
             transcription_broken_uploads: self.broken_uploads.load(Ordering::Relaxed),
             transcribed_samples: self.transcribed_samples.load(Ordering::Relaxed),
+            chat_last_messages: self.chat_last_messages.load(Ordering::Relaxed),
         }
     }
 }

@@ -526,7 +526,7 @@ impl CallSession {
                     self.on_caller_input_started().await
                 }
                 Some(VadEvent::TurnEnded) => self.on_turn_ended().await,
-                Some(VadEvent::Paused) => self.prepare_early_turn(),
+                Some(VadEvent::Paused) => self.prepare_early_turn().await,
                 Some(VadEvent::Resumed) => self.drop_early_turn(),
                 None if too_long => {
                     self.vad.reset();
@@ -699,7 +699,7 @@ impl CallSession {
     /// far is prepared, held until the turn really ends. Only when nothing else is in flight
     /// (a reply still playing would change the conversation the answer follows) and in
     /// cascade mode (a realtime provider detects its own turns).
-    fn prepare_early_turn(&mut self) {
+    async fn prepare_early_turn(&mut self) {
         if self.realtime.is_some()
             || self.keypad.is_typing()
             || self.utterance.is_empty()
@@ -707,6 +707,9 @@ impl CallSession {
         {
             return;
         }
+        // The last reply finished playing but may not be in history yet (that waits for
+        // housekeeping or the next turn): the answer must follow it.
+        self.commit_finished_reply().await;
         let prompt = self
             .history
             .prompt(&self.pipeline.config.spec.llm.system_prompt);
