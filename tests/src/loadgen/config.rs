@@ -46,6 +46,13 @@ pub struct LoadConfig {
     /// reply, or the next speech barges in.
     #[arg(long, default_value_t = 5_000)]
     pub silence_ms: u64,
+    /// A pause mid-sentence after this much speech, in milliseconds (with `--pause-ms`).
+    #[arg(long, default_value_t = 0)]
+    pub pause_after_ms: u64,
+    /// Length of that pause, in milliseconds: shorter than the end-of-turn window, so it does
+    /// not end the turn (0: no pause).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
     /// Silent callers only (connected, never speaking): for idle memory and CPU.
     #[arg(long)]
     pub idle: bool,
@@ -106,6 +113,10 @@ impl LoadConfig {
             Pattern::new(
                 Duration::from_millis(self.speech_ms),
                 Duration::from_millis(self.silence_ms),
+            )
+            .with_pause(
+                Duration::from_millis(self.pause_after_ms),
+                Duration::from_millis(self.pause_ms),
             )
         }
     }

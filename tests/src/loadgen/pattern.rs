@@ -1,5 +1,7 @@
 //! What a simulated caller says: a cycle of speech (a tone) and silence in 20 ms frames, after
 //! a per-call lead-in of silence so that thousands of calls do not all speak at the same moment.
+//! The speech may hold one pause mid-sentence, shorter than the end-of-turn window: a caller
+//! catching their breath, which the worker must not take for the end of the turn.
 //!
 //! Pure frame arithmetic: frame number in, slot out. The call task asks for every frame it
 //! sends, so turn boundaries come out of the same numbers as the audio.
@@ -13,6 +15,8 @@ use callfleet_worker::media::format::FRAME;
 pub struct Pattern {
     speech_frames: u32,
     silence_frames: u32,
+    /// Silent frames inside the speech: `(first, count)`.
+    pause: Option<(u32, u32)>,
 }
 
 /// What one frame of a call carries.
@@ -32,7 +36,17 @@ impl Pattern {
         Self {
             speech_frames: frames_in(speech),
             silence_frames: frames_in(silence).max(1),
+            pause: None,
         }
+    }
+
+    /// The same with a pause of `length` after `after` of speech (both rounded to frames; none
+    /// unless it ends before the speech does).
+    pub fn with_pause(mut self, after: Duration, length: Duration) -> Self {
+        let (first, count) = (frames_in(after), frames_in(length));
+        self.pause = (first > 0 && count > 0 && first + count < self.speech_frames)
+            .then_some((first, count));
+        self
     }
 
     /// A caller who never speaks: connected, silent calls (memory and CPU of idle calls).
@@ -40,6 +54,7 @@ impl Pattern {
         Self {
             speech_frames: 0,
             silence_frames: 50,
+            pause: None,
         }
     }
 
@@ -70,7 +85,11 @@ impl Pattern {
 
     /// Whether the slot carries speech.
     pub fn is_speech(&self, slot: Slot) -> bool {
-        matches!(slot, Slot::Cycle { index, .. } if index < self.speech_frames)
+        let paused = |index: u32| {
+            self.pause
+                .is_some_and(|(first, count)| (first..first + count).contains(&index))
+        };
+        matches!(slot, Slot::Cycle { index, .. } if index < self.speech_frames && !paused(index))
     }
 
     /// Whether the slot is the last speech frame of its cycle: the caller's audio ends with it.
@@ -149,6 +168,22 @@ mod tests {
         assert!(p.closes_turn(at(0)));
         assert!(!p.closes_turn(Slot::Cycle { cycle: 0, index: 0 }));
         assert!(!p.closes_turn(at(1)));
+    }
+
+    #[test]
+    fn a_pause_silences_frames_inside_the_speech_only() {
+        let p = pattern().with_pause(Duration::from_millis(40), Duration::from_millis(40));
+        let speech: Vec<bool> = (0..15)
+            .map(|i| p.is_speech(Slot::Cycle { cycle: 0, index: i }))
+            .collect();
+        assert_eq!(&speech[..6], [true, true, false, false, true, false]);
+        assert!(
+            p.ends_speech(Slot::Cycle { cycle: 0, index: 4 }),
+            "the turn ends where it did"
+        );
+        // A pause reaching the end of the speech is none.
+        let p = pattern().with_pause(Duration::from_millis(40), Duration::from_millis(60));
+        assert!((0..5).all(|i| p.is_speech(Slot::Cycle { cycle: 0, index: i })));
     }
 
     #[test]

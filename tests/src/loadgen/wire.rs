@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use callfleet_worker::media::AudioFormat;
 use callfleet_worker::protocols::payload::encode_audio;
 
-use super::pattern::Pattern;
+use super::pattern::{Pattern, Slot};
 use crate::openai_standin::audio::tone;
 
 /// Which protocol the simulated carrier speaks.
@@ -59,8 +59,8 @@ pub struct FrameBook {
 }
 
 impl FrameBook {
-    /// Encodes one cycle of `pattern` for `wire`: one continuous tone over the speech frames,
-    /// digital silence after.
+    /// Encodes one cycle of `pattern` for `wire`: one continuous tone over the speech frames
+    /// (but its pause), digital silence after.
     pub fn new(wire: Wire, pattern: &Pattern, voice: Voice) -> Self {
         let speech = tone(
             voice.tone_hz,
@@ -71,8 +71,13 @@ impl FrameBook {
         let silence = [0i16; FRAME_SAMPLES];
         let frames = (0..pattern.cycle_frames() as usize)
             .map(|index| {
+                let speaking = pattern.is_speech(Slot::Cycle {
+                    cycle: 0,
+                    index: index as u32,
+                });
                 let samples = speech
                     .get(index * FRAME_SAMPLES..(index + 1) * FRAME_SAMPLES)
+                    .filter(|_| speaking)
                     .unwrap_or(&silence);
                 media_frame(
                     wire,
