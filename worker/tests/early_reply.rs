@@ -212,3 +212,36 @@ async fn a_reply_prepared_just_after_the_last_one_played_follows_it() {
     twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }
+
+/// [`EAGER`] with the caller's words uploaded as they speak.
+const EAGER_LIVE: &str = r#","turnDetection":{"silenceMs":2000,"minSpeechMs":100,"earlyReplyMs":200},"stt":{"uploadWhileSpeaking":true}"#;
+
+#[tokio::test]
+async fn a_reply_prepared_in_a_pause_finishes_the_upload_made_while_the_caller_spoke() {
+    let (standin, w) = setup(EAGER_LIVE).await;
+    let call = "CA-early-live";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &tone(440.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(300)).await;
+    eventually(async || standin.stats().speech.requests >= 1).await;
+    // The caller goes on: a new upload takes the whole utterance, and the reply prepared in the
+    // next pause finishes it.
+    say_twilio(&mut s, call, &tone(440.0, 8_000, 600)).await;
+    say_twilio(&mut s, call, &silence(2_100)).await;
+    until_reply_audio(&mut s).await;
+    eventually(async || metric(&w, USED).await == 1.0).await;
+    let stats = standin.stats();
+    assert_eq!(
+        (
+            stats.transcriptions.requests,
+            stats.transcription_chunked_uploads
+        ),
+        (2, 2),
+        "every transcription was an upload made while the caller spoke: {stats:?}"
+    );
+    assert_eq!(metric(&w, DROPPED).await, 1.0);
+    until_history_has(&w, call, &chat_reply("tone 440")).await;
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}

@@ -527,7 +527,7 @@ impl CallSession {
                 }
                 Some(VadEvent::TurnEnded) => self.on_turn_ended().await,
                 Some(VadEvent::Paused) => self.prepare_early_turn().await,
-                Some(VadEvent::Resumed) => self.drop_early_turn(),
+                Some(VadEvent::Resumed) => self.resume_turn(),
                 None if too_long => {
                     self.vad.reset();
                     self.on_turn_ended().await;
@@ -610,7 +610,7 @@ impl CallSession {
         let prompt = self.begin_caller_turn("caller turn ended").await;
         if let Some(early) = early {
             // The caller stayed quiet since the pause: what was prepared answers the turn (the
-            // audio since is silence), and the upload made while they spoke is not needed.
+            // audio since is silence).
             self.ctx
                 .metrics
                 .early_replies
@@ -718,10 +718,22 @@ impl CallSession {
                 samples: self.utterance.clone(),
                 sample_rate: self.in_rate,
             },
-            live_upload: None,
+            // The upload made while the caller spoke has the audio so far: only its end is
+            // left to send.
+            live_upload: self.live_upload.take().map(|(upload, _)| upload),
             prompt,
         };
         self.early_turn = Some(self.spawn_turn(input, Some(Instant::now())));
+    }
+
+    /// The caller went on after a pause: the reply prepared for it is dropped and, when their
+    /// words are uploaded as they speak, a new upload takes the utterance so far (the prepared
+    /// reply took the last one).
+    fn resume_turn(&mut self) {
+        self.drop_early_turn();
+        if self.live_upload.is_none() {
+            self.begin_live_upload();
+        }
     }
 
     /// The prepared reply no longer answers the turn (the caller went on): its requests are
