@@ -245,3 +245,50 @@ async fn a_reply_prepared_in_a_pause_finishes_the_upload_made_while_the_caller_s
     twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }
+
+/// `samples` as FreeSWITCH `mod_audio_fork` sends them: binary L16 frames of 20 ms.
+async fn say_l16(s: &mut Socket, samples: &[i16], rate: u32) {
+    for frame in samples.chunks((rate / 50) as usize) {
+        let mut bytes = Vec::new();
+        callfleet_worker::media::l16::encode_into(frame, &mut bytes);
+        send_binary(s, bytes).await;
+    }
+}
+
+#[tokio::test]
+async fn on_freeswitch_the_prepared_reply_plays_sentence_by_sentence_once_the_turn_ends() {
+    let (standin, w) = setup(EAGER).await;
+    let call = "fs-early";
+    let mut s = connect(&w.url("/ws/freeswitch")).await;
+    let meta = format!(
+        r#"{{"callId":"{call}","token":"{}","sampleRate":16000}}"#,
+        token(call)
+    );
+    send_text(&mut s, meta).await;
+    say_l16(&mut s, &tone(440.0, 16_000, 600), 16_000).await;
+    say_l16(&mut s, &vec![0; 16 * 300], 16_000).await;
+    eventually(async || standin.stats().speech.requests >= 1).await;
+    let early = tokio::time::timeout(Duration::from_millis(500), next_json(&mut s)).await;
+    assert!(early.is_err(), "nothing before the turn ended: {early:?}");
+
+    say_l16(&mut s, &vec![0; 16 * 1_800], 16_000).await;
+    let mut sentences = Vec::new();
+    while sentences.len() < 2 {
+        let m = next_json(&mut s).await.expect("reply");
+        assert_eq!(m["type"], "playAudio", "{m}");
+        sentences.push(
+            m["data"]["textContent"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        sentences,
+        ["I heard tone 440.", "What else can I do for you?"]
+    );
+    assert_eq!(metric(&w, USED).await, 1.0);
+    assert_eq!(standin.stats().transcriptions.requests, 1);
+    send_text(&mut s, r#"{"type":"stop"}"#).await;
+    w.stop().await;
+}
