@@ -223,8 +223,8 @@ pub struct TurnDetectionSpec {
     /// answer, its first speech) before the turn is over. It is played the moment `silenceMs`
     /// is reached, and dropped if the caller speaks again first, so a reply can start as soon
     /// as after a short window while the turn still ends only after the long one. Each pause
-    /// of this length that the caller talks through costs a transcription and usually a chat
-    /// request. Off when unset.
+    /// of this length that the caller talks through costs a transcription, and a chat request
+    /// (and the first speech) too when the pause outlasts the transcription. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 5000))]
     pub early_reply_ms: Option<u32>,
