@@ -55,6 +55,16 @@ async fn paused_call(call: &str) -> (StandinHandle, TestWorker, Socket) {
     (standin, w, s)
 }
 
+/// After a pause, the caller sends `audio` and falls quiet until the turn ends: the reply
+/// plays, one prepared reply was used and `dropped` were dropped.
+async fn go_on_then_stop(w: &TestWorker, s: &mut Socket, call: &str, audio: &[i16], dropped: f64) {
+    say_twilio(s, call, audio).await;
+    say_twilio(s, call, &silence(2_100)).await;
+    until_reply_audio(s).await;
+    eventually(async || metric(w, USED).await == 1.0).await;
+    assert_eq!(metric(w, DROPPED).await, dropped);
+}
+
 /// Reads the call's messages until the first reply audio frame.
 async fn until_reply_audio(s: &mut Socket) {
     loop {
@@ -107,11 +117,7 @@ async fn a_caller_who_goes_on_after_a_pause_is_answered_for_everything_they_said
     // The reply to the first half is prepared...
     let (standin, w, mut s) = paused_call(call).await;
     // ...and the caller goes on: it is dropped, and the turn continues.
-    say_twilio(&mut s, call, &tone(660.0, 8_000, 600)).await;
-    say_twilio(&mut s, call, &silence(2_100)).await;
-    until_reply_audio(&mut s).await;
-    eventually(async || metric(&w, USED).await == 1.0).await;
-    assert_eq!(metric(&w, DROPPED).await, 1.0);
+    go_on_then_stop(&w, &mut s, call, &tone(660.0, 8_000, 600), 1.0).await;
 
     // One caller turn, answered once, for both halves (the stand-in hears the mean pitch).
     let store = w.worker().ctx.store.clone();
@@ -290,5 +296,17 @@ async fn on_freeswitch_the_prepared_reply_plays_sentence_by_sentence_once_the_tu
     assert_eq!(metric(&w, USED).await, 1.0);
     assert_eq!(standin.stats().transcriptions.requests, 1);
     send_text(&mut s, r#"{"type":"stop"}"#).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_click_in_the_pause_keeps_the_prepared_reply() {
+    let call = "CA-click";
+    let (standin, w, mut s) = paused_call(call).await;
+    // 40 ms of noise, shorter than minSpeechMs (100): not speech, so the prepared reply still
+    // answers the turn, which ends 2 s after the click.
+    go_on_then_stop(&w, &mut s, call, &tone(440.0, 8_000, 40), 0.0).await;
+    assert_eq!(standin.stats().transcriptions.requests, 1);
+    twilio_hang_up(&mut s, call).await;
     w.stop().await;
 }

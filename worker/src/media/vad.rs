@@ -6,7 +6,8 @@
 //! so a voice fading between syllables does not flap. A burst shorter than `min_speech_ms`
 //! (cough, click) is dropped; after confirmed speech, `silence_ms` of quiet ends the turn.
 //! With an early-reply window configured, quiet that long inside the turn is reported as a
-//! pause, and speech after it as the pause ending, so a reply can be prepared in between.
+//! pause, and speech after it (`min_speech_ms` of it: a click or a breath restarts the silence
+//! but does not end the pause) as the pause ending, so a reply can be prepared in between.
 
 use callfleet_crds::aipipeline::TurnDetectionSpec;
 
@@ -38,6 +39,11 @@ enum State {
     },
     Speaking {
         silence_ms: u32,
+        /// A pause was reported and no speech has ended it since.
+        paused: bool,
+        /// Loud frames in a row since the pause: a burst shorter than `min_speech_ms` (a
+        /// click, a breath) restarts the silence but does not end the pause.
+        burst_ms: u32,
     },
 }
 
@@ -103,21 +109,37 @@ impl Vad {
                     None
                 }
             }
-            State::Speaking { silence_ms } => {
-                let paused = self.pause_ms.is_some_and(|pause| silence_ms >= pause);
+            State::Speaking {
+                silence_ms,
+                paused,
+                burst_ms,
+            } => {
                 if above_release {
-                    self.state = State::Speaking { silence_ms: 0 };
-                    return paused.then_some(VadEvent::Resumed);
+                    let burst_ms = if paused {
+                        burst_ms.saturating_add(frame_ms)
+                    } else {
+                        0
+                    };
+                    let resumed = paused && burst_ms >= self.min_speech_ms;
+                    self.state = State::Speaking {
+                        silence_ms: 0,
+                        paused: paused && !resumed,
+                        burst_ms: if resumed { 0 } else { burst_ms },
+                    };
+                    return resumed.then_some(VadEvent::Resumed);
                 }
                 let silence_ms = silence_ms.saturating_add(frame_ms);
                 if silence_ms >= self.silence_ms {
                     self.state = State::Quiet;
-                    Some(VadEvent::TurnEnded)
-                } else {
-                    self.state = State::Speaking { silence_ms };
-                    let pauses = self.pause_ms.is_some_and(|pause| silence_ms >= pause);
-                    (pauses && !paused).then_some(VadEvent::Paused)
+                    return Some(VadEvent::TurnEnded);
                 }
+                let pauses = !paused && self.pause_ms.is_some_and(|pause| silence_ms >= pause);
+                self.state = State::Speaking {
+                    silence_ms,
+                    paused: paused || pauses,
+                    burst_ms: 0,
+                };
+                pauses.then_some(VadEvent::Paused)
             }
         }
     }
@@ -125,7 +147,11 @@ impl Vad {
     fn add_candidate(&mut self, speech_ms: u32, frame_ms: u32) -> Option<VadEvent> {
         let speech_ms = speech_ms.saturating_add(frame_ms);
         if speech_ms >= self.min_speech_ms {
-            self.state = State::Speaking { silence_ms: 0 };
+            self.state = State::Speaking {
+                silence_ms: 0,
+                paused: false,
+                burst_ms: 0,
+            };
             Some(VadEvent::SpeechStarted)
         } else {
             self.state = State::Candidate { speech_ms };
@@ -255,7 +281,7 @@ mod tests {
         let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
         assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
         assert_eq!(feed(&mut vad, -70.0, 15), [VadEvent::Paused]);
-        assert_eq!(feed(&mut vad, -20.0, 5), [VadEvent::Resumed]);
+        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::Resumed]);
         assert!(vad.is_speaking());
         // Speech before the pause window is no resumption.
         assert!(feed(&mut vad, -70.0, 5).is_empty());
@@ -264,6 +290,22 @@ mod tests {
             feed(&mut vad, -70.0, 30),
             [VadEvent::Paused, VadEvent::TurnEnded]
         );
+    }
+
+    #[test]
+    fn a_burst_shorter_than_speech_after_a_pause_does_not_end_it() {
+        let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
+        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        assert_eq!(feed(&mut vad, -70.0, 10), [VadEvent::Paused]);
+        // A 60 ms click: the silence starts again, the pause holds (no second one either).
+        assert!(feed(&mut vad, -20.0, 3).is_empty());
+        assert!(feed(&mut vad, -70.0, 29).is_empty());
+        assert_eq!(feed(&mut vad, -70.0, 1), [VadEvent::TurnEnded]);
+        // Speech of min_speech_ms ends the pause.
+        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        assert_eq!(feed(&mut vad, -70.0, 10), [VadEvent::Paused]);
+        assert!(feed(&mut vad, -20.0, 9).is_empty());
+        assert_eq!(feed(&mut vad, -20.0, 1), [VadEvent::Resumed]);
     }
 
     #[test]
