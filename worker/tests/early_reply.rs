@@ -303,8 +303,8 @@ async fn on_freeswitch_the_prepared_reply_plays_sentence_by_sentence_once_the_tu
 async fn a_click_in_the_pause_keeps_the_prepared_reply() {
     let call = "CA-click";
     let (standin, w, mut s) = paused_call(call).await;
-    // 40 ms of noise, shorter than minSpeechMs (100): not speech, so the prepared reply still
-    // answers the turn, which ends 2 s after the click.
+    // A 40 ms click, shorter than the 60 ms that end a pause: the prepared reply still answers
+    // the turn, which ends 2 s after the click.
     go_on_then_stop(&w, &mut s, call, &tone(440.0, 8_000, 40), 0.0).await;
     assert_eq!(standin.stats().transcriptions.requests, 1);
     twilio_hang_up(&mut s, call).await;

@@ -6,10 +6,15 @@
 //! so a voice fading between syllables does not flap. A burst shorter than `min_speech_ms`
 //! (cough, click) is dropped; after confirmed speech, `silence_ms` of quiet ends the turn.
 //! With an early-reply window configured, quiet that long inside the turn is reported as a
-//! pause, and speech after it (`min_speech_ms` of it: a click or a breath restarts the silence
-//! but does not end the pause) as the pause ending, so a reply can be prepared in between.
+//! pause, and sound after it ([`RESUME_MS`] of it: a click restarts the silence but does not
+//! end the pause) as the pause ending, so a reply can be prepared in between.
 
 use callfleet_crds::aipipeline::TurnDetectionSpec;
+
+/// Sound after a pause that ends it: longer than a click, and short, because every
+/// millisecond the prepared reply goes on after the caller did costs provider work (at 200 ms
+/// its transcript is usually back and its chat request out). Never more than `min_speech_ms`.
+pub const RESUME_MS: u32 = 60;
 
 /// Release level below the start threshold, in dB.
 pub const HYSTERESIS_DB: f32 = 6.0;
@@ -41,8 +46,8 @@ enum State {
         silence_ms: u32,
         /// A pause was reported and no speech has ended it since.
         paused: bool,
-        /// Loud frames in a row since the pause: a burst shorter than `min_speech_ms` (a
-        /// click, a breath) restarts the silence but does not end the pause.
+        /// Loud frames in a row since the pause: a burst shorter than [`RESUME_MS`] (a click)
+        /// restarts the silence but does not end the pause.
         burst_ms: u32,
     },
 }
@@ -120,7 +125,7 @@ impl Vad {
                     } else {
                         0
                     };
-                    let resumed = paused && burst_ms >= self.min_speech_ms;
+                    let resumed = paused && burst_ms >= RESUME_MS.min(self.min_speech_ms);
                     self.state = State::Speaking {
                         silence_ms: 0,
                         paused: paused && !resumed,
@@ -281,7 +286,7 @@ mod tests {
         let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
         assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
         assert_eq!(feed(&mut vad, -70.0, 15), [VadEvent::Paused]);
-        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::Resumed]);
+        assert_eq!(feed(&mut vad, -20.0, 5), [VadEvent::Resumed]);
         assert!(vad.is_speaking());
         // Speech before the pause window is no resumption.
         assert!(feed(&mut vad, -70.0, 5).is_empty());
@@ -293,18 +298,18 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_shorter_than_speech_after_a_pause_does_not_end_it() {
+    fn a_click_after_a_pause_does_not_end_it() {
         let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
         assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
         assert_eq!(feed(&mut vad, -70.0, 10), [VadEvent::Paused]);
-        // A 60 ms click: the silence starts again, the pause holds (no second one either).
-        assert!(feed(&mut vad, -20.0, 3).is_empty());
+        // A 40 ms click: the silence starts again, the pause holds (no second one either).
+        assert!(feed(&mut vad, -20.0, 2).is_empty());
         assert!(feed(&mut vad, -70.0, 29).is_empty());
         assert_eq!(feed(&mut vad, -70.0, 1), [VadEvent::TurnEnded]);
-        // Speech of min_speech_ms ends the pause.
+        // 60 ms of sound ends the pause.
         assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
         assert_eq!(feed(&mut vad, -70.0, 10), [VadEvent::Paused]);
-        assert!(feed(&mut vad, -20.0, 9).is_empty());
+        assert!(feed(&mut vad, -20.0, 2).is_empty());
         assert_eq!(feed(&mut vad, -20.0, 1), [VadEvent::Resumed]);
     }
 
