@@ -66,7 +66,7 @@ pub struct Metrics {
     /// Utterance uploads made while the caller spoke, by outcome.
     pub stt_live_uploads: LiveUploadOutcomes,
     /// Replies prepared during a pause in the caller's turn, by outcome.
-    pub early_replies: EarlyReplyOutcomes,
+    early_replies: EarlyReplyOutcomes,
     /// How late each media runtime's 100 ms probe timer fired (load shedding's signal).
     pub event_loop_lag: Histogram,
     /// Media runtimes currently shedding new calls.
@@ -331,6 +331,13 @@ impl Metrics {
         if had_error {
             self.calls_with_error.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A reply prepared in a pause was `used` or `dropped`.
+    pub fn early_reply(&self, outcome: &'static str) {
+        self.early_replies
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     pub fn error(&self, code: ErrorCode) {

@@ -85,11 +85,15 @@ impl Pattern {
 
     /// Whether the slot carries speech.
     pub fn is_speech(&self, slot: Slot) -> bool {
-        let paused = |index: u32| {
-            self.pause
-                .is_some_and(|(first, count)| (first..first + count).contains(&index))
-        };
-        matches!(slot, Slot::Cycle { index, .. } if index < self.speech_frames && !paused(index))
+        matches!(slot, Slot::Cycle { index, .. } if self.speaks_at(index))
+    }
+
+    /// Whether frame `index` of a cycle carries speech.
+    pub fn speaks_at(&self, index: u32) -> bool {
+        let paused = self
+            .pause
+            .is_some_and(|(first, count)| (first..first + count).contains(&index));
+        index < self.speech_frames && !paused
     }
 
     /// Whether the slot is the last speech frame of its cycle: the caller's audio ends with it.

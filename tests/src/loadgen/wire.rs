@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use callfleet_worker::media::AudioFormat;
 use callfleet_worker::protocols::payload::encode_audio;
 
-use super::pattern::{Pattern, Slot};
+use super::pattern::Pattern;
 use crate::openai_standin::audio::tone;
 
 /// Which protocol the simulated carrier speaks.
@@ -71,13 +71,9 @@ impl FrameBook {
         let silence = [0i16; FRAME_SAMPLES];
         let frames = (0..pattern.cycle_frames() as usize)
             .map(|index| {
-                let speaking = pattern.is_speech(Slot::Cycle {
-                    cycle: 0,
-                    index: index as u32,
-                });
                 let samples = speech
                     .get(index * FRAME_SAMPLES..(index + 1) * FRAME_SAMPLES)
-                    .filter(|_| speaking)
+                    .filter(|_| pattern.speaks_at(index as u32))
                     .unwrap_or(&silence);
                 media_frame(
                     wire,

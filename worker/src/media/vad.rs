@@ -44,11 +44,10 @@ enum State {
     },
     Speaking {
         silence_ms: u32,
-        /// A pause was reported and no speech has ended it since.
-        paused: bool,
-        /// Loud frames in a row since the pause: a burst shorter than [`RESUME_MS`] (a click)
-        /// restarts the silence but does not end the pause.
-        burst_ms: u32,
+        /// Since a pause was reported and until speech ends it: the loud frames in a row
+        /// since (a burst shorter than [`RESUME_MS`], a click, restarts the silence but does
+        /// not end the pause).
+        pause_burst_ms: Option<u32>,
     },
 }
 
@@ -116,20 +115,14 @@ impl Vad {
             }
             State::Speaking {
                 silence_ms,
-                paused,
-                burst_ms,
+                pause_burst_ms,
             } => {
                 if above_release {
-                    let burst_ms = if paused {
-                        burst_ms.saturating_add(frame_ms)
-                    } else {
-                        0
-                    };
-                    let resumed = paused && burst_ms >= RESUME_MS.min(self.min_speech_ms);
+                    let burst = pause_burst_ms.map(|ms| ms.saturating_add(frame_ms));
+                    let resumed = burst.is_some_and(|ms| ms >= RESUME_MS.min(self.min_speech_ms));
                     self.state = State::Speaking {
                         silence_ms: 0,
-                        paused: paused && !resumed,
-                        burst_ms: if resumed { 0 } else { burst_ms },
+                        pause_burst_ms: burst.filter(|_| !resumed),
                     };
                     return resumed.then_some(VadEvent::Resumed);
                 }
@@ -138,11 +131,11 @@ impl Vad {
                     self.state = State::Quiet;
                     return Some(VadEvent::TurnEnded);
                 }
-                let pauses = !paused && self.pause_ms.is_some_and(|pause| silence_ms >= pause);
+                let pauses = pause_burst_ms.is_none()
+                    && self.pause_ms.is_some_and(|pause| silence_ms >= pause);
                 self.state = State::Speaking {
                     silence_ms,
-                    paused: paused || pauses,
-                    burst_ms: 0,
+                    pause_burst_ms: (pauses || pause_burst_ms.is_some()).then_some(0),
                 };
                 pauses.then_some(VadEvent::Paused)
             }
@@ -154,8 +147,7 @@ impl Vad {
         if speech_ms >= self.min_speech_ms {
             self.state = State::Speaking {
                 silence_ms: 0,
-                paused: false,
-                burst_ms: 0,
+                pause_burst_ms: None,
             };
             Some(VadEvent::SpeechStarted)
         } else {
@@ -270,10 +262,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_pause_is_reported_once_before_the_turn_ends() {
+    /// A detector with a 200 ms pause window (600 ms turn window, 200 ms minimum speech)
+    /// that has heard 200 ms of speech.
+    fn speaking_with_pauses() -> Vad {
         let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
         assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        vad
+    }
+
+    #[test]
+    fn a_pause_is_reported_once_before_the_turn_ends() {
+        let mut vad = speaking_with_pauses();
         // 180 ms of quiet is not yet a pause; 200 ms is, and it is said once.
         assert!(feed(&mut vad, -70.0, 9).is_empty());
         assert_eq!(feed(&mut vad, -70.0, 1), [VadEvent::Paused]);
@@ -283,8 +282,7 @@ mod tests {
 
     #[test]
     fn speech_after_a_pause_resumes_the_turn_and_a_later_pause_is_reported_again() {
-        let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
-        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        let mut vad = speaking_with_pauses();
         assert_eq!(feed(&mut vad, -70.0, 15), [VadEvent::Paused]);
         assert_eq!(feed(&mut vad, -20.0, 5), [VadEvent::Resumed]);
         assert!(vad.is_speaking());
@@ -299,8 +297,7 @@ mod tests {
 
     #[test]
     fn a_click_after_a_pause_does_not_end_it() {
-        let mut vad = Vad::new(&with_pause(spec(-40, 600, 200), 200));
-        assert_eq!(feed(&mut vad, -20.0, 10), [VadEvent::SpeechStarted]);
+        let mut vad = speaking_with_pauses();
         assert_eq!(feed(&mut vad, -70.0, 10), [VadEvent::Paused]);
         // A 40 ms click: the silence starts again, the pause holds (no second one either).
         assert!(feed(&mut vad, -20.0, 2).is_empty());

@@ -582,9 +582,9 @@ impl CallSession {
         }
     }
 
-    /// The caller finished a turn: a reply still in flight is superseded, the latency clock
-    /// starts, and the prompt for the answer is returned.
-    async fn begin_caller_turn(&mut self, status: &str) -> Vec<ChatMessage> {
+    /// The caller finished a turn: a reply still in flight is superseded and the latency clock
+    /// starts.
+    async fn begin_caller_turn(&mut self, status: &str) {
         if self.is_replying(Instant::now()) {
             self.barge_in().await;
         }
@@ -595,6 +595,10 @@ impl CallSession {
             status: "processing",
             message: status,
         });
+    }
+
+    /// The system prompt and the conversation so far: what the next answer follows.
+    fn prompt(&self) -> Vec<ChatMessage> {
         self.history
             .prompt(&self.pipeline.config.spec.llm.system_prompt)
     }
@@ -607,15 +611,11 @@ impl CallSession {
             return;
         }
         let early = self.early_turn.take();
-        let prompt = self.begin_caller_turn("caller turn ended").await;
+        self.begin_caller_turn("caller turn ended").await;
         if let Some(early) = early {
             // The caller stayed quiet since the pause: what was prepared answers the turn (the
             // audio since is silence).
-            self.ctx
-                .metrics
-                .early_replies
-                .get_or_create(&[("outcome", "used")])
-                .inc();
+            self.ctx.metrics.early_reply("used");
             self.install_turn(early);
             return;
         }
@@ -625,7 +625,7 @@ impl CallSession {
                 sample_rate: self.in_rate,
             },
             live_upload,
-            prompt,
+            prompt: self.prompt(),
         });
     }
 
@@ -659,8 +659,11 @@ impl CallSession {
             self.expect_realtime();
             return;
         }
-        let prompt = self.begin_caller_turn("keypad entry").await;
-        self.start_turn(TurnInput::Typed { text, prompt });
+        self.begin_caller_turn("keypad entry").await;
+        self.start_turn(TurnInput::Typed {
+            text,
+            prompt: self.prompt(),
+        });
     }
 
     fn start_turn(&mut self, input: TurnInput) {
@@ -710,9 +713,6 @@ impl CallSession {
         // The last reply finished playing but may not be in history yet (that waits for
         // housekeeping or the next turn): the answer must follow it.
         self.commit_finished_reply().await;
-        let prompt = self
-            .history
-            .prompt(&self.pipeline.config.spec.llm.system_prompt);
         let input = TurnInput::Speech {
             utterance: Utterance {
                 samples: self.utterance.clone(),
@@ -721,7 +721,7 @@ impl CallSession {
             // The upload made while the caller spoke has the audio so far: only its end is
             // left to send.
             live_upload: self.live_upload.take().map(|(upload, _)| upload),
-            prompt,
+            prompt: self.prompt(),
         };
         self.early_turn = Some(self.spawn_turn(input, Some(Instant::now())));
     }
@@ -740,11 +740,7 @@ impl CallSession {
     /// dropped with it.
     fn drop_early_turn(&mut self) {
         if self.early_turn.take().is_some() {
-            self.ctx
-                .metrics
-                .early_replies
-                .get_or_create(&[("outcome", "dropped")])
-                .inc();
+            self.ctx.metrics.early_reply("dropped");
         }
     }
 
@@ -767,16 +763,14 @@ impl CallSession {
             Some(TurnOutput::ProviderWait(wait)) => {
                 // A reply prepared early had a head start on the turn's clock: only the wait
                 // left after the turn ended counts against its first audio.
-                let head_start = match (self.turn.as_ref(), self.speech_ended_at) {
-                    (
-                        Some(ActiveTurn {
-                            prepared_at: Some(at),
-                            ..
-                        }),
-                        Some(ended),
-                    ) => ended.saturating_duration_since(*at),
-                    _ => Duration::ZERO,
-                };
+                let head_start = self
+                    .turn
+                    .as_ref()
+                    .and_then(|turn| turn.prepared_at)
+                    .zip(self.speech_ended_at)
+                    .map_or(Duration::ZERO, |(at, ended)| {
+                        ended.saturating_duration_since(at)
+                    });
                 self.provider_wait = Some(wait.saturating_sub(head_start));
             }
             Some(TurnOutput::Audio(samples)) => {

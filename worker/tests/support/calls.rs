@@ -66,9 +66,17 @@ pub async fn setup_standin(
     extra: &str,
     tune: impl FnOnce(&mut ServeArgs),
 ) -> (StandinHandle, TestWorker) {
+    setup_spec(config, &format!("{TURNS}{extra}"), tune).await
+}
+
+/// As [`setup_standin`] with the spec fields exactly as given (no faster [`TURNS`]).
+pub async fn setup_spec(
+    config: StandinConfig,
+    spec: &str,
+    tune: impl FnOnce(&mut ServeArgs),
+) -> (StandinHandle, TestWorker) {
     let standin = OpenAiStandin::start(config).await.expect("stand-in");
-    let spec = format!("{TURNS}{extra}");
-    let worker = start_worker(&pipeline_json(&standin.base_url(), 1, &spec), |a| {
+    let worker = start_worker(&pipeline_json(&standin.base_url(), 1, spec), |a| {
         a.openai_api_key = Some("sk-test".into());
         tune(a);
     })
