@@ -17,9 +17,10 @@ use super::connection::PING_INTERVAL;
 use super::history::{History, SpokenSentence, heard_text};
 use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
+use super::recent::RecentWindow;
 use super::socket::{CallSocket, SocketEvent, close_code};
 use super::turn::{STT_SAMPLE_RATE, TurnInput, TurnOutput, run_turn};
-use super::uplink::{RecentAudio, Uplink};
+use super::uplink::Uplink;
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
 use crate::context::WorkerContext;
@@ -77,6 +78,12 @@ impl SessionLosses {
 }
 /// Audio kept from before the VAD fired, so the first syllable reaches STT.
 const PREROLL: Duration = Duration::from_millis(300);
+
+/// [`PREROLL`] in samples at `rate`.
+fn preroll_samples(rate: u32) -> usize {
+    (PREROLL.as_millis() as u64 * u64::from(rate) / 1000) as usize
+}
+
 /// Realtime mode: the caller's audio from before their turn was noticed that is kept with it
 /// (one second of µ-law at 8 kHz). A turn is noticed after the VAD's `minSpeechMs`, or when the
 /// provider says so: its `prefix_padding_ms` (300) plus the way back over the network later,
@@ -244,7 +251,7 @@ struct CallSession {
     /// The utterance's transcription, uploading while the caller speaks (from confirmed
     /// speech to the end of the turn), and how many of its samples it has been given.
     live_upload: Option<(Box<dyn LiveUpload>, usize)>,
-    preroll: VecDeque<i16>,
+    preroll: RecentWindow<i16>,
     in_rate: u32,
     history: History,
     /// Keypad digits of the entry being typed.
@@ -281,7 +288,7 @@ struct CallSession {
     realtime_turn_audio: Vec<u8>,
     /// Realtime mode: the last [`REALTIME_LEAD_BYTES`] of caller audio sent while no turn was
     /// unanswered: the start of the next turn's kept audio.
-    realtime_recent_audio: RecentAudio,
+    realtime_recent_audio: RecentWindow<u8>,
     /// Realtime mode: caller audio to 8 kHz, when the carrier's rate differs.
     to_8k: Option<StreamResampler>,
     /// Realtime mode: provider audio to the carrier's rate, when it differs.
@@ -321,7 +328,7 @@ impl CallSession {
             socket,
             utterance: Vec::new(),
             live_upload: None,
-            preroll: VecDeque::new(),
+            preroll: RecentWindow::new(preroll_samples(start.inbound.sample_rate)),
             reply: Reply::default(),
             turn: None,
             early_turn: None,
@@ -336,7 +343,7 @@ impl CallSession {
             realtime_due: None,
             realtime_unanswered: false,
             realtime_turn_audio: Vec::new(),
-            realtime_recent_audio: RecentAudio::new(REALTIME_LEAD_BYTES),
+            realtime_recent_audio: RecentWindow::new(REALTIME_LEAD_BYTES),
             to_8k: None,
             from_8k: None,
             uplink: None,
@@ -490,7 +497,7 @@ impl CallSession {
             self.in_rate = format.sample_rate;
             self.utterance.clear();
             self.live_upload = None;
-            self.preroll.clear();
+            self.preroll = RecentWindow::new(preroll_samples(self.in_rate));
             self.drop_early_turn();
         }
         let frame = (self.in_rate / 50).max(1) as usize;
@@ -503,10 +510,7 @@ impl CallSession {
                     // Sized for a typical turn up front rather than regrown a dozen times.
                     self.utterance
                         .reserve(self.in_rate as usize * UTTERANCE_RESERVE.as_secs() as usize);
-                    let (head, tail) = self.preroll.as_slices();
-                    self.utterance.extend_from_slice(head);
-                    self.utterance.extend_from_slice(tail);
-                    self.preroll.clear();
+                    self.preroll.move_into(&mut self.utterance);
                 }
                 self.utterance.extend_from_slice(chunk);
                 self.feed_live_upload();
@@ -516,7 +520,7 @@ impl CallSession {
                     self.utterance.clear();
                     self.live_upload = None;
                 }
-                self.push_preroll(chunk);
+                self.preroll.push(chunk);
             }
             let too_long =
                 self.utterance.len() as u64 >= MAX_UTTERANCE.as_secs() * u64::from(self.in_rate);
@@ -561,13 +565,6 @@ impl CallSession {
             upload.push(new);
             *fed = self.utterance.len();
         }
-    }
-
-    fn push_preroll(&mut self, chunk: &[i16]) {
-        let cap = (PREROLL.as_millis() as u64 * u64::from(self.in_rate) / 1000) as usize;
-        self.preroll.extend(chunk);
-        let excess = self.preroll.len().saturating_sub(cap);
-        self.preroll.drain(..excess);
     }
 
     /// A reply is being produced or played.

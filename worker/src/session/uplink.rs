@@ -9,8 +9,6 @@
 //! early as with frame-by-frame forwarding. The local energy VAD only decides when to send;
 //! turns are still the provider's `server_vad`.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 
 use callfleet_crds::aipipeline::TurnDetectionSpec;
@@ -63,62 +61,9 @@ impl Uplink {
     }
 }
 
-/// The last `limit` bytes of a call's uplink, in one allocation made on first use (so a call
-/// pays for it only once audio flows, and never more than once).
-#[derive(Debug)]
-pub struct RecentAudio {
-    bytes: VecDeque<u8>,
-    limit: usize,
-}
-
-impl RecentAudio {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            bytes: VecDeque::new(),
-            limit,
-        }
-    }
-
-    /// Adds `audio`, forgetting what falls out of the window.
-    pub fn push(&mut self, audio: &[u8]) {
-        let room = self.limit.saturating_sub(self.bytes.capacity());
-        self.bytes.reserve_exact(room);
-        let fresh = &audio[audio.len().saturating_sub(self.limit)..];
-        let excess = (self.bytes.len() + fresh.len()).saturating_sub(self.limit);
-        self.bytes.drain(..excess);
-        self.bytes.extend(fresh);
-    }
-
-    /// Appends the window to `out` and empties it.
-    pub fn move_into(&mut self, out: &mut Vec<u8>) {
-        out.extend(self.bytes.drain(..));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recent_audio_keeps_the_last_bytes_in_one_allocation() {
-        let mut recent = RecentAudio::new(10);
-        recent.push(&[1, 2, 3, 4]);
-        let capacity = recent.bytes.capacity();
-        assert!(capacity >= 10);
-        for chunk in [[5u8, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]] {
-            recent.push(&chunk);
-        }
-        assert_eq!(recent.bytes.capacity(), capacity, "never reallocated");
-        let mut out = vec![0];
-        recent.move_into(&mut out);
-        assert_eq!(out, [0, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
-        // A piece longer than the window keeps its end.
-        recent.push(&(0..25).collect::<Vec<u8>>());
-        let mut out = Vec::new();
-        recent.move_into(&mut out);
-        assert_eq!(out, (15..25).collect::<Vec<u8>>());
-        assert_eq!(recent.bytes.capacity(), capacity);
-    }
 
     const FRAME: usize = 160;
 
