@@ -130,6 +130,26 @@ pub struct SttSpec {
     /// that pipeline version. Off by default: each utterance is uploaded when the turn ends.
     #[serde(default)]
     pub upload_while_speaking: bool,
+    /// How an utterance sent whole is encoded. `auto` (default): callers whose carrier sends
+    /// G.711 µ-law (Twilio Media Streams, µ-law seed calls) go as µ-law WAV, half the bytes of
+    /// 16-bit PCM and nothing lost (every sample already was a µ-law value), which saves a
+    /// round trip to a distant provider on most turns; everyone else as 16-bit PCM WAV. A
+    /// server that refuses µ-law WAV gets the utterance again as PCM, and that pipeline version
+    /// sends PCM from then on. `pcm`: always 16-bit PCM, for a server that takes µ-law WAV but
+    /// decodes it wrong. Uploads made while the caller speaks are always PCM.
+    #[serde(default)]
+    pub upload_encoding: UploadEncoding,
+}
+
+/// The WAV encoding of an utterance sent whole to speech-to-text (`stt.uploadEncoding`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UploadEncoding {
+    /// µ-law WAV for callers whose carrier sends µ-law, 16-bit PCM WAV otherwise.
+    #[default]
+    Auto,
+    /// 16-bit PCM WAV for every caller.
+    Pcm,
 }
 
 /// Chat completions (`/v1/chat/completions`, streamed over SSE).
@@ -310,6 +330,7 @@ impl Default for SttSpec {
             model: default_stt_model(),
             language: None,
             upload_while_speaking: false,
+            upload_encoding: UploadEncoding::Auto,
         }
     }
 }

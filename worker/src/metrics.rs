@@ -38,6 +38,9 @@ pub type ProviderRoundTrips =
 /// Uploads made while the caller spoke, by how they ended (see `providers::openai::live`).
 pub type LiveUploadOutcomes = Family<[(&'static str, &'static str); 1], Counter>;
 
+/// Utterances sent whole to speech-to-text, by the WAV encoding that carried them.
+pub type UploadEncodings = Family<[(&'static str, &'static str); 1], Counter>;
+
 /// Replies prepared during a pause in the caller's turn, by outcome.
 pub type EarlyReplyOutcomes = Family<[(&'static str, &'static str); 1], Counter>;
 
@@ -65,6 +68,8 @@ pub struct Metrics {
     pub realtime_reconnects: Counter,
     /// Utterance uploads made while the caller spoke, by outcome.
     pub stt_live_uploads: LiveUploadOutcomes,
+    /// Utterances sent whole, by encoding (`mulaw` or `pcm`).
+    pub stt_upload_encodings: UploadEncodings,
     /// Replies prepared during a pause in the caller's turn, by outcome.
     early_replies: EarlyReplyOutcomes,
     /// How late each media runtime's 100 ms probe timer fired (load shedding's signal).
@@ -177,6 +182,7 @@ impl Metrics {
         let barge_ins = Counter::default();
         let realtime_reconnects = Counter::default();
         let stt_live_uploads = LiveUploadOutcomes::default();
+        let stt_upload_encodings = UploadEncodings::default();
         let early_replies = EarlyReplyOutcomes::default();
         let event_loop_lag = overhead_histogram();
         let overloaded_runtimes = Gauge::default();
@@ -267,6 +273,11 @@ impl Metrics {
             stt_live_uploads.clone(),
         );
         registry.register(
+            "callfleet_stt_uploads",
+            "Utterances sent whole to speech-to-text, by the WAV encoding that carried them: mulaw (callers whose carrier sends µ-law, stt.uploadEncoding auto) or pcm; an utterance the server refused as µ-law and took as PCM counts once for each",
+            stt_upload_encodings.clone(),
+        );
+        registry.register(
             "callfleet_early_replies",
             "Replies prepared during a pause in the caller's turn (turnDetection.earlyReplyMs), by outcome: used (the turn ended there and the reply played), dropped (the caller went on, or typed)",
             early_replies.clone(),
@@ -301,6 +312,7 @@ impl Metrics {
             barge_ins,
             realtime_reconnects,
             stt_live_uploads,
+            stt_upload_encodings,
             early_replies,
             event_loop_lag,
             overloaded_runtimes,

@@ -48,10 +48,7 @@ fn spoken(ms: u32) -> Utterance {
     let mut samples = vec![0i16; 3_200];
     samples.extend(tone(440, RATE, (RATE * ms / 1000) as usize, 0.5));
     samples.extend(vec![0i16; 4_800]);
-    Utterance {
-        samples,
-        sample_rate: RATE,
-    }
+    Utterance::linear(samples, RATE)
 }
 
 /// Pushes `audio` in 20 ms frames, as the call task does, yielding between them.

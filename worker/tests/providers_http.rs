@@ -70,10 +70,7 @@ fn tone_utterance() -> Utterance {
     let mut samples = vec![0i16; 4800];
     samples.extend(tone(440, 16_000, 16_000, 0.5));
     samples.extend(vec![0i16; 4800]);
-    Utterance {
-        samples,
-        sample_rate: 16_000,
-    }
+    Utterance::linear(samples, 16_000)
 }
 
 /// The deltas of a chat reply to `user`, each one unwrapped.
@@ -97,6 +94,7 @@ fn stt_spec(model: &str) -> SttSpec {
         model: model.into(),
         language: Some("en".into()),
         upload_while_speaking: true,
+        ..SttSpec::default()
     }
 }
 

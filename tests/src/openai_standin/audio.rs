@@ -10,8 +10,20 @@ use std::io::Cursor;
 /// "to the end of the file". Any other length must match the file.
 const UNKNOWN_LENGTH: u32 = u32::MAX;
 
-/// Reads a mono or multi-channel 16-bit WAV, keeping the first channel.
+/// The `fmt ` format tag of G.711 µ-law.
+const WAVE_FORMAT_MULAW: u16 = 7;
+
+/// Whether `bytes` is a WAV of G.711 µ-law samples (format tag 7).
+pub fn is_mulaw_wav(bytes: &[u8]) -> bool {
+    fmt_chunk(bytes).is_some_and(|fmt| u16::from_le_bytes([fmt[0], fmt[1]]) == WAVE_FORMAT_MULAW)
+}
+
+/// Reads a mono or multi-channel WAV of 16-bit PCM or 8-bit G.711 µ-law, keeping the first
+/// channel.
 pub fn read_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
+    if is_mulaw_wav(bytes) {
+        return read_mulaw_wav(bytes);
+    }
     // hound refuses the unknown length (not a whole number of samples): it reads a copy of
     // the header that states the length the upload turned out to have.
     let patched = streamed_header(bytes);
@@ -50,26 +62,79 @@ pub fn read_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
     Ok((samples, spec.sample_rate))
 }
 
+/// A µ-law WAV (hound reads only PCM and float): the `fmt ` fields it needs, then the `data`
+/// chunk's bytes, one per sample and channel.
+fn read_mulaw_wav(bytes: &[u8]) -> Result<(Vec<i16>, u32), String> {
+    let fmt = fmt_chunk(bytes).ok_or("no fmt chunk")?;
+    if fmt.len() < 16 {
+        return Err("fmt chunk too short".into());
+    }
+    let channels = usize::from(u16::from_le_bytes([fmt[2], fmt[3]]).max(1));
+    let sample_rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+    let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
+    if bits != 8 {
+        return Err(format!(
+            "a µ-law WAV has 8 bits per sample, this one {bits}"
+        ));
+    }
+    let (start, len) = chunk(bytes, b"data").ok_or("no data chunk")?;
+    let data = &bytes[start..];
+    let len = if len == UNKNOWN_LENGTH as usize {
+        data.len()
+    } else {
+        len
+    };
+    let data = data.get(..len).ok_or_else(|| {
+        format!(
+            "data chunk holds {} bytes, its header says {len}",
+            data.len()
+        )
+    })?;
+    if data.len() % channels != 0 {
+        return Err("data chunk ends inside a frame".into());
+    }
+    let samples = data
+        .iter()
+        .step_by(channels)
+        .map(|&c| mulaw_decode(c))
+        .collect();
+    Ok((samples, sample_rate))
+}
+
+/// The body of the `fmt ` chunk.
+fn fmt_chunk(bytes: &[u8]) -> Option<&[u8]> {
+    let (start, len) = chunk(bytes, b"fmt ")?;
+    bytes.get(start..start + len)
+}
+
+/// Where the first chunk `id` of a RIFF/WAVE file starts, and the length it states.
+fn chunk(bytes: &[u8], id: &[u8; 4]) -> Option<(usize, usize)> {
+    if bytes.get(..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    let mut at = 12;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if &header[..4] == id {
+            return Some((at + 8, size));
+        }
+        // Chunks are padded to an even size.
+        at = at.checked_add(8 + size + (size & 1))?;
+    }
+    None
+}
+
 /// When the `data` chunk says [`UNKNOWN_LENGTH`]: the header up to the samples, with the
 /// length the rest of the upload has.
 fn streamed_header(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut at = 12; // "RIFF", size, "WAVE"
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let size = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
-        if &chunk[..4] == b"data" {
-            if size != UNKNOWN_LENGTH {
-                return None;
-            }
-            let body = at + 8;
-            let actual = u32::try_from(bytes.len() - body).ok()?;
-            let mut header = bytes[..body].to_vec();
-            header[at + 4..body].copy_from_slice(&actual.to_le_bytes());
-            return Some(header);
-        }
-        // Chunks are padded to an even size.
-        at = at.checked_add(8 + size as usize + (size as usize & 1))?;
+    let (body, size) = chunk(bytes, b"data")?;
+    if size != UNKNOWN_LENGTH as usize {
+        return None;
     }
-    None
+    let actual = u32::try_from(bytes.len() - body).ok()?;
+    let mut header = bytes[..body].to_vec();
+    header[body - 4..body].copy_from_slice(&actual.to_le_bytes());
+    Some(header)
 }
 
 const MULAW_BIAS: i32 = 0x84;
@@ -204,6 +269,46 @@ mod tests {
         assert_eq!(read_wav(&bytes).unwrap(), (vec![5, -6, 7], 8_000));
         bytes.push(1);
         assert!(read_wav(&bytes).is_err(), "half a sample at the end");
+    }
+
+    /// A µ-law WAV as a telephony tool writes one (`fmt ` with cbSize, a `fact` chunk),
+    /// written here byte by byte rather than by the worker's encoder.
+    fn mulaw_wav(channels: u16, codes: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(50 + codes.len() as u32).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        b.extend_from_slice(&18u32.to_le_bytes());
+        for v in [7u16, channels] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&8_000u32.to_le_bytes());
+        b.extend_from_slice(&(8_000 * u32::from(channels)).to_le_bytes());
+        for v in [channels, 8, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(b"fact");
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(&(codes.len() as u32 / u32::from(channels)).to_le_bytes());
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&(codes.len() as u32).to_le_bytes());
+        b.extend_from_slice(codes);
+        b
+    }
+
+    #[test]
+    fn reads_mulaw_wav() {
+        let bytes = mulaw_wav(1, &[0xFF, 0x80, 0x00]);
+        assert!(is_mulaw_wav(&bytes));
+        assert!(!is_mulaw_wav(&wav(1, 8_000, &[1])));
+        assert_eq!(read_wav(&bytes).unwrap(), (vec![0, 32124, -32124], 8_000));
+        let stereo = mulaw_wav(2, &[0x80, 0xFF, 0x00, 0xFF]);
+        assert_eq!(read_wav(&stereo).unwrap(), (vec![32124, -32124], 8_000));
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(
+            read_wav(cut).is_err(),
+            "a header promising more than the upload holds"
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct StandinConfig {
     /// take a chunked request body do.
     #[arg(long, env = "STANDIN_REQUIRE_CONTENT_LENGTH")]
     pub require_content_length: bool,
+    /// Refuse transcription uploads that are not 16-bit PCM WAV (400), as servers whose audio
+    /// decoder knows nothing else do.
+    #[arg(long, env = "STANDIN_PCM_WAV_ONLY")]
+    pub pcm_wav_only: bool,
 }
 
 impl Default for StandinConfig {
@@ -89,6 +93,7 @@ impl Default for StandinConfig {
             vad_threshold_dbfs: defaults::VAD_THRESHOLD_DBFS,
             faults: Vec::new(),
             require_content_length: false,
+            pcm_wav_only: false,
         }
     }
 }

@@ -29,6 +29,7 @@ pub struct Stats {
     appends: AtomicU64,
     appended_ms: AtomicU64,
     chunked_uploads: AtomicU64,
+    mulaw_uploads: AtomicU64,
     broken_uploads: AtomicU64,
     transcribed_samples: AtomicU64,
     chat_last_messages: AtomicU64,
@@ -67,6 +68,8 @@ pub struct StatsSnapshot {
     pub realtime_appended_ms: u64,
     /// Transcription uploads sent without a length (chunked: made while the caller spoke).
     pub transcription_chunked_uploads: u64,
+    /// Transcription uploads of G.711 µ-law WAV (the rest are 16-bit PCM).
+    pub transcription_mulaw_uploads: u64,
     /// Transcription uploads whose body broke off before its end (the client gave it up).
     pub transcription_broken_uploads: u64,
     /// Samples of audio in the transcription uploads that were read whole.
@@ -118,6 +121,10 @@ impl Stats {
     pub fn item_created(&self) {
         bump(&self.items_created);
     }
+    pub fn mulaw_upload(&self) {
+        bump(&self.mulaw_uploads);
+    }
+
     pub fn chunked_upload(&self) {
         bump(&self.chunked_uploads);
     }
@@ -159,6 +166,7 @@ impl Stats {
             realtime_appends: self.appends.load(Ordering::Relaxed),
             realtime_appended_ms: self.appended_ms.load(Ordering::Relaxed),
             transcription_chunked_uploads: self.chunked_uploads.load(Ordering::Relaxed),
+            transcription_mulaw_uploads: self.mulaw_uploads.load(Ordering::Relaxed),
             transcription_broken_uploads: self.broken_uploads.load(Ordering::Relaxed),
             transcribed_samples: self.transcribed_samples.load(Ordering::Relaxed),
             chat_last_messages: self.chat_last_messages.load(Ordering::Relaxed),

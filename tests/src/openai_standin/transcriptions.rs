@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::Shared;
-use super::audio::read_wav;
+use super::audio::{is_mulaw_wav, read_wav};
 use super::config::StandinConfig;
 use super::faults::Endpoint;
 use super::respond::{Gate, Piece, bad_request, gate, openai_error, paced_response, sse};
@@ -76,6 +76,14 @@ pub async fn transcriptions(
             return bad_request(&format!("invalid transcription request: {e}"));
         }
     };
+    if is_mulaw_wav(&upload.wav) {
+        shared.stats.mulaw_upload();
+        if shared.config.pcm_wav_only {
+            return bad_request(
+                "Unsupported audio encoding: only 16-bit PCM WAV files are accepted.",
+            );
+        }
+    }
     // A provider starts on the audio once all of it is there: latencies count from here, so
     // time spent uploading is the client's, as it is against the real API.
     let arrived = tokio::time::Instant::now();

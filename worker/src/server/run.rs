@@ -49,7 +49,8 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
     let pools = if turns.is_some() { 1 } else { media_threads };
     let http = ProviderHttp::per_thread(limit, pools)?
         .observing(metrics.provider_round_trips.clone())
-        .counting_live_uploads(metrics.stt_live_uploads.clone());
+        .counting_live_uploads(metrics.stt_live_uploads.clone())
+        .counting_upload_encodings(metrics.stt_upload_encodings.clone());
     let pipelines = Arc::new(PipelineSource::new(
         args.pipeline_file.clone(),
         args.provider_api_key_file.clone(),

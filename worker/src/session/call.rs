@@ -24,7 +24,7 @@ use super::uplink::Uplink;
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
 use crate::context::WorkerContext;
-use crate::media::{AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
+use crate::media::{AudioEncoding, AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
 use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Protocol};
 use crate::providers::{
     ChatMessage, ChatRole, LiveUpload, ProviderError, RealtimeCommand, RealtimeEvent,
@@ -253,6 +253,8 @@ struct CallSession {
     live_upload: Option<(Box<dyn LiveUpload>, usize)>,
     preroll: RecentWindow<i16>,
     in_rate: u32,
+    /// The caller's audio comes as µ-law: its utterances can be uploaded as µ-law.
+    in_mulaw: bool,
     history: History,
     /// Keypad digits of the entry being typed.
     keypad: Keypad,
@@ -323,6 +325,7 @@ impl CallSession {
             playout: Playout::new(start.playback, start.outbound.sample_rate),
             out_format: start.outbound,
             in_rate: start.inbound.sample_rate,
+            in_mulaw: start.inbound.encoding == AudioEncoding::Mulaw,
             call_id: start.call_id,
             protocol,
             socket,
@@ -492,9 +495,11 @@ impl CallSession {
             self.forward_to_realtime(samples, format.sample_rate).await;
             return;
         }
-        if format.sample_rate != self.in_rate {
+        let mulaw = format.encoding == AudioEncoding::Mulaw;
+        if format.sample_rate != self.in_rate || mulaw != self.in_mulaw {
             // The seed protocol fixes the format with the first audio message.
             self.in_rate = format.sample_rate;
+            self.in_mulaw = mulaw;
             self.utterance.clear();
             self.live_upload = None;
             self.preroll = RecentWindow::new(preroll_samples(self.in_rate));
@@ -617,13 +622,19 @@ impl CallSession {
             return;
         }
         self.start_turn(TurnInput::Speech {
-            utterance: Utterance {
-                samples,
-                sample_rate: self.in_rate,
-            },
+            utterance: self.caller_utterance(samples),
             live_upload,
             prompt: self.prompt(),
         });
+    }
+
+    /// The caller's `samples` as an utterance for speech-to-text.
+    fn caller_utterance(&self, samples: Vec<i16>) -> Utterance {
+        Utterance {
+            samples,
+            sample_rate: self.in_rate,
+            mulaw: self.in_mulaw,
+        }
     }
 
     /// A keypad digit: the first of an entry interrupts the reply as speech does.
@@ -711,10 +722,7 @@ impl CallSession {
         // housekeeping or the next turn): the answer must follow it.
         self.commit_finished_reply().await;
         let input = TurnInput::Speech {
-            utterance: Utterance {
-                samples: self.utterance.clone(),
-                sample_rate: self.in_rate,
-            },
+            utterance: self.caller_utterance(self.utterance.clone()),
             // The upload made while the caller spoke has the audio so far: only its end is
             // left to send.
             live_upload: self.live_upload.take().map(|(upload, _)| upload),

@@ -434,10 +434,7 @@ fn to_stt_rate(utterance: Utterance) -> Utterance {
     {
         return utterance;
     }
-    Utterance {
-        samples,
-        sample_rate: STT_SAMPLE_RATE,
-    }
+    Utterance::linear(samples, STT_SAMPLE_RATE)
 }
 
 #[cfg(test)]
@@ -447,16 +444,14 @@ mod tests {
     #[test]
     fn stt_gets_telephone_audio_as_is_and_high_rates_brought_down() {
         let phone = Utterance {
-            samples: vec![100; 8_000],
-            sample_rate: 8_000,
+            mulaw: true,
+            ..Utterance::linear(vec![100; 8_000], 8_000)
         };
         let sent = to_stt_rate(phone);
         assert_eq!((sent.samples.len(), sent.sample_rate), (8_000, 8_000));
+        assert!(sent.mulaw, "telephone audio keeps its µ-law upload");
 
-        let tts_rate = Utterance {
-            samples: vec![100; 24_000],
-            sample_rate: 24_000,
-        };
+        let tts_rate = Utterance::linear(vec![100; 24_000], 24_000);
         let sent = to_stt_rate(tts_rate);
         assert_eq!(sent.sample_rate, STT_SAMPLE_RATE);
         let expected = 16_000_i64;

@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::sse::{SseDecoder, SseEvent};
 use super::trust;
-use crate::metrics::{LiveUploadOutcomes, ProviderRoundTrips};
+use crate::metrics::{LiveUploadOutcomes, ProviderRoundTrips, UploadEncodings};
 use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
 
 /// One per worker process: the HTTP connection pools the calls share (keep-alive connections
@@ -36,6 +36,8 @@ pub struct ProviderHttp {
     round_trips: Option<ProviderRoundTrips>,
     /// Where uploads made while the caller spoke are counted by outcome.
     live_uploads: Option<LiveUploadOutcomes>,
+    /// Where utterances sent whole are counted by WAV encoding.
+    upload_encodings: Option<UploadEncodings>,
 }
 
 impl ProviderHttp {
@@ -56,6 +58,7 @@ impl ProviderHttp {
             tls: None,
             round_trips: None,
             live_uploads: None,
+            upload_encodings: None,
         })
     }
 
@@ -78,6 +81,19 @@ impl ProviderHttp {
         }
     }
 
+    /// Counts utterances sent whole into `encodings`, by WAV encoding.
+    pub fn counting_upload_encodings(mut self, encodings: UploadEncodings) -> Self {
+        self.upload_encodings = Some(encodings);
+        self
+    }
+
+    /// One more utterance sent whole as `encoding`.
+    pub fn count_upload_encoding(&self, encoding: &'static str) {
+        if let Some(encodings) = &self.upload_encodings {
+            encodings.get_or_create(&[("encoding", encoding)]).inc();
+        }
+    }
+
     /// New connection pools that also trust `extra` CA certificates (a pipeline's
     /// `caBundle`), under the same worker-wide request limit.
     pub fn trusting(&self, extra: &[CertificateDer<'static>]) -> ProviderResult<Self> {
@@ -89,6 +105,7 @@ impl ProviderHttp {
             tls: Some(tls),
             round_trips: self.round_trips.clone(),
             live_uploads: self.live_uploads.clone(),
+            upload_encodings: self.upload_encodings.clone(),
         })
     }
 

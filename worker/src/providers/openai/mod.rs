@@ -29,7 +29,7 @@ use crate::providers::{
     Realtime, RealtimeOptions, RealtimeSession, SpeechToText, TextToSpeech, TranscriptEvent,
     Utterance,
 };
-use callfleet_crds::aipipeline::{LlmSpec, RealtimeSpec, SttSpec, TtsSpec};
+use callfleet_crds::aipipeline::{LlmSpec, RealtimeSpec, SttSpec, TtsSpec, UploadEncoding};
 
 /// An OpenAI-compatible provider: one pipeline version's endpoint and key over the worker's
 /// shared connection pool. Cheap to clone.
@@ -40,6 +40,9 @@ pub struct OpenAi {
     /// Set once the server refused an upload made while the caller spoke and then took the
     /// same utterance whole: it needs a length up front, so later utterances go whole.
     live_refused: Arc<AtomicBool>,
+    /// Set once the server refused an utterance as µ-law WAV and then took it as PCM: later
+    /// utterances go as PCM.
+    mulaw_refused: Arc<AtomicBool>,
 }
 
 impl OpenAi {
@@ -48,6 +51,7 @@ impl OpenAi {
             http,
             config: Arc::new(config),
             live_refused: Arc::new(AtomicBool::new(false)),
+            mulaw_refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -57,13 +61,56 @@ impl OpenAi {
 
     /// The whole utterance in one request, with retries; `first` is the error of an attempt
     /// already made (an upload while the caller spoke).
+    /// µ-law callers' utterances go as µ-law WAV unless the pipeline or the server wants PCM;
+    /// a server that refuses that (a 4xx other than auth and rate limits) gets the utterance
+    /// again as PCM at once, and once PCM worked, PCM from then on.
     async fn transcribe_whole(
         &self,
         audio: Utterance,
         spec: &SttSpec,
         first: Option<ProviderError>,
     ) -> ProviderResult<BoxStream<'static, ProviderResult<TranscriptEvent>>> {
-        let wav = Bytes::from(wav::encode_wav(&audio.samples, audio.sample_rate));
+        let mulaw = audio.mulaw
+            && spec.upload_encoding == UploadEncoding::Auto
+            && !self.mulaw_refused.load(Ordering::Relaxed);
+        if !mulaw {
+            return self
+                .upload_whole(&audio, WavEncoding::Pcm, spec, first)
+                .await;
+        }
+        let refusal = match self
+            .upload_whole(&audio, WavEncoding::Mulaw, spec, first)
+            .await
+        {
+            Err(refusal @ ProviderError::Rejected { .. }) => refusal,
+            answered => return answered,
+        };
+        let pcm = self
+            .upload_whole(&audio, WavEncoding::Pcm, spec, None)
+            .await;
+        if pcm.is_ok() && !self.mulaw_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                base_url = %self.config.base_url,
+                error = %refusal,
+                "the provider refused an utterance as µ-law WAV and took it as 16-bit PCM: this pipeline version uploads PCM from now on"
+            );
+        }
+        pcm
+    }
+
+    /// One utterance as a WAV of `encoding`, with retries.
+    async fn upload_whole(
+        &self,
+        audio: &Utterance,
+        encoding: WavEncoding,
+        spec: &SttSpec,
+        first: Option<ProviderError>,
+    ) -> ProviderResult<BoxStream<'static, ProviderResult<TranscriptEvent>>> {
+        let wav = Bytes::from(match encoding {
+            WavEncoding::Mulaw => wav::encode_mulaw_wav(&audio.samples, audio.sample_rate),
+            WavEncoding::Pcm => wav::encode_wav(&audio.samples, audio.sample_rate),
+        });
+        self.http.count_upload_encoding(encoding.label());
         let streamed = stt::supports_streaming(&spec.model);
         let url = self.url("/audio/transcriptions");
         let response = self
@@ -75,6 +122,22 @@ impl OpenAi {
             })
             .await?;
         transcript_events(response).await
+    }
+}
+
+/// How an utterance sent whole is encoded.
+#[derive(Clone, Copy, Debug)]
+enum WavEncoding {
+    Mulaw,
+    Pcm,
+}
+
+impl WavEncoding {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Mulaw => "mulaw",
+            Self::Pcm => "pcm",
+        }
     }
 }
 
