@@ -61,6 +61,7 @@ impl OpenAi {
 
     /// The whole utterance in one request, with retries; `first` is the error of an attempt
     /// already made (an upload while the caller spoke).
+    ///
     /// µ-law callers' utterances go as µ-law WAV unless the pipeline or the server wants PCM;
     /// a server that refuses that (a 4xx other than auth and rate limits) gets the utterance
     /// again as PCM at once, and once PCM worked, PCM from then on.
