@@ -1,5 +1,8 @@
 //! `POST /chat/completions` with `stream: true`: request body and decoding of the SSE chunks.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::Step;
@@ -17,30 +20,59 @@ pub fn chat_request_body(messages: &[ChatMessage], spec: &LlmSpec) -> Value {
     })
 }
 
+/// One streamed chat chunk, as far as the reply needs it. Typed and borrowing from the event
+/// (a delta's text is copied only when it holds escapes): the decoder runs for every token of
+/// every reply, and a `serde_json::Value` built a map for each chunk's dozen fields. Unknown
+/// fields (`id`, `model`, `usage`, filter results...) are skipped.
+#[derive(Deserialize)]
+struct ChatChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(default, borrow)]
+    error: Option<ChunkError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: ChunkDelta<'a>,
+}
+
+#[derive(Deserialize, Default)]
+struct ChunkDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkError<'a> {
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
 /// Decodes one SSE `data:` payload: a text delta, nothing (role-only or final chunks), the
 /// `[DONE]` terminator, or an error the provider reported mid-stream.
 pub fn decode_chat_event(data: &str) -> Step<String> {
     if data.trim() == "[DONE]" {
         return Step::Finish;
     }
-    let chunk: Value = match serde_json::from_str(data) {
+    let chunk: ChatChunk = match serde_json::from_str(data) {
         Ok(chunk) => chunk,
         Err(e) => return Step::Fail(ProviderError::Protocol(format!("bad chat chunk: {e}"))),
     };
-    if let Some(error) = chunk.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error");
+    if let Some(error) = chunk.error {
+        let message = error.message.unwrap_or(Cow::Borrowed("unknown error"));
         return Step::Fail(ProviderError::Protocol(format!(
             "provider error mid-stream: {message}"
         )));
     }
     match chunk
-        .pointer("/choices/0/delta/content")
-        .and_then(Value::as_str)
+        .choices
+        .into_iter()
+        .next()
+        .and_then(|c| c.delta.content)
     {
-        Some(text) if !text.is_empty() => Step::Yield(text.to_owned()),
+        Some(text) if !text.is_empty() => Step::Yield(text.into_owned()),
         _ => Step::Skip,
     }
 }
@@ -78,5 +110,30 @@ mod tests {
             decode_chat_event("{not json"),
             Step::Fail(ProviderError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn decodes_what_compatible_servers_add_or_leave_out() {
+        let escaped = r#"{"choices":[{"delta":{"content":"say \"hi\"\n"}}]}"#;
+        assert!(matches!(decode_chat_event(escaped), Step::Yield(t) if t == "say \"hi\"\n"));
+        let null_content = r#"{"choices":[{"delta":{"content":null,"tool_calls":[]}}]}"#;
+        assert!(matches!(decode_chat_event(null_content), Step::Skip));
+        let usage_only = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":9}}"#;
+        assert!(matches!(decode_chat_event(usage_only), Step::Skip));
+        let filtered = r#"{"choices":[],"prompt_filter_results":[{"prompt_index":0}]}"#;
+        assert!(matches!(decode_chat_event(filtered), Step::Skip));
+        let no_delta = r#"{"choices":[{"index":0,"finish_reason":"length"}]}"#;
+        assert!(matches!(decode_chat_event(no_delta), Step::Skip));
+        let second_choice = r#"{"choices":[{"delta":{}},{"delta":{"content":"x"}}]}"#;
+        assert!(
+            matches!(decode_chat_event(second_choice), Step::Skip),
+            "only the first choice"
+        );
+        let bare_error = r#"{"error":{"code":500}}"#;
+        assert!(
+            matches!(decode_chat_event(bare_error), Step::Fail(ProviderError::Protocol(m)) if m.contains("unknown error"))
+        );
+        let unicode = r#"{"choices":[{"delta":{"content":"\u00e9t\u00e9 你"}}]}"#;
+        assert!(matches!(decode_chat_event(unicode), Step::Yield(t) if t == "été 你"));
     }
 }

@@ -28,10 +28,13 @@ impl SseDecoder {
                 b'\n' if self.after_cr => self.after_cr = false,
                 b'\n' | b'\r' => {
                     self.after_cr = byte == b'\r';
-                    let line = std::mem::take(&mut self.line);
+                    // Taken and given back, so the line buffer keeps its capacity across lines.
+                    let mut line = std::mem::take(&mut self.line);
                     if let Some(event) = self.end_line(&line) {
                         events.push(event);
                     }
+                    line.clear();
+                    self.line = line;
                 }
                 _ => {
                     self.after_cr = false;
