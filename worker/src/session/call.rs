@@ -497,7 +497,8 @@ impl CallSession {
         }
         let mulaw = format.encoding == AudioEncoding::Mulaw;
         if format.sample_rate != self.in_rate || mulaw != self.in_mulaw {
-            // The seed protocol fixes the format with the first audio message.
+            // The seed protocol fixes the format (rate and encoding) with the first audio
+            // message.
             self.in_rate = format.sample_rate;
             self.in_mulaw = mulaw;
             self.utterance.clear();
