@@ -29,7 +29,7 @@ struct ChatChunk<'a> {
     #[serde(default, borrow)]
     choices: Vec<ChunkChoice<'a>>,
     #[serde(default, borrow)]
-    error: Option<ChunkError<'a>>,
+    error: Option<StreamError<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -44,10 +44,19 @@ struct ChunkDelta<'a> {
     content: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
-struct ChunkError<'a> {
+/// An error a provider reports inside a stream (`{"error": {"message": ...}}`).
+#[derive(Deserialize, Default)]
+pub(super) struct StreamError<'a> {
     #[serde(default, borrow)]
     message: Option<Cow<'a, str>>,
+}
+
+impl StreamError<'_> {
+    /// The error the stream ends with.
+    pub(super) fn mid_stream(self) -> ProviderError {
+        let message = self.message.unwrap_or(Cow::Borrowed("unknown error"));
+        ProviderError::Protocol(format!("provider error mid-stream: {message}"))
+    }
 }
 
 /// Decodes one SSE `data:` payload: a text delta, nothing (role-only or final chunks), the
@@ -61,10 +70,7 @@ pub fn decode_chat_event(data: &str) -> Step<String> {
         Err(e) => return Step::Fail(ProviderError::Protocol(format!("bad chat chunk: {e}"))),
     };
     if let Some(error) = chunk.error {
-        let message = error.message.unwrap_or(Cow::Borrowed("unknown error"));
-        return Step::Fail(ProviderError::Protocol(format!(
-            "provider error mid-stream: {message}"
-        )));
+        return Step::Fail(error.mid_stream());
     }
     match chunk
         .choices

@@ -3,8 +3,11 @@
 
 use bytes::Bytes;
 use reqwest::multipart::{Form, Part};
-use serde_json::Value;
+use std::borrow::Cow;
 
+use serde::Deserialize;
+
+use super::chat::StreamError;
 use super::http::Step;
 use crate::providers::{ProviderError, ProviderResult, Transcript, TranscriptEvent};
 use callfleet_crds::aipipeline::SttSpec;
@@ -50,17 +53,37 @@ fn with_file(form: Form, file: Part) -> Form {
     }
 }
 
+/// The plain JSON answer, as far as the turn needs it (`usage` and the rest are skipped).
+#[derive(Deserialize)]
+struct TranscriptJson<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
 /// Decodes the non-streamed answer `{"text": ...}`.
 pub fn decode_transcript_json(body: &[u8]) -> ProviderResult<Transcript> {
-    let value: Value = serde_json::from_slice(body)
+    let answer: TranscriptJson = serde_json::from_slice(body)
         .map_err(|e| ProviderError::Protocol(format!("bad transcription response: {e}")))?;
-    let text = value
-        .get("text")
-        .and_then(Value::as_str)
+    let text = answer
+        .text
         .ok_or_else(|| ProviderError::Protocol("transcription response has no text".into()))?;
     Ok(Transcript {
         text: text.trim().to_owned(),
     })
+}
+
+/// One streamed transcription event, typed and borrowing as the chat stream's chunks are
+/// (`logprobs`, `usage` and the rest are skipped).
+#[derive(Deserialize)]
+struct TranscriptStreamEvent<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    error: Option<StreamError<'a>>,
 }
 
 /// Decodes one SSE `data:` payload of a streamed transcription.
@@ -68,7 +91,7 @@ pub fn decode_transcript_event(data: &str) -> Step<TranscriptEvent> {
     if data.trim() == "[DONE]" {
         return Step::Finish;
     }
-    let event: Value = match serde_json::from_str(data) {
+    let event: TranscriptStreamEvent = match serde_json::from_str(data) {
         Ok(event) => event,
         Err(e) => {
             return Step::Fail(ProviderError::Protocol(format!(
@@ -76,27 +99,14 @@ pub fn decode_transcript_event(data: &str) -> Step<TranscriptEvent> {
             )));
         }
     };
-    let text_field = |name| {
-        event
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    match event.get("type").and_then(Value::as_str) {
-        Some("transcript.text.delta") => Step::Yield(TranscriptEvent::Delta(text_field("delta"))),
-        Some("transcript.text.done") => Step::Last(TranscriptEvent::Done(Transcript {
-            text: text_field("text").trim().to_owned(),
+    match event.kind.as_ref() {
+        "transcript.text.delta" => Step::Yield(TranscriptEvent::Delta(
+            event.delta.unwrap_or_default().into_owned(),
+        )),
+        "transcript.text.done" => Step::Last(TranscriptEvent::Done(Transcript {
+            text: event.text.unwrap_or_default().trim().to_owned(),
         })),
-        Some("error") => {
-            let message = event
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error");
-            Step::Fail(ProviderError::Protocol(format!(
-                "provider error mid-stream: {message}"
-            )))
-        }
+        "error" => Step::Fail(event.error.unwrap_or_default().mid_stream()),
         _ => Step::Skip,
     }
 }
@@ -139,5 +149,17 @@ mod tests {
         assert!(matches!(decode_transcript_event(segment), Step::Skip));
         assert!(matches!(decode_transcript_event("[DONE]"), Step::Finish));
         assert!(matches!(decode_transcript_event("nope"), Step::Fail(_)));
+        let with_logprobs = r#"{"type":"transcript.text.delta","delta":" caf\u00e9","logprobs":[{"token":" caf","logprob":-0.1}]}"#;
+        assert!(
+            matches!(decode_transcript_event(with_logprobs), Step::Yield(TranscriptEvent::Delta(d)) if d == " café")
+        );
+        let error = r#"{"type":"error","error":{"message":"audio too short","type":"invalid_request_error"}}"#;
+        assert!(
+            matches!(decode_transcript_event(error), Step::Fail(ProviderError::Protocol(m)) if m.contains("audio too short"))
+        );
+        let bare_error = r#"{"type":"error"}"#;
+        assert!(
+            matches!(decode_transcript_event(bare_error), Step::Fail(ProviderError::Protocol(m)) if m.contains("unknown error"))
+        );
     }
 }
