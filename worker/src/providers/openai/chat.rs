@@ -23,11 +23,12 @@ pub fn chat_request_body(messages: &[ChatMessage], spec: &LlmSpec) -> Value {
 /// One streamed chat chunk, as far as the reply needs it. Typed and borrowing from the event
 /// (a delta's text is copied only when it holds escapes): the decoder runs for every token of
 /// every reply, and a `serde_json::Value` built a map for each chunk's dozen fields. Unknown
-/// fields (`id`, `model`, `usage`, filter results...) are skipped.
+/// fields (`id`, `model`, `usage`, filter results...) are skipped, and `null` reads as absent
+/// wherever a compatible server might send it.
 #[derive(Deserialize)]
 struct ChatChunk<'a> {
     #[serde(default, borrow)]
-    choices: Vec<ChunkChoice<'a>>,
+    choices: Option<Vec<ChunkChoice<'a>>>,
     #[serde(default, borrow)]
     error: Option<StreamError<'a>>,
 }
@@ -35,10 +36,10 @@ struct ChatChunk<'a> {
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
     #[serde(default, borrow)]
-    delta: ChunkDelta<'a>,
+    delta: Option<ChunkDelta<'a>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct ChunkDelta<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
@@ -72,12 +73,8 @@ pub fn decode_chat_event(data: &str) -> Step<String> {
     if let Some(error) = chunk.error {
         return Step::Fail(error.mid_stream());
     }
-    match chunk
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|c| c.delta.content)
-    {
+    let first = chunk.choices.and_then(|choices| choices.into_iter().next());
+    match first.and_then(|choice| choice.delta?.content) {
         Some(text) if !text.is_empty() => Step::Yield(text.into_owned()),
         _ => Step::Skip,
     }
@@ -139,6 +136,13 @@ mod tests {
         assert!(
             matches!(decode_chat_event(bare_error), Step::Fail(ProviderError::Protocol(m)) if m.contains("unknown error"))
         );
+        for nulls in [
+            r#"{"choices":null}"#,
+            r#"{"choices":[{"delta":null,"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"delta":{"content":null}}],"error":null}"#,
+        ] {
+            assert!(matches!(decode_chat_event(nulls), Step::Skip), "{nulls}");
+        }
         let unicode = r#"{"choices":[{"delta":{"content":"\u00e9t\u00e9 你"}}]}"#;
         assert!(matches!(decode_chat_event(unicode), Step::Yield(t) if t == "été 你"));
     }

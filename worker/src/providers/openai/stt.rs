@@ -77,7 +77,7 @@ pub fn decode_transcript_json(body: &[u8]) -> ProviderResult<Transcript> {
 #[derive(Deserialize)]
 struct TranscriptStreamEvent<'a> {
     #[serde(rename = "type", default, borrow)]
-    kind: Cow<'a, str>,
+    kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -99,7 +99,7 @@ pub fn decode_transcript_event(data: &str) -> Step<TranscriptEvent> {
             )));
         }
     };
-    match event.kind.as_ref() {
+    match event.kind.as_deref().unwrap_or_default() {
         "transcript.text.delta" => Step::Yield(TranscriptEvent::Delta(
             event.delta.unwrap_or_default().into_owned(),
         )),
@@ -157,6 +157,8 @@ mod tests {
         assert!(
             matches!(decode_transcript_event(error), Step::Fail(ProviderError::Protocol(m)) if m.contains("audio too short"))
         );
+        let nulls = r#"{"type":null,"delta":null,"text":null,"error":null}"#;
+        assert!(matches!(decode_transcript_event(nulls), Step::Skip));
         let bare_error = r#"{"type":"error"}"#;
         assert!(
             matches!(decode_transcript_event(bare_error), Step::Fail(ProviderError::Protocol(m)) if m.contains("unknown error"))
