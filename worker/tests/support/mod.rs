@@ -212,9 +212,23 @@ pub async fn wait_closed(socket: &mut Socket) -> Option<u16> {
     }
 }
 
+/// One HTTP client for the tests' plain requests. Building one loads the TLS roots: tens of
+/// milliseconds of CPU on the calling thread, which in these tests is often the worker's own
+/// event loop, so a client per request made the overload tests' worker lag behind its own
+/// readiness polls and never recover. No pooled connections: nothing ties it to one test's
+/// runtime.
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("http client")
+    })
+}
+
 pub async fn get_text(url: &str, accept: Option<&str>) -> (u16, String) {
-    let client = reqwest::Client::new();
-    let mut request = client.get(url);
+    let mut request = http_client().get(url);
     if let Some(accept) = accept {
         request = request.header("accept", accept);
     }
