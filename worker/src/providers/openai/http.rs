@@ -10,6 +10,8 @@ use futures::stream::{self, BoxStream, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::pki_types::CertificateDer;
 
 use super::retry::{RetryPolicy, parse_retry_after};
@@ -17,6 +19,17 @@ use super::sse::{SseDecoder, SseEvent};
 use super::trust;
 use crate::metrics::{LiveUploadOutcomes, ProviderRoundTrips, UploadEncodings};
 use crate::providers::{ProviderConfig, ProviderError, ProviderResult};
+
+/// One more in `family` (when the worker keeps metrics) under `label` = `value`.
+fn count(
+    family: &Option<Family<[(&'static str, &'static str); 1], Counter>>,
+    label: &'static str,
+    value: &'static str,
+) {
+    if let Some(family) = family {
+        family.get_or_create(&[(label, value)]).inc();
+    }
+}
 
 /// One per worker process: the HTTP connection pools the calls share (keep-alive connections
 /// are reused across calls and pipeline versions) and the optional limit on requests in flight.
@@ -76,9 +89,7 @@ impl ProviderHttp {
 
     /// One more upload made while the caller spoke ended with `outcome`.
     pub fn count_live_upload(&self, outcome: &'static str) {
-        if let Some(outcomes) = &self.live_uploads {
-            outcomes.get_or_create(&[("outcome", outcome)]).inc();
-        }
+        count(&self.live_uploads, "outcome", outcome);
     }
 
     /// Counts utterances sent whole into `encodings`, by WAV encoding.
@@ -89,9 +100,7 @@ impl ProviderHttp {
 
     /// One more utterance sent whole as `encoding`.
     pub fn count_upload_encoding(&self, encoding: &'static str) {
-        if let Some(encodings) = &self.upload_encodings {
-            encodings.get_or_create(&[("encoding", encoding)]).inc();
-        }
+        count(&self.upload_encodings, "encoding", encoding);
     }
 
     /// New connection pools that also trust `extra` CA certificates (a pipeline's
