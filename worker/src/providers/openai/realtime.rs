@@ -2,6 +2,7 @@
 //! `session.update` we send first, command encoding, server event decoding, and the connect
 //! shell that wires them into a [`RealtimeSession`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -9,6 +10,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use futures::{SinkExt, future};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -123,80 +126,149 @@ pub fn encode_command(command: &RealtimeCommand) -> String {
     }
 }
 
+/// The fields of a server event the call loop reads, each kept as the event's own JSON text.
+/// One struct serves every event type without building a map per event (an audio delta's
+/// base64 is decoded straight from the frame), and since a raw value takes any JSON, a field
+/// whose type differs between events (`item_id: null`, a numeric id) never fails the decode:
+/// it reads as absent, as it did through a `serde_json::Value`. (One difference: a key given
+/// twice in one event is refused, where a `Value` kept the last; the API's events have unique
+/// keys, and an undecodable event is skipped with a warning.)
+#[derive(Deserialize)]
+struct ServerEvent<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    item_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    audio_start_ms: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    audio_end_ms: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    transcript: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// `response` of `response.created` and `response.done`.
+#[derive(Default, Deserialize)]
+struct ResponseFields<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+}
+
+/// `error` of an `error` event.
+#[derive(Default, Deserialize)]
+struct ErrorFields<'a> {
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+}
+
+/// A string field, borrowed unless it has escapes; `None` when absent or not a string.
+fn text_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let json = raw?.get();
+    serde_json::from_str::<&str>(json)
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(json).map(Cow::Owned))
+        .ok()
+}
+
+/// A string field as an owned string, empty when absent or not a string.
+fn string_of(raw: Option<&RawValue>) -> String {
+    text_of(raw).map(Cow::into_owned).unwrap_or_default()
+}
+
+/// A millisecond field: 0 when absent or not a whole number, `u32::MAX` beyond it.
+fn ms_of(raw: Option<&RawValue>) -> u32 {
+    raw.and_then(|raw| serde_json::from_str::<u64>(raw.get()).ok())
+        .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX))
+}
+
+/// An object field decoded into `T`; `T`'s defaults when absent or not an object.
+fn object_of<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
+    raw.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default()
+}
+
 /// Decodes one server event; `Ok(None)` for events the call loop does not need.
 pub fn decode_server_event(text: &str) -> ProviderResult<Option<RealtimeEvent>> {
-    let event: Value = serde_json::from_str(text)
+    // A derived struct also accepts a JSON array of its fields in order; events are objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(ProviderError::Protocol(
+            "bad realtime event: not a JSON object".into(),
+        ));
+    }
+    let event: ServerEvent<'_> = serde_json::from_str(text)
         .map_err(|e| ProviderError::Protocol(format!("bad realtime event: {e}")))?;
-    let str_at = |pointer: &str| {
-        event
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let ms_at = |pointer: &str| {
-        event
-            .pointer(pointer)
-            .and_then(Value::as_u64)
-            .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX))
-    };
-    let Some(kind) = event.get("type").and_then(Value::as_str) else {
+    let Some(kind) = text_of(event.kind) else {
         return Err(ProviderError::Protocol(
             "realtime event without type".into(),
         ));
     };
-    let decoded = match kind {
+    let decoded = match kind.as_ref() {
         "session.updated" => RealtimeEvent::SessionUpdated,
         "input_audio_buffer.speech_started" => RealtimeEvent::SpeechStarted {
-            item_id: str_at("/item_id"),
-            audio_start_ms: ms_at("/audio_start_ms"),
+            item_id: string_of(event.item_id),
+            audio_start_ms: ms_of(event.audio_start_ms),
         },
         "input_audio_buffer.speech_stopped" => RealtimeEvent::SpeechStopped {
-            item_id: str_at("/item_id"),
-            audio_end_ms: ms_at("/audio_end_ms"),
+            item_id: string_of(event.item_id),
+            audio_end_ms: ms_of(event.audio_end_ms),
         },
         "conversation.item.input_audio_transcription.completed" => RealtimeEvent::InputTranscript {
-            item_id: str_at("/item_id"),
-            text: str_at("/transcript"),
+            item_id: string_of(event.item_id),
+            text: string_of(event.transcript),
         },
         "response.created" => RealtimeEvent::ResponseCreated {
-            response_id: str_at("/response/id"),
+            response_id: string_of(object_of::<ResponseFields<'_>>(event.response).id),
         },
         "response.output_audio.delta" | "response.audio.delta" => {
             let audio = BASE64
-                .decode(str_at("/delta"))
+                .decode(text_of(event.delta).unwrap_or_default().as_bytes())
                 .map_err(|e| ProviderError::Protocol(format!("bad audio delta: {e}")))?;
             RealtimeEvent::AudioDelta {
-                response_id: str_at("/response_id"),
-                item_id: str_at("/item_id"),
+                response_id: string_of(event.response_id),
+                item_id: string_of(event.item_id),
                 audio: Bytes::from(audio),
             }
         }
         "response.output_audio_transcript.delta" | "response.audio_transcript.delta" => {
             RealtimeEvent::TranscriptDelta {
-                response_id: str_at("/response_id"),
-                item_id: str_at("/item_id"),
-                delta: str_at("/delta"),
+                response_id: string_of(event.response_id),
+                item_id: string_of(event.item_id),
+                delta: string_of(event.delta),
             }
         }
         "response.output_audio.done" | "response.audio.done" => RealtimeEvent::AudioDone {
-            item_id: str_at("/item_id"),
+            item_id: string_of(event.item_id),
         },
-        "response.done" => RealtimeEvent::ResponseDone {
-            response_id: str_at("/response/id"),
-            status: str_at("/response/status"),
-        },
+        "response.done" => {
+            let response: ResponseFields<'_> = object_of(event.response);
+            RealtimeEvent::ResponseDone {
+                response_id: string_of(response.id),
+                status: string_of(response.status),
+            }
+        }
         "conversation.item.truncated" => RealtimeEvent::Truncated {
-            item_id: str_at("/item_id"),
-            audio_end_ms: ms_at("/audio_end_ms"),
+            item_id: string_of(event.item_id),
+            audio_end_ms: ms_of(event.audio_end_ms),
         },
-        "error" => RealtimeEvent::ServerError {
-            code: event
-                .pointer("/error/code")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            message: str_at("/error/message"),
-        },
+        "error" => {
+            let error: ErrorFields<'_> = object_of(event.error);
+            RealtimeEvent::ServerError {
+                code: text_of(error.code).map(Cow::into_owned),
+                message: string_of(error.message),
+            }
+        }
         _ => return Ok(None),
     };
     Ok(Some(decoded))
@@ -444,5 +516,106 @@ mod tests {
         assert!(decode_server_event("[").is_err());
         let bad_audio = r#"{"type":"response.output_audio.delta","delta":"***"}"#;
         assert!(decode_server_event(bad_audio).is_err());
+    }
+
+    /// What the `Value`-based decoder tolerated, the typed one must too: a field of another
+    /// type or `null` reads as absent, escapes are undone, nested objects may be missing.
+    #[test]
+    fn server_events_with_nulls_escapes_and_odd_types() {
+        let delta = r#"{"type":"response.output_audio.delta","response_id":null,"item_id":7,"delta":"\/38=","extra":{"nested":[1,2,{"a":null}]}}"#;
+        assert_eq!(
+            decode_server_event(delta).unwrap(),
+            Some(RealtimeEvent::AudioDelta {
+                response_id: String::new(),
+                item_id: String::new(),
+                audio: Bytes::from_static(&[0xff, 0x7f]),
+            })
+        );
+        let no_audio = r#"{"type":"response.output_audio.delta","item_id":"i1"}"#;
+        assert_eq!(
+            decode_server_event(no_audio).unwrap(),
+            Some(RealtimeEvent::AudioDelta {
+                response_id: String::new(),
+                item_id: "i1".into(),
+                audio: Bytes::new(),
+            })
+        );
+        let said = r#"{"type":"response.output_audio_transcript.delta","delta":" \"Thursday\" \u00e0 10\n"}"#;
+        assert!(matches!(
+            decode_server_event(said).unwrap(),
+            Some(RealtimeEvent::TranscriptDelta { delta, .. }) if delta == " \"Thursday\" \u{e0} 10\n"
+        ));
+        let stopped =
+            r#"{"type":"input_audio_buffer.speech_stopped","item_id":"u1","audio_end_ms":1.5}"#;
+        assert_eq!(
+            decode_server_event(stopped).unwrap(),
+            Some(RealtimeEvent::SpeechStopped {
+                item_id: "u1".into(),
+                audio_end_ms: 0
+            })
+        );
+        let truncated =
+            r#"{"type":"conversation.item.truncated","item_id":"a1","audio_end_ms":99999999999}"#;
+        assert_eq!(
+            decode_server_event(truncated).unwrap(),
+            Some(RealtimeEvent::Truncated {
+                item_id: "a1".into(),
+                audio_end_ms: u32::MAX
+            })
+        );
+        for done in [
+            r#"{"type":"response.done","response":null}"#,
+            r#"{"type":"response.done","response":"r1"}"#,
+            r#"{"type":"response.done"}"#,
+        ] {
+            assert_eq!(
+                decode_server_event(done).unwrap(),
+                Some(RealtimeEvent::ResponseDone {
+                    response_id: String::new(),
+                    status: String::new()
+                }),
+                "{done}"
+            );
+        }
+        let created = r#"{"type":"response.created","response":{"id":"r2","status":"in_progress","output":[],"usage":null,"id_extra":{"id":"x"}}}"#;
+        assert_eq!(
+            decode_server_event(created).unwrap(),
+            Some(RealtimeEvent::ResponseCreated {
+                response_id: "r2".into()
+            })
+        );
+        let error = r#"{"type":"error","error":{"code":429,"message":null}}"#;
+        assert_eq!(
+            decode_server_event(error).unwrap(),
+            Some(RealtimeEvent::ServerError {
+                code: None,
+                message: String::new()
+            })
+        );
+        assert_eq!(
+            decode_server_event(r#"{"type":"error"}"#).unwrap(),
+            Some(RealtimeEvent::ServerError {
+                code: None,
+                message: String::new()
+            })
+        );
+        for no_type in [
+            r#"{"type":null}"#,
+            r#"{"type":3}"#,
+            "[]",
+            r#"["error"]"#,
+            "7",
+        ] {
+            assert!(decode_server_event(no_type).is_err(), "{no_type}");
+        }
+        // Unknown events are skipped however large or nested, but must still be JSON.
+        assert_eq!(
+            decode_server_event(
+                r#"{"type":"session.created","session":{"tools":[{"a":[[],{}]}]}}"#
+            )
+            .unwrap(),
+            None
+        );
+        assert!(decode_server_event(r#"{"type":"session.created","session":{"#).is_err());
     }
 }
