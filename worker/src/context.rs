@@ -33,7 +33,8 @@ pub struct WorkerContext {
     pub recordings: Option<Arc<Recordings>>,
     /// Load shedding: whether each media runtime keeps up.
     pub load: Arc<LoadShedder>,
-    /// Where turns run when media threads batch events; `None`: on the call's own runtime.
+    /// Where turns run when they have threads of their own (with event batching, or
+    /// `CALLFLEET_TURN_THREADS`); `None`: on the call's own runtime.
     turns: Option<TurnRuntime>,
     pub started_at: Instant,
     draining: AtomicBool,
@@ -82,6 +83,11 @@ impl WorkerContext {
     pub fn with_turn_runtime(mut self, turns: Option<TurnRuntime>) -> Self {
         self.turns = turns;
         self
+    }
+
+    /// Whether turns run on a runtime of their own.
+    pub fn turns_apart(&self) -> bool {
+        self.turns.is_some()
     }
 
     /// Starts a turn: on the turn runtime if there is one, else on the current runtime.

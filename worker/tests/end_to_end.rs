@@ -161,6 +161,14 @@ async fn barge_in_with_turns_on_their_own_runtime() {
     barge_in(w).await;
 }
 
+/// And with a turn thread asked for without batching (`CALLFLEET_TURN_THREADS`).
+#[tokio::test]
+async fn barge_in_with_a_turn_thread_and_no_batching() {
+    let (_standin, w) = setup_with("", |a| a.turn_threads = Some(1)).await;
+    assert!(w.worker().ctx.turns_apart());
+    barge_in(w).await;
+}
+
 async fn barge_in(w: TestWorker) {
     let call = "CA-barge";
     let mut s = connect(&w.url("/ws/twilio")).await;

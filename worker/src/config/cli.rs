@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::recording::{Coding, PART_SIZE, RecordingSettings, UploadSettings};
+use crate::turn_runtime::TurnRuntime;
 
 #[derive(Debug, Parser)]
 #[command(name = "callfleet-worker", version, about = "callfleet call worker")]
@@ -127,6 +128,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLFLEET_EVENT_BATCH_US", default_value_t = 0,
         value_parser = clap::value_parser!(u64).range(0..=20_000))]
     pub event_batch_us: u64,
+    /// Threads for a runtime that runs turns (provider requests, stream decoding, resampling)
+    /// apart from the calls' frames. Unset (default): one per two media cores when event
+    /// batching is on, none otherwise. 0: turns always run beside their calls.
+    #[arg(long, env = "CALLFLEET_TURN_THREADS")]
+    pub turn_threads: Option<usize>,
     /// Load shedding: while a media runtime's event loop is on average this many milliseconds
     /// behind, the worker reports not ready and refuses new calls (`OVERLOADED`) so its live
     /// calls stay real-time; it takes calls again under a fifth of it. `0` turns it off.
@@ -253,6 +259,16 @@ impl ServeArgs {
     pub fn event_batch(&self) -> Duration {
         Duration::from_micros(self.event_batch_us)
     }
+    /// Threads of the turn runtime, 0 for none (see `turn_threads`).
+    pub fn turn_runtime_threads(&self) -> usize {
+        self.turn_threads.unwrap_or_else(|| {
+            if self.event_batch().is_zero() {
+                0
+            } else {
+                TurnRuntime::threads_for(self.media_runtime().cores())
+            }
+        })
+    }
     pub fn pipeline_poll(&self) -> Duration {
         Duration::from_millis(self.pipeline_poll_ms.max(10))
     }
@@ -330,6 +346,25 @@ mod tests {
         assert_eq!(MediaRuntime::PerThread(3).listeners(), 3);
         assert_eq!(MediaRuntime::WorkStealing(4).cores(), 4);
         assert_eq!(MediaRuntime::PerThread(3).cores(), 3);
+    }
+
+    #[test]
+    fn turns_get_threads_of_their_own_with_batching_or_when_asked() {
+        let threads = |args: &[&str]| {
+            let mut argv = vec!["callfleet-worker", "--media-threads", "4"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .serve
+                .turn_runtime_threads()
+        };
+        assert_eq!(threads(&[]), 0);
+        assert_eq!(threads(&["--event-batch-us", "1000"]), 2);
+        assert_eq!(threads(&["--turn-threads", "1"]), 1);
+        assert_eq!(
+            threads(&["--event-batch-us", "1000", "--turn-threads", "0"]),
+            0
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the shared state from settings (loads the token secret and the first pipeline, opens
 /// the recordings spool), with a provider connection pool for each of `media_threads` threads,
-/// or, when media threads batch events, the turn runtime and its one pool. Runs inside the Tokio
-/// runtime.
+/// or, when turns run on a runtime of their own (with event batching, or as configured), that
+/// runtime and its one pool. Runs inside the Tokio runtime.
 pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<Arc<WorkerContext>> {
     for warning in args.unused_settings() {
         tracing::warn!("{warning}");
@@ -39,12 +39,9 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
     let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
     // Batching media threads hand their turns to a runtime that does not batch (see
     // `turn_runtime`); its connection pool is then the only one in use.
-    let turns = if args.event_batch().is_zero() {
-        None
-    } else {
-        Some(TurnRuntime::start(TurnRuntime::threads_for(
-            args.media_runtime().cores(),
-        ))?)
+    let turns = match args.turn_runtime_threads() {
+        0 => None,
+        threads => Some(TurnRuntime::start(threads)?),
     };
     let pools = if turns.is_some() { 1 } else { media_threads };
     let http = ProviderHttp::per_thread(limit, pools)?
