@@ -15,6 +15,7 @@ use callfleet_worker::admission::{
 use callfleet_worker::media::format::is_supported_rate;
 use callfleet_worker::media::{StreamResampler, Vad, VadEvent, l16, mulaw};
 use callfleet_worker::protocols::{Decoder, InboundEvent, Incoming, Protocol, ProtocolError};
+use callfleet_worker::providers::RealtimeEvent;
 use callfleet_worker::providers::openai::chat::decode_chat_event;
 use callfleet_worker::providers::openai::pcm::SampleAligner;
 use callfleet_worker::providers::openai::realtime::decode_server_event;
@@ -24,11 +25,11 @@ use callfleet_worker::providers::openai::stt::{decode_transcript_event, decode_t
 use callfleet_worker::providers::openai::wav::encode_wav;
 use callfleet_worker::session::sentences::SentenceSplitter;
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 mod support;
 
-use support::frames::{Frame, any_json, any_protocol, frame, payload};
+use support::frames::{Frame, any_json, any_protocol, frame, loose, payload};
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -466,6 +467,151 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 /// Text a provider might send: JSON shaped like its events, any JSON, or anything.
+/// A realtime server event: a type the worker reads (or not, or none), with each field it
+/// reads sometimes as the API sends it and sometimes any JSON at all, and fields it ignores.
+fn realtime_event() -> impl Strategy<Value = Value> {
+    let kind = prop_oneof![
+        8 => prop::sample::select(vec![
+            "session.updated",
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "conversation.item.input_audio_transcription.completed",
+            "response.created",
+            "response.output_audio.delta",
+            "response.audio.delta",
+            "response.output_audio_transcript.delta",
+            "response.audio_transcript.delta",
+            "response.output_audio.done",
+            "response.audio.done",
+            "response.done",
+            "conversation.item.truncated",
+            "error",
+            "rate_limits.updated",
+        ])
+        .prop_map(Value::from),
+        1 => any_json(),
+    ];
+    let response = prop_oneof![
+        3 => (loose(json!("resp_1")), loose(json!("completed")), any_json())
+            .prop_map(|(id, status, output)| json!({"id": id, "status": status, "output": output})),
+        1 => any_json(),
+    ];
+    let error = prop_oneof![
+        3 => (loose(json!("bad_truncate")), loose(json!("too \"long\"")))
+            .prop_map(|(code, message)| json!({"type": "invalid_request_error", "code": code, "message": message})),
+        1 => any_json(),
+    ];
+    let ms = || prop_oneof![3 => (0u64..10_000_000_000).prop_map(Value::from), 1 => any_json()];
+    (
+        kind,
+        (loose(json!("item_\u{e9}\n1")), loose(json!("resp_1"))),
+        (ms(), ms(), loose(json!("caller said \"hi\""))),
+        (
+            prop_oneof![2 => payload(), 1 => loose(json!(" word"))],
+            response,
+            error,
+        ),
+        (any_json(), prop::collection::vec(any::<bool>(), 9)),
+    )
+        .prop_map(
+            |(
+                kind,
+                (item_id, response_id),
+                (start, end, transcript),
+                (delta, response, error),
+                (extra, present),
+            )| {
+                let fields = [
+                    ("type", kind),
+                    ("item_id", item_id),
+                    ("response_id", response_id),
+                    ("audio_start_ms", start),
+                    ("audio_end_ms", end),
+                    ("transcript", transcript),
+                    ("delta", delta),
+                    ("response", response),
+                    ("error", error),
+                ];
+                let mut event = serde_json::Map::new();
+                event.insert("event_id".into(), extra);
+                for ((name, value), present) in fields.into_iter().zip(present) {
+                    if present || name == "type" {
+                        event.insert(name.into(), value);
+                    }
+                }
+                Value::Object(event)
+            },
+        )
+}
+
+/// The realtime decoder as it read events through a `serde_json::Value` (before 2026-12-01);
+/// `None` for an error.
+fn reference_realtime_decode(event: &Value) -> Option<Option<RealtimeEvent>> {
+    let text = |pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ms = |pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(Value::as_u64)
+            .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX))
+    };
+    let decoded = match event.get("type").and_then(Value::as_str)? {
+        "session.updated" => RealtimeEvent::SessionUpdated,
+        "input_audio_buffer.speech_started" => RealtimeEvent::SpeechStarted {
+            item_id: text("/item_id"),
+            audio_start_ms: ms("/audio_start_ms"),
+        },
+        "input_audio_buffer.speech_stopped" => RealtimeEvent::SpeechStopped {
+            item_id: text("/item_id"),
+            audio_end_ms: ms("/audio_end_ms"),
+        },
+        "conversation.item.input_audio_transcription.completed" => RealtimeEvent::InputTranscript {
+            item_id: text("/item_id"),
+            text: text("/transcript"),
+        },
+        "response.created" => RealtimeEvent::ResponseCreated {
+            response_id: text("/response/id"),
+        },
+        "response.output_audio.delta" | "response.audio.delta" => RealtimeEvent::AudioDelta {
+            response_id: text("/response_id"),
+            item_id: text("/item_id"),
+            audio: STANDARD.decode(text("/delta")).ok()?.into(),
+        },
+        "response.output_audio_transcript.delta" | "response.audio_transcript.delta" => {
+            RealtimeEvent::TranscriptDelta {
+                response_id: text("/response_id"),
+                item_id: text("/item_id"),
+                delta: text("/delta"),
+            }
+        }
+        "response.output_audio.done" | "response.audio.done" => RealtimeEvent::AudioDone {
+            item_id: text("/item_id"),
+        },
+        "response.done" => RealtimeEvent::ResponseDone {
+            response_id: text("/response/id"),
+            status: text("/response/status"),
+        },
+        "conversation.item.truncated" => RealtimeEvent::Truncated {
+            item_id: text("/item_id"),
+            audio_end_ms: ms("/audio_end_ms"),
+        },
+        "error" => RealtimeEvent::ServerError {
+            code: event
+                .pointer("/error/code")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            message: text("/error/message"),
+        },
+        _ => return Some(None),
+    };
+    Some(Some(decoded))
+}
+
 fn provider_text() -> impl Strategy<Value = String> {
     let typed = (
         prop::sample::select(vec![
@@ -508,6 +654,21 @@ proptest! {
         let _ = decode_chat_event(&text);
         let _ = decode_transcript_event(&text);
         let _ = decode_transcript_json(text.as_bytes());
+    }
+
+    /// The realtime decoder reads every event as a `serde_json::Value` reading would (the
+    /// decoder it replaced, kept below as the reference): the same event, skip or error, for
+    /// every event type it knows and fields of every JSON type.
+    #[test]
+    fn realtime_events_decode_as_a_value_reading_does(event in realtime_event()) {
+        let text = event.to_string();
+        let decoded = decode_server_event(&text);
+        let reference = reference_realtime_decode(&event);
+        match (&decoded, &reference) {
+            (Ok(got), Some(want)) => prop_assert_eq!(got, want, "{}", text),
+            (Err(_), None) => {}
+            _ => prop_assert!(false, "{text}: typed {decoded:?}, reference {reference:?}"),
+        }
     }
 
     /// A retry hint of any form gives a delay or none, never a panic (a huge or odd value from a
