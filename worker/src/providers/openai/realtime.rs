@@ -193,16 +193,22 @@ fn ms_of(raw: Option<&RawValue>) -> u32 {
         .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX))
 }
 
+/// Whether `json` is an object. A derived struct also accepts an array of its fields in
+/// order, which a `Value` reading would not take for an object.
+fn is_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
+}
+
 /// An object field decoded into `T`; `T`'s defaults when absent or not an object.
 fn object_of<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
-    raw.and_then(|raw| serde_json::from_str(raw.get()).ok())
+    raw.filter(|raw| is_object(raw.get()))
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .unwrap_or_default()
 }
 
 /// Decodes one server event; `Ok(None)` for events the call loop does not need.
 pub fn decode_server_event(text: &str) -> ProviderResult<Option<RealtimeEvent>> {
-    // A derived struct also accepts a JSON array of its fields in order; events are objects.
-    if !text.trim_start().starts_with('{') {
+    if !is_object(text) {
         return Err(ProviderError::Protocol(
             "bad realtime event: not a JSON object".into(),
         ));
@@ -566,6 +572,7 @@ mod tests {
         for done in [
             r#"{"type":"response.done","response":null}"#,
             r#"{"type":"response.done","response":"r1"}"#,
+            r#"{"type":"response.done","response":["r1","completed"]}"#,
             r#"{"type":"response.done"}"#,
         ] {
             assert_eq!(
@@ -587,6 +594,13 @@ mod tests {
         let error = r#"{"type":"error","error":{"code":429,"message":null}}"#;
         assert_eq!(
             decode_server_event(error).unwrap(),
+            Some(RealtimeEvent::ServerError {
+                code: None,
+                message: String::new()
+            })
+        );
+        assert_eq!(
+            decode_server_event(r#"{"type":"error","error":["bad_truncate","too long"]}"#).unwrap(),
             Some(RealtimeEvent::ServerError {
                 code: None,
                 message: String::new()
