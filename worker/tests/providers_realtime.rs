@@ -89,25 +89,55 @@ async fn until(
     }
 }
 
+/// A stand-in whose realtime endpoint fails with `fault` on every session.
+async fn standin_with_realtime_fault(fault: Fault) -> StandinHandle {
+    let standin = OpenAiStandin::start(StandinConfig::instant())
+        .await
+        .unwrap();
+    standin.inject(FaultRule::new(Some(Endpoint::Realtime), fault, None));
+    standin
+}
+
+/// Opens a session, says 600 ms of a 440 Hz tone then 500 ms of silence, and reads events
+/// until the response is done: the session, `response.done` and the events before it.
+async fn say_a_tone(openai: &OpenAi) -> (RealtimeSession, RealtimeEvent, Vec<RealtimeEvent>) {
+    let mut session = connect(openai).await.unwrap();
+    assert_eq!(
+        next_event(&mut session).await,
+        RealtimeEvent::SessionUpdated
+    );
+    send_audio(&mut session, 600, true).await;
+    send_audio(&mut session, 500, false).await;
+    let (done, seen) = until(&mut session, |e| {
+        matches!(e, RealtimeEvent::ResponseDone { .. })
+    })
+    .await;
+    (session, done, seen)
+}
+
+/// What the assistant said among `events`: its transcript and its audio, decoded.
+fn reply_in(events: &[RealtimeEvent]) -> (String, Vec<i16>) {
+    let mut said = String::new();
+    let mut audio = Vec::new();
+    for event in events {
+        match event {
+            RealtimeEvent::AudioDelta { audio: a, .. } => {
+                audio.extend(a.iter().map(|&b| mulaw_decode(b)));
+            }
+            RealtimeEvent::TranscriptDelta { delta, .. } => said.push_str(delta),
+            _ => {}
+        }
+    }
+    (said, audio)
+}
+
 #[tokio::test]
 async fn round_trip_with_transcript_audio_and_truncate() {
     let standin = OpenAiStandin::start(StandinConfig::instant())
         .await
         .unwrap();
     let openai = client(&standin, "sk-test", 0);
-    let mut session = connect(&openai).await.unwrap();
-    assert_eq!(
-        next_event(&mut session).await,
-        RealtimeEvent::SessionUpdated
-    );
-
-    send_audio(&mut session, 600, true).await;
-    send_audio(&mut session, 500, false).await;
-
-    let (done, seen) = until(&mut session, |e| {
-        matches!(e, RealtimeEvent::ResponseDone { .. })
-    })
-    .await;
+    let (mut session, done, seen) = say_a_tone(&openai).await;
     let RealtimeEvent::ResponseDone { status, .. } = done else {
         unreachable!()
     };
@@ -127,21 +157,14 @@ async fn round_trip_with_transcript_audio_and_truncate() {
         },
         text: "tone 440".into()
     }));
-    let mut item = String::new();
-    let mut audio = Vec::new();
-    let mut said = String::new();
-    for event in &seen {
-        match event {
-            RealtimeEvent::AudioDelta {
-                item_id, audio: a, ..
-            } => {
-                item.clone_from(item_id);
-                audio.extend(a.iter().map(|&b| mulaw_decode(b)));
-            }
-            RealtimeEvent::TranscriptDelta { delta, .. } => said.push_str(delta),
-            _ => {}
-        }
-    }
+    let item = seen
+        .iter()
+        .find_map(|e| match e {
+            RealtimeEvent::AudioDelta { item_id, .. } => Some(item_id.clone()),
+            _ => None,
+        })
+        .expect("assistant audio");
+    let (said, audio) = reply_in(&seen);
     assert_eq!(said, "I heard tone 440. What else can I do for you?");
     assert_eq!(dominant_frequency(&audio, 8000, -40.0), Some(660));
 
@@ -217,6 +240,24 @@ async fn caller_speech_cancels_the_response_in_flight() {
     );
 }
 
+/// A provider whose events the worker cannot decode (here every one preceded by garbage: not
+/// JSON, or audio that is not base64) costs those events only: the session goes on and the
+/// reply arrives whole.
+#[tokio::test]
+async fn undecodable_events_are_skipped_and_the_session_goes_on() {
+    let standin = standin_with_realtime_fault(Fault::GarbageEvents).await;
+    let openai = client(&standin, "sk-test", 0);
+    let (mut session, done, seen) = say_a_tone(&openai).await;
+    assert!(
+        matches!(&done, RealtimeEvent::ResponseDone { status, .. } if status == "completed"),
+        "{done:?}"
+    );
+    let (said, audio) = reply_in(&seen);
+    assert_eq!(said, "I heard tone 440. What else can I do for you?");
+    assert_eq!(dominant_frequency(&audio, 8000, -40.0), Some(660));
+    session.commands.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn rate_limited_handshake_is_retried() {
     let standin = OpenAiStandin::start(StandinConfig::instant())
@@ -257,14 +298,7 @@ async fn missing_key_is_refused_at_handshake() {
 
 #[tokio::test]
 async fn dropped_connection_ends_the_session_with_an_error() {
-    let standin = OpenAiStandin::start(StandinConfig::instant())
-        .await
-        .unwrap();
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Realtime),
-        Fault::DropMidStream,
-        None,
-    ));
+    let standin = standin_with_realtime_fault(Fault::DropMidStream).await;
     let openai = client(&standin, "sk-test", 0);
     let mut session = connect(&openai).await.unwrap();
     send_audio(&mut session, 400, true).await;

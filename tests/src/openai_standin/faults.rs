@@ -58,6 +58,10 @@ pub enum Fault {
     /// Realtime: drop the connection just after saying the caller stopped speaking, before
     /// their words are committed and transcribed. Elsewhere the same as `DropMidStream`.
     DropBeforeTranscript,
+    /// Realtime: every event is preceded by one the client cannot decode (not JSON, or an
+    /// audio delta whose audio is not base64), as from a provider that changed its format.
+    /// Elsewhere the same as `DropMidStream`.
+    GarbageEvents,
 }
 
 /// One injected fault: for `endpoint` (all when `None`), for the next `count` requests
@@ -90,7 +94,7 @@ impl FaultRule {
     }
 }
 
-/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript>[:count]`.
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|garbage_events>[:count]`.
 impl FromStr for FaultRule {
     type Err = String;
 
@@ -124,6 +128,7 @@ impl FromStr for FaultRule {
             "stall_after_headers" => Fault::StallAfterHeaders,
             "drop_after_speech" => Fault::DropAfterSpeech,
             "drop_before_transcript" => Fault::DropBeforeTranscript,
+            "garbage_events" => Fault::GarbageEvents,
             status => match status.parse::<u16>() {
                 Ok(status @ 500..=599) => Fault::ServerError { status },
                 _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),
@@ -236,6 +241,13 @@ mod tests {
         assert_eq!(
             "speech:drop".parse::<FaultRule>().unwrap().fault,
             Fault::DropMidStream
+        );
+        assert_eq!(
+            "realtime:garbage_events"
+                .parse::<FaultRule>()
+                .unwrap()
+                .fault,
+            Fault::GarbageEvents
         );
         assert!("speech:404".parse::<FaultRule>().is_err());
         assert!("tts:stall".parse::<FaultRule>().is_err());

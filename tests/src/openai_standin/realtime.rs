@@ -194,6 +194,16 @@ impl Session {
                 {
                     return; // the client never hears that the caller stopped
                 }
+                if self.mid_stream == Some(Fault::GarbageEvents) {
+                    let garbage = if is_audio {
+                        r#"{"type":"response.output_audio.delta","delta":"not base64!"}"#
+                    } else {
+                        "{not json"
+                    };
+                    if socket.send(Message::Text(garbage.into())).await.is_err() {
+                        return;
+                    }
+                }
                 event["event_id"] = Value::String(self.id("event"));
                 if socket
                     .send(Message::Text(event.to_string().into()))

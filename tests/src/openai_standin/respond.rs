@@ -67,7 +67,8 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
         | Fault::DropMidStream
         | Fault::StallAfterHeaders
         | Fault::DropAfterSpeech
-        | Fault::DropBeforeTranscript => Gate::Serve(Some(fault)),
+        | Fault::DropBeforeTranscript
+        | Fault::GarbageEvents => Gate::Serve(Some(fault)),
     }
 }
 
@@ -130,7 +131,10 @@ pub fn paced_response(
         if sent == 1 {
             match mid_stream {
                 Some(
-                    Fault::DropMidStream | Fault::DropAfterSpeech | Fault::DropBeforeTranscript,
+                    Fault::DropMidStream
+                    | Fault::DropAfterSpeech
+                    | Fault::DropBeforeTranscript
+                    | Fault::GarbageEvents,
                 ) => {
                     // Let the server flush what was sent (it does while the body is pending),
                     // so the client really sees a response break, not a refused request.

@@ -280,6 +280,13 @@ pub fn decode_server_event(text: &str) -> ProviderResult<Option<RealtimeEvent>> 
     Ok(Some(decoded))
 }
 
+/// Whether the `skipped`th undecodable event of a session is logged: the 1st, 10th, 100th and
+/// so on. A provider that changed its event format would otherwise log every audio delta, ten
+/// a second per call, thousands a second on a busy worker.
+fn should_log_skip(skipped: u64) -> bool {
+    skipped > 0 && 10u64.pow(skipped.ilog10()) == skipped
+}
+
 /// Opens the WebSocket (retrying like HTTP requests), sends `session.update`, and returns the
 /// session's two halves.
 pub async fn connect(
@@ -334,15 +341,18 @@ pub async fn connect(
                 encode_command(&command).into(),
             )))
         });
-    let events = stream::unfold(Some(stream), |state| async move {
-        let mut stream = state?;
+    let events = stream::unfold(Some((stream, 0u64)), |state| async move {
+        let (mut stream, mut skipped) = state?;
         loop {
             match stream.next().await? {
                 Ok(Message::Text(text)) => match decode_server_event(&text) {
-                    Ok(Some(event)) => return Some((Ok(event), Some(stream))),
+                    Ok(Some(event)) => return Some((Ok(event), Some((stream, skipped)))),
                     Ok(None) => continue,
                     Err(error) => {
-                        tracing::warn!(%error, "skipping undecodable realtime event");
+                        skipped += 1;
+                        if should_log_skip(skipped) {
+                            tracing::warn!(%error, skipped, "skipping undecodable realtime event");
+                        }
                         continue;
                     }
                 },
@@ -522,6 +532,14 @@ mod tests {
         assert!(decode_server_event("[").is_err());
         let bad_audio = r#"{"type":"response.output_audio.delta","delta":"***"}"#;
         assert!(decode_server_event(bad_audio).is_err());
+    }
+
+    #[test]
+    fn undecodable_events_are_logged_at_powers_of_ten() {
+        let logged: Vec<u64> = (0..=20_000).filter(|&n| should_log_skip(n)).collect();
+        assert_eq!(logged, [1, 10, 100, 1_000, 10_000]);
+        assert!(should_log_skip(10_000_000_000_000_000_000));
+        assert!(!should_log_skip(u64::MAX));
     }
 
     /// What the `Value`-based decoder tolerated, the typed one must too: a field of another
