@@ -134,6 +134,11 @@ impl RealtimeCommands {
         result
     }
 
+    /// Whether a command failed already (later ones fail at once with the same error).
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Appends caller audio (µ-law 8 kHz).
     pub async fn append_audio(&mut self, mulaw: Bytes) -> ProviderResult<()> {
         self.send(RealtimeCommand::AppendAudio(mulaw)).await
@@ -177,6 +182,7 @@ mod tests {
             Err::<u32, _>(ProviderError::Transport("reset".into()))
         });
         let mut commands = RealtimeCommands::new(failing);
+        assert!(!commands.has_failed());
         let audio = || RealtimeCommand::AppendAudio(Bytes::from_static(&[0xff; 160]));
         for _ in 0..3 {
             assert_eq!(
@@ -184,6 +190,7 @@ mod tests {
                 Err(ProviderError::Transport("reset".into()))
             );
         }
+        assert!(commands.has_failed());
         assert_eq!(commands.close().await, Ok(()));
     }
 }

@@ -1187,10 +1187,15 @@ impl CallSession {
         } else {
             self.realtime_recent_audio.push(&mulaw);
         }
-        if let Some(rt) = self.realtime.as_mut()
-            && let Err(err) = rt.commands.append_audio(mulaw).await
-        {
-            tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
+        if let Some(rt) = self.realtime.as_mut() {
+            // Logged once per session: once the sink failed every frame fails the same way
+            // until the session is replaced.
+            let failed_before = rt.commands.has_failed();
+            if let Err(err) = rt.commands.append_audio(mulaw).await
+                && !failed_before
+            {
+                tracing::warn!(call_id = %self.call_id, error = %err, "realtime append failed");
+            }
         }
     }
 
