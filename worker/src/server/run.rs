@@ -37,8 +37,8 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
     let secret = TokenSecret::load(&args.token_secret_file, args.token_secret.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let limit = (args.provider_max_concurrency > 0).then_some(args.provider_max_concurrency);
-    // Batching media threads hand their turns to a runtime that does not batch (see
-    // `turn_runtime`); its connection pool is then the only one in use.
+    // Turns get a runtime of their own with event batching (so the pause does not hold provider
+    // answers, see `turn_runtime`) or when configured; its pool is then the only one in use.
     let turns = match args.turn_runtime_threads() {
         0 => None,
         threads => Some(TurnRuntime::start(threads)?),

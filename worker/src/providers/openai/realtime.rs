@@ -135,41 +135,41 @@ pub fn encode_command(command: &RealtimeCommand) -> String {
 /// keys, and an undecodable event is skipped with a warning.)
 #[derive(Deserialize)]
 struct ServerEvent<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow)]
     kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     item_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     response_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     audio_start_ms: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     audio_end_ms: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     transcript: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     delta: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     response: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     error: Option<&'a RawValue>,
 }
 
 /// `response` of `response.created` and `response.done`.
 #[derive(Default, Deserialize)]
 struct ResponseFields<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     status: Option<&'a RawValue>,
 }
 
 /// `error` of an `error` event.
 #[derive(Default, Deserialize)]
 struct ErrorFields<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     code: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     message: Option<&'a RawValue>,
 }
 
