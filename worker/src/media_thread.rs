@@ -20,8 +20,12 @@ use tokio::runtime::{Builder, Runtime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Pending connections per listener before the kernel refuses more.
-const BACKLOG: i32 = 1024;
+/// Pending connections per listener before the kernel drops new SYNs; the kernel caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4), so this asks for that cap. With
+/// 1,024 a burst of calls arriving at a cold worker overflowed the queue (111 SYNs dropped
+/// when 1,000 calls arrived at a just-started worker), and each dropped SYN costs its caller
+/// the kernel's 1 s retransmission timeout.
+const BACKLOG: i32 = 65_535;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };

@@ -119,6 +119,21 @@ async fn require_bearer(
 /// Starts the stand-in in the current runtime.
 pub struct OpenAiStandin;
 
+/// A listener on `addr` whose accept queue is as long as the kernel allows
+/// (`net.core.somaxconn`), not Tokio's 1,024: a worker opening its provider connections for a
+/// burst of turns must not see SYNs dropped (a 1 s retransmission each) and count them as the
+/// provider's latency.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
+}
+
 impl OpenAiStandin {
     /// Listens on an ephemeral 127.0.0.1 port.
     pub async fn start(config: StandinConfig) -> std::io::Result<StandinHandle> {
@@ -130,7 +145,7 @@ impl OpenAiStandin {
         config: StandinConfig,
         addr: SocketAddr,
     ) -> std::io::Result<StandinHandle> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let addr = listener.local_addr()?;
         Ok(Self::serve(config, listener, addr, "http"))
     }
@@ -142,7 +157,7 @@ impl OpenAiStandin {
         addr: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<StandinHandle> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let addr = listener.local_addr()?;
         let listener = crate::tls::TlsListener::new(listener, tls);
         Ok(Self::serve(config, listener, addr, "https"))
