@@ -50,6 +50,8 @@ pub struct RunShared {
     pub stop: AtomicBool,
     /// Calls whose connection attempt finished, either way.
     pub settled: AtomicUsize,
+    /// When the run began, the origin of per-turn times.
+    pub began: Instant,
 }
 
 impl RunShared {
@@ -63,7 +65,8 @@ impl RunShared {
 pub struct CallPlan {
     pub call_id: String,
     pub token: String,
-    /// Silent frames before the first speech, to stagger calls.
+    /// Where this call's cycles start on the run's clock (frames after the run began, modulo
+    /// a cycle), to stagger calls; the call leads in with silence until then.
     pub lead_in: u32,
     /// Offset of this call's frame clock within a frame (see `timing::phase`).
     pub phase: Duration,
@@ -131,6 +134,11 @@ async fn stream(
     call: &mut CallMeter,
 ) -> Option<String> {
     let start = tokio::time::Instant::now() + plan.phase;
+    let since_run_began = start.into_std().saturating_duration_since(shared.began);
+    let lead_in = shared.pattern.anchored_lead_in(
+        plan.lead_in,
+        (since_run_began.as_micros() / FRAME.as_micros()) as u64,
+    );
     let mut ticks = tokio::time::interval_at(start, FRAME);
     // A late tick fires at once and keeps the schedule: every frame's lateness is measured
     // against its own slot.
@@ -142,7 +150,7 @@ async fn stream(
                 if shared.stop.load(Ordering::Relaxed) {
                     return None;
                 }
-                let slot = shared.pattern.slot(n, plan.lead_in);
+                let slot = shared.pattern.slot(n, lead_in);
                 let frame = match slot {
                     Slot::LeadIn => shared.frames.silence(),
                     Slot::Cycle { index, .. } => shared.frames.frame(index),
@@ -184,6 +192,8 @@ async fn stream(
 /// The turn the caller is in: from the end of its speech until its next speech.
 #[derive(Debug, Clone, Copy)]
 struct Turn {
+    /// The call's turn number, from 1.
+    ordinal: u64,
     speech_end: Instant,
     window_closed: Option<Instant>,
     answered: bool,
@@ -225,6 +235,10 @@ impl CallMeter {
         }
         if pattern.ends_speech(slot) {
             self.turn = Some(Turn {
+                ordinal: match slot {
+                    Slot::Cycle { cycle, .. } => cycle + 1,
+                    Slot::LeadIn => 0,
+                },
                 speech_end: now,
                 window_closed: None,
                 answered: false,
@@ -257,7 +271,7 @@ impl CallMeter {
                     self.outcome.reply_underruns += u64::from(underrun);
                     self.outcome.reply_frames_misfit += u64::from(payload_len != FRAME_PAYLOAD_LEN);
                 }
-                self.first_audio(at, read, steady);
+                self.first_audio(shared.began, at, read, steady);
             }
             Reply::Mark(name) => self.playhead.mark(at, name.to_owned()),
             Reply::Clear => {
@@ -284,7 +298,7 @@ impl CallMeter {
     }
 
     /// Reply audio: the answer to the current turn if its window closed, else unprompted.
-    fn first_audio(&mut self, at: Instant, read: Instant, steady: bool) {
+    fn first_audio(&mut self, began: Instant, at: Instant, read: Instant, steady: bool) {
         if self.reply_open {
             return;
         }
@@ -303,6 +317,9 @@ impl CallMeter {
                         self.outcome
                             .after_window
                             .push(at.saturating_duration_since(closed));
+                        self.outcome
+                            .window_closed_at
+                            .push((closed.saturating_duration_since(began), turn.ordinal));
                     }
                 }
             }
@@ -356,6 +373,7 @@ mod tests {
             steady: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             settled: AtomicUsize::new(0),
+            began: Instant::now(),
         }
     }
 
@@ -407,6 +425,10 @@ mod tests {
         );
         assert_eq!(o.ttfa, [reply_at - (at(1) + Duration::from_millis(1))]);
         assert_eq!(o.after_window, [Duration::from_millis(99)]);
+        assert_eq!(
+            o.window_closed_at.iter().map(|t| t.1).collect::<Vec<_>>(),
+            [1]
+        );
         assert_eq!(o.first_audio_read_delay, [Duration::from_millis(7)]);
         assert_eq!((o.reply_frames, o.reply_frames_late), (6, 1));
         // The playhead ran dry at +100 ms, just as the sixth frame arrived.

@@ -96,6 +96,11 @@ pub struct LoadConfig {
     /// OpenAI stand-in process to sample too.
     #[arg(long)]
     pub standin_pid: Option<u32>,
+    /// Also write every answered turn as a CSV line `window_closed_s,unix_s,call_turn,
+    /// overhead_ms` (when its window closed, since the run began and on the wall clock, and the
+    /// call's turn number), to see when the slow ones happened.
+    #[arg(long)]
+    pub turns_csv: Option<std::path::PathBuf>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -114,12 +114,28 @@ impl Pattern {
         matches!(slot, Slot::Cycle { cycle, index: 0 } if cycle > 0 && self.speech_frames > 0)
     }
 
-    /// Lead-in of call `index` of `calls`: spreads call starts evenly over one cycle.
+    /// Lead-in of call `index` of `calls`: spreads call starts evenly over one cycle, counted
+    /// from the run's start (see [`Pattern::anchored_lead_in`]).
     pub fn lead_in(&self, index: usize, calls: usize) -> u32 {
         if calls == 0 {
             return 0;
         }
         (index as u64 * u64::from(self.cycle_frames()) / calls as u64) as u32
+    }
+
+    /// The lead-in, in frames from its first frame, of a call that starts streaming `elapsed`
+    /// frames after the run began, so that its cycles start `lead_in` frames (plus whole
+    /// cycles) after the run began. Counted from each call's own start instead, the calls
+    /// connected late in the ramp would also start their cycles late, and the turns of a run
+    /// whose ramp takes a few seconds would crowd into part of the cycle (at 1,000 calls twice
+    /// as many turns in three seconds of every seven as in the other four).
+    pub fn anchored_lead_in(&self, lead_in: u32, elapsed: u64) -> u32 {
+        let cycle = u64::from(self.cycle_frames());
+        if cycle == 0 {
+            return 0;
+        }
+        let behind = elapsed % cycle;
+        ((u64::from(lead_in) + cycle - behind) % cycle) as u32
     }
 }
 
@@ -199,6 +215,23 @@ mod tests {
             assert!(!p.ends_speech(slot));
             assert!(!p.closes_turn(slot));
             assert!(!p.closes_window(slot, 30));
+        }
+    }
+
+    #[test]
+    fn lead_ins_count_from_the_run_start() {
+        let p = pattern(); // a 15-frame cycle
+        // Streaming from the run's first frame: the lead-in as planned.
+        assert_eq!(p.anchored_lead_in(6, 0), 6);
+        // Starting 4 frames late: 4 fewer; 10 late, past the planned start: the next cycle's.
+        assert_eq!(p.anchored_lead_in(6, 4), 2);
+        assert_eq!(p.anchored_lead_in(6, 10), 11);
+        assert_eq!(p.anchored_lead_in(6, 6 + 15 * 3), 0);
+        // Whatever the delay, the cycle starts at the planned phase of the run's clock.
+        for elapsed in 0..100u64 {
+            let lead = u64::from(p.anchored_lead_in(9, elapsed));
+            assert!(lead < 15);
+            assert_eq!((elapsed + lead) % 15, 9);
         }
     }
 

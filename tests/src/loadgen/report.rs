@@ -167,6 +167,14 @@ impl fmt::Display for Report {
             ),
             &c.overhead,
         )?;
+        let tail = &c.overhead_tail;
+        if tail.turns > 0 {
+            writeln!(
+                f,
+                "  its slowest 1% ({} turns) fell in {} of the {} seconds with turns, at most {} in one second",
+                tail.turns, tail.seconds, tail.of_seconds, tail.most_in_one_second
+            )?;
+        }
         percentiles(
             f,
             "first reply audio waiting in the generator's socket (left out of the two above)",

@@ -17,7 +17,7 @@ use super::config::LoadConfig;
 use super::pattern::frames_in;
 use super::procstat::{MachineUsage, ProcSample, ProcUsage, machine, sample};
 use super::report::Report;
-use super::stats::summarize;
+use super::stats::{summarize, timed_overhead};
 use super::timing::phase;
 use super::wire::FrameBook;
 
@@ -42,7 +42,12 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
         steady: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         settled: AtomicUsize::new(0),
+        began: Instant::now(),
     });
+    // The run's origin on the wall clock too, so the turns' CSV lines up with other samplers.
+    let began_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let watched = Watched::new(&config);
     let before_ramp = watched.sample()?;
 
@@ -92,7 +97,22 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
         outcomes.push(outcome.context("a call task panicked")?);
     }
     runtimes.stop();
-    let calls = summarize(&outcomes, Duration::from_millis(config.provider_ms));
+    let provider = Duration::from_millis(config.provider_ms);
+    if let Some(path) = &config.turns_csv {
+        let mut csv = String::from("window_closed_s,unix_s,call_turn,overhead_ms\n");
+        for turn in timed_overhead(&outcomes, provider) {
+            let at = turn.closed_at;
+            csv.push_str(&format!(
+                "{:.3},{:.3},{},{:.3}\n",
+                at.as_secs_f64(),
+                (began_unix + at).as_secs_f64(),
+                turn.call_turn,
+                turn.overhead_ms
+            ));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let calls = summarize(&outcomes, provider);
     Ok(Report::new(
         &config,
         calls,

@@ -36,6 +36,10 @@ pub struct CallOutcome {
     /// Send of the frame that completed the end-of-turn window → first reply audio, per
     /// answered turn.
     pub after_window: Vec<Duration>,
+    /// When each of those windows closed, since the run began, and the call's turn number
+    /// (from 1; same order), to tell a tail clustered in a few seconds from one spread over
+    /// the run, and calls' first turns from later ones.
+    pub window_closed_at: Vec<(Duration, u64)>,
     /// First reply audio's kernel arrival → the generator reading it, per answered turn: the
     /// generator's own delay, which `ttfa` and `after_window` leave out.
     pub first_audio_read_delay: Vec<Duration>,
@@ -137,6 +141,44 @@ pub struct CallsSummary {
     /// How long first reply audio waited in the generator's socket before it was read (left
     /// out of `ttfa` and `overhead`, which time audio by its arrival).
     pub read_delay: Percentiles,
+    /// Where in the run the turns at or above the overhead's p99 fell.
+    pub overhead_tail: TailSpread,
+}
+
+/// Where a run's slowest turns fell in time. Crowded into a few seconds, they point at the
+/// machine (the hypervisor or a neighbour took the cores for a moment); spread over the run, at
+/// a steady cost of the pipeline or of sharing two cores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TailSpread {
+    /// Turns with an overhead at or above the p99.
+    pub turns: usize,
+    /// Distinct whole seconds (since the run began) those turns fell in.
+    pub seconds: usize,
+    /// Distinct whole seconds with any measured turn.
+    pub of_seconds: usize,
+    /// The most of them in any one second.
+    pub most_in_one_second: usize,
+}
+
+impl TailSpread {
+    /// The spread of the `turns` at or above `threshold_ms`.
+    pub fn of(turns: &[TimedTurn], threshold_ms: f64) -> Self {
+        let mut all = BTreeMap::<u64, usize>::new();
+        let mut tail = BTreeMap::<u64, usize>::new();
+        for turn in turns {
+            let second = turn.closed_at.as_secs();
+            all.entry(second).or_default();
+            if turn.overhead_ms >= threshold_ms {
+                *tail.entry(second).or_default() += 1;
+            }
+        }
+        Self {
+            turns: tail.values().sum(),
+            seconds: tail.len(),
+            of_seconds: all.len(),
+            most_in_one_second: tail.values().copied().max().unwrap_or(0),
+        }
+    }
 }
 
 /// Merges call outcomes; `provider` is the configured sum of provider latencies to first
@@ -185,8 +227,35 @@ pub fn summarize(outcomes: &[CallOutcome], provider: Duration) -> CallsSummary {
     s.turns_answered_percent = percent(s.turns_answered, s.turns);
     s.ttfa = Percentiles::of(&mut ttfa);
     s.overhead = Percentiles::of(&mut overhead);
+    if s.overhead.count > 0 {
+        s.overhead_tail = TailSpread::of(&timed_overhead(outcomes, provider), s.overhead.p99_ms);
+    }
     s.read_delay = Percentiles::of(&mut read_delay);
     s
+}
+
+/// An answered turn: when its window closed (since the run began), the call's turn number and
+/// the overhead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimedTurn {
+    pub closed_at: Duration,
+    pub call_turn: u64,
+    pub overhead_ms: f64,
+}
+
+/// Every answered turn, in time order.
+pub fn timed_overhead(outcomes: &[CallOutcome], provider: Duration) -> Vec<TimedTurn> {
+    let mut turns: Vec<TimedTurn> = outcomes
+        .iter()
+        .flat_map(|o| o.window_closed_at.iter().zip(&o.after_window))
+        .map(|(&(closed_at, call_turn), d)| TimedTurn {
+            closed_at,
+            call_turn,
+            overhead_ms: ms(*d) - ms(provider),
+        })
+        .collect();
+    turns.sort_by_key(|t| t.closed_at);
+    turns
 }
 
 /// Milliseconds, exact for whole milliseconds.
@@ -235,6 +304,7 @@ mod tests {
             turns_answered: 4,
             ttfa: vec![ms(1260), ms(1270)],
             after_window: vec![ms(652), ms(661)],
+            window_closed_at: vec![(ms(10_200), 2), (ms(17_300), 3)],
             first_audio_read_delay: vec![ms(0), ms(3)],
             marks_acknowledged: 8,
             ..CallOutcome::default()
@@ -259,6 +329,16 @@ mod tests {
         assert_eq!(s.ttfa.p50_ms, 1260.0);
         assert_eq!(s.overhead.max_ms, 11.0);
         assert_eq!(s.overhead.p50_ms, 2.0);
+        // Both calls' 11 ms turn closed in second 17: the tail in one second of two.
+        assert_eq!(
+            s.overhead_tail,
+            TailSpread {
+                turns: 2,
+                seconds: 1,
+                of_seconds: 2,
+                most_in_one_second: 2
+            }
+        );
         assert_eq!((s.read_delay.count, s.read_delay.max_ms), (4, 3.0));
         assert_eq!(s.connect.count, 2);
         assert!(good.sustained());

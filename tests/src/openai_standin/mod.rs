@@ -33,6 +33,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -147,6 +148,13 @@ impl OpenAiStandin {
     ) -> std::io::Result<StandinHandle> {
         let listener = listen(addr)?;
         let addr = listener.local_addr()?;
+        // As a provider's front end does: an answer's last bytes (a chunked body's end) must
+        // not wait for the client to acknowledge its first ones (Nagle's algorithm).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set");
+            }
+        });
         Ok(Self::serve(config, listener, addr, "http"))
     }
 
