@@ -57,6 +57,12 @@ impl HandOffPacer {
         }
     }
 
+    /// Whether nothing of this reply was handed over yet: the next hand-off is its first audio,
+    /// which the caller is waiting for.
+    pub fn before_first(&self) -> bool {
+        self.first.is_none()
+    }
+
     /// Records that `samples` were handed over at `now`.
     pub fn handed(&mut self, samples: usize, now: Instant) {
         if samples == 0 {

@@ -334,11 +334,18 @@ impl<'a> Speaker<'a> {
         if self.resampled.is_empty() {
             return Ok(());
         }
+        let first_audio = self.pacer.before_first();
         self.pacer.handed(self.resampled.len(), Instant::now());
         // The next batch gets a buffer of a batch's size, not one regrown from empty.
         let next = Vec::with_capacity(self.resampled.capacity());
         let batch = std::mem::replace(&mut self.resampled, next);
-        send(out, TurnOutput::Audio(batch)).await
+        send(out, TurnOutput::Audio(batch)).await?;
+        if first_audio {
+            // The caller is waiting for this: a media thread pausing to batch events (when this
+            // turn runs on the turn runtime) takes it now.
+            crate::media_thread::cut_pauses_short();
+        }
+        Ok(())
     }
 
     /// Plays one sentence; meanwhile takes the next sentence from `sentences` (while `more`),
