@@ -259,6 +259,32 @@ async fn freeswitch_play_audio_and_streaming() {
     w.stop().await;
 }
 
+/// FreeSWITCH ends a fork by closing the socket: a close frame is its hang-up, and the call's
+/// history goes at once; a connection that drops without one keeps it for a reconnect.
+#[tokio::test]
+async fn a_freeswitch_close_frame_hangs_up_and_a_dropped_connection_does_not() {
+    let (_standin, w) = setup("").await;
+    let store = w.worker().ctx.store.clone();
+    let ctx = w.worker().ctx.clone();
+    for (call, close_frame) in [("fs-closed", true), ("fs-dropped", false)] {
+        let mut s = freeswitch_call(&w, call, "").await;
+        wait_for(&mut s, "type", "playAudio").await;
+        until_history_has(&w, call, "tone 440").await;
+        if close_frame {
+            s.close(None).await.unwrap();
+        }
+        drop(s);
+        eventually(async || ctx.active_calls() == 0).await;
+        let kept = store.load(call).await;
+        if close_frame {
+            eventually(async || store.load(call).await.is_empty()).await;
+        } else {
+            assert!(!kept.is_empty(), "history kept for a reconnect");
+        }
+    }
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn provider_failure_gives_a_clear_error_and_the_call_goes_on() {
     let (standin, w) = setup("").await;

@@ -170,7 +170,9 @@ async fn await_start(
         };
         match event {
             SocketEvent::Event(InboundEvent::Start(start)) => return Some(*start),
-            SocketEvent::Event(InboundEvent::End) | SocketEvent::Closed => return None,
+            SocketEvent::Event(InboundEvent::End)
+            | SocketEvent::Closed
+            | SocketEvent::ClosedByPeer => return None,
             SocketEvent::Event(_) => {}
             SocketEvent::Invalid(err) => {
                 ctx.metrics.error(err.code());
@@ -235,6 +237,21 @@ enum Ending {
     MaxDuration,
     Idle,
     ProviderLost,
+}
+
+impl Ending {
+    /// How a call ends when its carrier closes the WebSocket with a close frame. FreeSWITCH's
+    /// `mod_audio_fork` has no hang-up message: closing the socket is how it says the call or
+    /// the fork ended, so that is a hang-up (history forgotten at once, not kept 10 minutes for
+    /// a reconnect that will not come). The seed's protocol and Twilio's hang up with
+    /// `end_call` and `stop`; a bare close there may be a client about to reconnect (a browser
+    /// reloading), so the call is kept for it, as when the connection drops.
+    fn on_close_frame(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::FreeSwitch => Ending::Hangup,
+            Protocol::CallSession | Protocol::Twilio => Ending::Lost,
+        }
+    }
 }
 
 /// All state of one call.
@@ -409,6 +426,7 @@ impl CallSession {
                             self.send(Outbound::Error { code: err.code(), message: &err.to_string() });
                         }
                         SocketEvent::Closed => break Ending::Lost,
+                        SocketEvent::ClosedByPeer => break Ending::on_close_frame(self.protocol),
                     }
                 }
                 output = next_output(&mut self.turn) => self.on_turn_output(output).await,

@@ -31,7 +31,10 @@ pub enum SocketEvent {
     Event(InboundEvent),
     /// A frame that could not be used; the call goes on.
     Invalid(ProtocolError),
-    /// The peer closed, the connection failed, or the peer stopped reading altogether.
+    /// The peer closed the WebSocket with a close frame: it meant to end the connection.
+    ClosedByPeer,
+    /// The connection failed or ended without a close frame, or the peer stopped reading
+    /// altogether.
     Closed,
 }
 
@@ -132,7 +135,7 @@ impl CallSocket {
                 Message::Ping(_) | Message::Pong(_) => continue,
                 Message::Close(_) => {
                     self.fail();
-                    return Poll::Ready(SocketEvent::Closed);
+                    return Poll::Ready(SocketEvent::ClosedByPeer);
                 }
             };
             return Poll::Ready(match self.decoder.decode(frame) {
