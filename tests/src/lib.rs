@@ -2,6 +2,7 @@
 //! (`cluster`), a local OpenAI-compatible server (`openai_standin`, over TLS with `tls`) and a
 //! real S3-compatible server (`s3proxy`).
 
+pub mod arrival;
 pub mod cluster;
 pub mod loadgen;
 pub mod openai_standin;

@@ -19,13 +19,13 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use callfleet_worker::media::format::FRAME;
 
-use super::arrival::ArrivalStream;
 use super::pattern::{Pattern, Slot};
 use super::stats::CallOutcome;
 use super::timing::{ReplyPacing, lateness};
 use super::wire::{
     FRAME_PAYLOAD_LEN, FrameBook, Reply, Wire, closing, mark_ack, opening, parse_reply,
 };
+use crate::arrival::ArrivalStream;
 use callfleet_worker::protocols::carrier::CarrierPlayhead;
 
 /// Read buffer per connection: small, like the worker's (tungstenite's 128 KiB default would be

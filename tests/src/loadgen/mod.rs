@@ -5,7 +5,6 @@
 //! answered, time to first audio and the pipeline's overhead. `run` drives a whole run;
 //! `benches/worker-load` runs it against a release worker and the OpenAI stand-in.
 
-pub mod arrival;
 pub mod call;
 pub mod config;
 pub mod pattern;

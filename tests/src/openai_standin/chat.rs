@@ -9,6 +9,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::arrival::RequestArrival;
 use super::config::StandinConfig;
 use super::faults::Endpoint;
 use super::respond::{Gate, Piece, bad_request, gate, paced_response, sse};
@@ -35,9 +36,10 @@ fn last_user_text(messages: &[Value]) -> Option<String> {
 
 pub async fn chat_completions(
     State(shared): State<Arc<Shared>>,
+    arrival: RequestArrival,
     Json(request): Json<Value>,
 ) -> Response {
-    let arrived = tokio::time::Instant::now();
+    let arrived = arrival.or_now();
     let mid_stream = match gate(&shared, Endpoint::Chat).await {
         Gate::Serve(mid_stream) => mid_stream,
         Gate::Refuse(response) => return response,

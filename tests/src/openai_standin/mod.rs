@@ -11,6 +11,7 @@
 //! `GET|POST|DELETE /admin/faults`, `GET /health`. `/v1` requires `Authorization: Bearer <any>`.
 
 pub mod admin;
+pub mod arrival;
 pub mod audio;
 pub mod chat;
 pub mod clock;
@@ -28,12 +29,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use axum::serve::IncomingStream;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -148,13 +150,7 @@ impl OpenAiStandin {
     ) -> std::io::Result<StandinHandle> {
         let listener = listen(addr)?;
         let addr = listener.local_addr()?;
-        // As a provider's front end does: an answer's last bytes (a chunked body's end) must
-        // not wait for the client to acknowledge its first ones (Nagle's algorithm).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "TCP_NODELAY not set");
-            }
-        });
+        let listener = arrival::StampingListener::new(listener);
         Ok(Self::serve(config, listener, addr, "http"))
     }
 
@@ -180,6 +176,7 @@ impl OpenAiStandin {
     where
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
+        for<'a> arrival::RequestArrival: Connected<IncomingStream<'a, L>>,
     {
         let shared = Arc::new(Shared {
             faults: FaultBook::new(config.faults.clone()),
@@ -189,6 +186,7 @@ impl OpenAiStandin {
         });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<arrival::RequestArrival>();
             if let Err(error) = axum::serve(listener, app).await {
                 tracing::error!(%error, "openai stand-in stopped");
             }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::Shared;
+use super::arrival::RequestArrival;
 use super::audio::tone;
 use super::config::StandinConfig;
 use super::faults::Endpoint;
@@ -20,8 +21,12 @@ use super::rules::{SPEECH_AMPLITUDE, speech_sample_count};
 /// The only rate of OpenAI's `pcm` format.
 pub const SPEECH_SAMPLE_RATE: u32 = 24_000;
 
-pub async fn speech(State(shared): State<Arc<Shared>>, Json(request): Json<Value>) -> Response {
-    let arrived = tokio::time::Instant::now();
+pub async fn speech(
+    State(shared): State<Arc<Shared>>,
+    arrival: RequestArrival,
+    Json(request): Json<Value>,
+) -> Response {
+    let arrived = arrival.or_now();
     let mid_stream = match gate(&shared, Endpoint::Speech).await {
         Gate::Serve(mid_stream) => mid_stream,
         Gate::Refuse(response) => return response,

@@ -10,6 +10,7 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::Shared;
+use super::arrival::RequestArrival;
 use super::audio::{is_mulaw_wav, read_wav};
 use super::config::StandinConfig;
 use super::faults::Endpoint;
@@ -48,6 +49,7 @@ async fn read_upload(mut multipart: Multipart) -> Result<Upload, String> {
 
 pub async fn transcriptions(
     State(shared): State<Arc<Shared>>,
+    arrival: RequestArrival,
     headers: HeaderMap,
     multipart: Multipart,
 ) -> Response {
@@ -84,9 +86,9 @@ pub async fn transcriptions(
             );
         }
     }
-    // A provider starts on the audio once all of it is there: latencies count from here, so
-    // time spent uploading is the client's, as it is against the real API.
-    let arrived = tokio::time::Instant::now();
+    // A provider starts on the audio once all of it is there: latencies count from the arrival
+    // of its last bytes, so time spent uploading is the client's, as it is against the real API.
+    let arrived = arrival.or_now();
     let (samples, sample_rate) = match read_wav(&upload.wav) {
         Ok(audio) => audio,
         Err(e) => return bad_request(&format!("could not decode audio file: {e}")),

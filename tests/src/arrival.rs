@@ -1,7 +1,7 @@
 //! A TCP stream that remembers when the kernel received the data it last read
-//! (`SO_TIMESTAMPNS`), so the generator times the worker's replies by their arrival at its
-//! socket, not by when its own runtime, busy with thousands of calls on a shared machine, got
-//! round to reading them.
+//! (`SO_TIMESTAMPNS`), so the load generator times the worker's replies by their arrival at its
+//! socket, and the OpenAI stand-in times its answers from a request's arrival, not from when
+//! their runtimes, busy on a shared machine, got round to reading them.
 //!
 //! A read may return bytes of several segments; the kernel stamps the read with the last of
 //! them, so a message's arrival is never reported earlier than it happened (a measured latency
