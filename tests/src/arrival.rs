@@ -39,6 +39,19 @@ impl ArrivalStream {
         })
     }
 
+    /// The same, but a socket that refuses stamping is kept, unstamped (its reads report no
+    /// arrival, so callers use their read time), rather than lost with the error.
+    pub fn best_effort(inner: TcpStream) -> Self {
+        if let Err(error) = setsockopt(&inner, sockopt::ReceiveTimestampns, &true) {
+            tracing::debug!(%error, "receive timestamps unavailable");
+        }
+        Self {
+            inner,
+            last_arrival: None,
+            control: cmsg_space!(TimeSpec),
+        }
+    }
+
     /// When the kernel received the data of the latest read (`None` before the first read, or
     /// if the kernel gave that read no timestamp: callers fall back to their read time).
     pub fn last_arrival(&self) -> Option<Instant> {

@@ -56,16 +56,11 @@ impl axum::serve::Listener for StampingListener {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "TCP_NODELAY not set");
             }
-            match ArrivalStream::new(tcp) {
-                Ok(stream) => {
-                    let connection = StampedConnection {
-                        stream,
-                        latest: LatestArrival::default(),
-                    };
-                    return (connection, addr);
-                }
-                Err(error) => tracing::warn!(%error, "receive timestamps unavailable"),
-            }
+            let connection = StampedConnection {
+                stream: ArrivalStream::best_effort(tcp),
+                latest: LatestArrival::default(),
+            };
+            return (connection, addr);
         }
     }
 
