@@ -11,6 +11,7 @@ use std::io;
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,19 +25,32 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct ArrivalStream {
     inner: TcpStream,
-    last_arrival: Option<Instant>,
+    latest: LatestArrival,
     control: Vec<u8>,
+}
+
+/// The kernel's receive time of a stream's latest read, shared: whoever holds a clone (the
+/// stand-in's request handlers) sees what the stream's reads record.
+#[derive(Debug, Clone, Default)]
+pub struct LatestArrival(Arc<Mutex<Option<Instant>>>);
+
+impl LatestArrival {
+    /// `None` before the first read, or if the kernel gave the latest read no timestamp:
+    /// callers fall back to their read time.
+    pub fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, arrival: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = arrival;
+    }
 }
 
 impl ArrivalStream {
     /// Turns on receive timestamps for `inner`.
     pub fn new(inner: TcpStream) -> io::Result<Self> {
         setsockopt(&inner, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
-        Ok(Self {
-            inner,
-            last_arrival: None,
-            control: cmsg_space!(TimeSpec),
-        })
+        Ok(Self::wrap(inner))
     }
 
     /// The same, but a socket that refuses stamping is kept, unstamped (its reads report no
@@ -45,17 +59,25 @@ impl ArrivalStream {
         if let Err(error) = setsockopt(&inner, sockopt::ReceiveTimestampns, &true) {
             tracing::debug!(%error, "receive timestamps unavailable");
         }
+        Self::wrap(inner)
+    }
+
+    fn wrap(inner: TcpStream) -> Self {
         Self {
             inner,
-            last_arrival: None,
+            latest: LatestArrival::default(),
             control: cmsg_space!(TimeSpec),
         }
     }
 
-    /// When the kernel received the data of the latest read (`None` before the first read, or
-    /// if the kernel gave that read no timestamp: callers fall back to their read time).
+    /// When the kernel received the data of the latest read (see [`LatestArrival::get`]).
     pub fn last_arrival(&self) -> Option<Instant> {
-        self.last_arrival
+        self.latest.get()
+    }
+
+    /// A handle on the latest read's arrival that others can keep.
+    pub fn latest(&self) -> LatestArrival {
+        self.latest.clone()
     }
 }
 
@@ -100,7 +122,7 @@ impl AsyncRead for ArrivalStream {
                 Ok((read, stamp)) => {
                     // A read without a stamp (the kernel turns stamping on for the whole
                     // machine a moment after the first socket asks) must not keep an older one.
-                    this.last_arrival = stamp.map(realtime_to_instant);
+                    this.latest.set(stamp.map(realtime_to_instant));
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
                 }

@@ -11,7 +11,7 @@
 //! Every media runtime, single-threaded or work-stealing, is built here so that each gets the
 //! same event batching (`CALLFLEET_EVENT_BATCH_US`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -77,11 +77,21 @@ fn batching(mut builder: Builder, pause: Duration) -> Builder {
 static PAUSING: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
 
 thread_local! {
-    static REGISTERED: RefCell<Option<Registration>> = const { RefCell::new(None) };
+    /// Registers the thread on first use, and leaves the list when the thread ends.
+    static REGISTERED: Registration = Registration::current();
 }
 
 /// This thread's entry in [`PAUSING`], removed when the thread ends.
 struct Registration(ThreadId);
+
+impl Registration {
+    fn current() -> Self {
+        let me = std::thread::current();
+        let id = me.id();
+        pausing().push(me);
+        Self(id)
+    }
+}
 
 impl Drop for Registration {
     fn drop(&mut self) {
@@ -98,14 +108,7 @@ fn pausing() -> std::sync::MutexGuard<'static, Vec<Thread>> {
 
 /// One batching pause, which [`cut_pauses_short`] ends early.
 fn pause_for(pause: Duration) {
-    REGISTERED.with(|registered| {
-        let mut registered = registered.borrow_mut();
-        if registered.is_none() {
-            let me = std::thread::current();
-            *registered = Some(Registration(me.id()));
-            pausing().push(me);
-        }
-    });
+    REGISTERED.with(|_| {});
     std::thread::park_timeout(pause);
 }
 

@@ -17,7 +17,7 @@ use super::config::LoadConfig;
 use super::pattern::frames_in;
 use super::procstat::{MachineUsage, ProcSample, ProcUsage, machine, sample};
 use super::report::Report;
-use super::stats::{summarize, timed_overhead};
+use super::stats::{summarize, timed_overhead, turns_csv};
 use super::timing::phase;
 use super::wire::FrameBook;
 
@@ -99,17 +99,7 @@ pub async fn run(config: LoadConfig) -> Result<Report> {
     runtimes.stop();
     let provider = Duration::from_millis(config.provider_ms);
     if let Some(path) = &config.turns_csv {
-        let mut csv = String::from("window_closed_s,unix_s,call_turn,overhead_ms\n");
-        for turn in timed_overhead(&outcomes, provider) {
-            let at = turn.closed_at;
-            csv.push_str(&format!(
-                "{:.3},{:.3},{},{:.3}\n",
-                at.as_secs_f64(),
-                (began_unix + at).as_secs_f64(),
-                turn.call_turn,
-                turn.overhead_ms
-            ));
-        }
+        let csv = turns_csv(&timed_overhead(&outcomes, provider), began_unix);
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
     let calls = summarize(&outcomes, provider);

@@ -258,6 +258,24 @@ pub fn timed_overhead(outcomes: &[CallOutcome], provider: Duration) -> Vec<Timed
     turns
 }
 
+/// `turns` as CSV (`--turns-csv`): when each window closed since the run began and on the wall
+/// clock (the run began at `began_unix` since the Unix epoch), the call's turn number, the
+/// overhead.
+pub fn turns_csv(turns: &[TimedTurn], began_unix: Duration) -> String {
+    let mut csv = String::from("window_closed_s,unix_s,call_turn,overhead_ms\n");
+    for turn in turns {
+        let at = turn.closed_at;
+        csv.push_str(&format!(
+            "{:.3},{:.3},{},{:.3}\n",
+            at.as_secs_f64(),
+            (began_unix + at).as_secs_f64(),
+            turn.call_turn,
+            turn.overhead_ms
+        ));
+    }
+    csv
+}
+
 /// Milliseconds, exact for whole milliseconds.
 fn ms(d: Duration) -> f64 {
     d.as_nanos() as f64 / 1e6

@@ -8,24 +8,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::serve::IncomingStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::arrival::ArrivalStream;
+use crate::arrival::{ArrivalStream, LatestArrival};
 use crate::tls::TlsListener;
-
-/// The kernel's receive time of a connection's latest read, shared with its handlers.
-type LatestArrival = Arc<Mutex<Option<std::time::Instant>>>;
 
 /// Accepts plain-HTTP connections whose reads are stamped.
 pub struct StampingListener(TcpListener);
@@ -37,7 +30,7 @@ impl StampingListener {
 }
 
 impl axum::serve::Listener for StampingListener {
-    type Io = StampedConnection;
+    type Io = ArrivalStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -56,55 +49,12 @@ impl axum::serve::Listener for StampingListener {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "TCP_NODELAY not set");
             }
-            let connection = StampedConnection {
-                stream: ArrivalStream::best_effort(tcp),
-                latest: LatestArrival::default(),
-            };
-            return (connection, addr);
+            return (ArrivalStream::best_effort(tcp), addr);
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.0.local_addr()
-    }
-}
-
-/// A connection that publishes its latest read's kernel receive time.
-pub struct StampedConnection {
-    stream: ArrivalStream,
-    latest: LatestArrival,
-}
-
-impl AsyncRead for StampedConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            *this.latest.lock().unwrap_or_else(|p| p.into_inner()) = this.stream.last_arrival();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for StampedConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -117,17 +67,14 @@ impl RequestArrival {
     /// never later than now; now when there is none (TLS, or a read the kernel did not stamp).
     pub fn or_now(&self) -> Instant {
         let now = Instant::now();
-        let latest = self
-            .0
-            .as_ref()
-            .and_then(|latest| *latest.lock().unwrap_or_else(|p| p.into_inner()));
+        let latest = self.0.as_ref().and_then(LatestArrival::get);
         latest.map_or(now, |at| Instant::from_std(at).min(now))
     }
 }
 
 impl Connected<IncomingStream<'_, StampingListener>> for RequestArrival {
     fn connect_info(stream: IncomingStream<'_, StampingListener>) -> Self {
-        Self(Some(Arc::clone(&stream.io().latest)))
+        Self(Some(stream.io().latest()))
     }
 }
 
@@ -165,7 +112,7 @@ mod tests {
         let mut listener = StampingListener::new(listener);
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut connection, _) = axum::serve::Listener::accept(&mut listener).await;
-        let arrival = RequestArrival(Some(Arc::clone(&connection.latest)));
+        let arrival = RequestArrival(Some(connection.latest()));
         // The kernel turns stamping on machine-wide a moment after the first socket asks, so
         // the first reads may come unstamped; a few rounds get a stamped one.
         let mut buf = [0u8; 64];
@@ -179,7 +126,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
             let read_at = Instant::now();
             let _ = connection.read(&mut buf).await.unwrap();
-            if connection.stream.last_arrival().is_some() {
+            if connection.last_arrival().is_some() {
                 let arrived = arrival.or_now();
                 assert!(
                     arrived >= sent && arrived < read_at,

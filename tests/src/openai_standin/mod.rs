@@ -122,19 +122,13 @@ async fn require_bearer(
 /// Starts the stand-in in the current runtime.
 pub struct OpenAiStandin;
 
-/// A listener on `addr` whose accept queue is as long as the kernel allows
-/// (`net.core.somaxconn`), not Tokio's 1,024: a worker opening its provider connections for a
-/// burst of turns must not see SYNs dropped (a 1 s retransmission each) and count them as the
-/// provider's latency.
+/// A listener on `addr` built as the worker builds its own, whose accept queue is as long as
+/// the kernel allows (`net.core.somaxconn`), not Tokio's 1,024: a worker opening its provider
+/// connections for a burst of turns must not see SYNs dropped (a 1 s retransmission each) and
+/// count them as the provider's latency.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(65_535)
+    let mut listeners = callfleet_worker::media_thread::listeners(addr, 1)?;
+    TcpListener::from_std(listeners.remove(0))
 }
 
 impl OpenAiStandin {
