@@ -204,6 +204,15 @@ mod tests {
         d.decode(Incoming::Text(s))
     }
 
+    /// 20 ms of L16 at 16 kHz, FreeSWITCH's widest rate here, arrives in one read of the
+    /// call's WebSocket buffer, with the client frame's header (8 bytes).
+    #[test]
+    fn a_frame_fits_the_read_buffer() {
+        let frame_bytes = AudioFormat::l16(16_000).sample_rate as usize / 50 * 2;
+        assert_eq!(frame_bytes, 640);
+        assert!(frame_bytes + 8 <= Protocol::FreeSwitch.read_buffer_bytes());
+    }
+
     #[test]
     fn audio_fork_session() {
         let mut d = Decoder::new(Protocol::FreeSwitch);

@@ -41,6 +41,25 @@ impl Protocol {
             Protocol::FreeSwitch => "freeswitch",
         }
     }
+
+    /// The WebSocket read buffer for this protocol's calls: room for one typical frame and
+    /// little more. tungstenite zero-fills the buffer's free space before every read, twice per
+    /// frame (the read that takes it and the one that finds the socket drained), and with
+    /// thousands of calls those buffers are cold: at 4 KiB for every protocol that `memset` was
+    /// 2.8% of the worker's CPU in conversation, at 512 bytes for Twilio 0.6%, with no more
+    /// `recv` calls (BENCHMARKS.md, 2026-12-02 afternoon). Larger frames still arrive whole:
+    /// the buffer grows to a frame's length once its header is read. (tungstenite's 128 KiB
+    /// default cost a bare sink 28% of its CPU and 138 KB per connection.)
+    pub fn read_buffer_bytes(self) -> usize {
+        match self {
+            // A 20 ms µ-law media message: 216 base64 characters in about 370 bytes of JSON.
+            Protocol::Twilio => 512,
+            // 20 ms of L16 at up to 16 kHz is 640 bytes.
+            Protocol::FreeSwitch => 1024,
+            // Seed clients choose their own chunk sizes and rates.
+            Protocol::CallSession => 4096,
+        }
+    }
 }
 
 /// A frame received from the carrier, borrowed from the socket's buffer.

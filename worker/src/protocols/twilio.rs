@@ -287,6 +287,23 @@ mod tests {
         assert!(serde_json::from_str::<MediaPayload<'_>>(r#"{"track":5,"payload":""}"#).is_err());
     }
 
+    /// A media message as Twilio sends it an hour into a call (longer counters) still arrives
+    /// in one read of the call's WebSocket buffer, with the client frame's header (8 bytes).
+    #[test]
+    fn a_media_message_fits_the_read_buffer() {
+        let payload = STANDARD.encode([0xffu8; 160]);
+        let message = format!(
+            r#"{{"event":"media","sequenceNumber":"180000","media":{{"track":"inbound","chunk":"180000","timestamp":"3600000","payload":"{payload}"}},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}}"#
+        );
+        let mut d = Decoder::new(Protocol::Twilio);
+        text(&mut d, START).unwrap();
+        assert!(matches!(
+            text(&mut d, &message),
+            Ok(InboundEvent::Audio { .. })
+        ));
+        assert!(message.len() + 8 <= Protocol::Twilio.read_buffer_bytes());
+    }
+
     #[test]
     fn media_frames_escape_the_stream_id() {
         for sid in [r#"odd "sid" \ with escapes"#, "", "MZ@payload@"] {

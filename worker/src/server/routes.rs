@@ -20,10 +20,6 @@ use crate::protocols::{ErrorCode, MAX_FRAME_BYTES, Protocol};
 use crate::session::call::unix_now;
 use crate::session::connection::serve_socket;
 
-/// WebSocket read buffer: tungstenite's 128 KiB default is zero-filled on every read, which
-/// costs a bare sink about 28% CPU and 138 KB per connection; 4 KiB avoids both.
-pub const WS_READ_BUFFER: usize = 4 * 1024;
-
 /// WebSocket write batching: frames are buffered until this much is queued or the call task
 /// flushes, which it does after handing over everything one loop turn queued (a pair of reply
 /// frames and their marks), so those leave in one socket write instead of one each. Eager
@@ -109,7 +105,7 @@ async fn upgrade(
             Some(1),
         );
     };
-    ws.read_buffer_size(WS_READ_BUFFER)
+    ws.read_buffer_size(protocol.read_buffer_bytes())
         .write_buffer_size(WS_WRITE_BATCH)
         .max_message_size(MAX_FRAME_BYTES * 2)
         .on_upgrade(move |socket| serve_socket(socket, protocol, ctx, permit, token))
