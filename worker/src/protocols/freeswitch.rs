@@ -198,19 +198,21 @@ pub fn encode(playback: PlaybackMode, out: Outbound<'_>) -> Option<WireFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::{Decoder, ErrorCode, Protocol};
+    use crate::protocols::{CLIENT_FRAME_HEADER_BYTES, Decoder, ErrorCode, Protocol};
 
     fn text(d: &mut Decoder, s: &str) -> Result<InboundEvent, ProtocolError> {
         d.decode(Incoming::Text(s))
     }
 
     /// 20 ms of L16 at 16 kHz, FreeSWITCH's widest rate here, arrives in one read of the
-    /// call's WebSocket buffer, with the client frame's header (8 bytes).
+    /// call's WebSocket buffer, with the client frame's header.
     #[test]
     fn a_frame_fits_the_read_buffer() {
-        let frame_bytes = AudioFormat::l16(16_000).sample_rate as usize / 50 * 2;
+        let frame_bytes = AudioFormat::l16(16_000).bytes_per_frame();
         assert_eq!(frame_bytes, 640);
-        assert!(frame_bytes + 8 <= Protocol::FreeSwitch.read_buffer_bytes());
+        assert!(
+            frame_bytes + CLIENT_FRAME_HEADER_BYTES <= Protocol::FreeSwitch.read_buffer_bytes()
+        );
     }
 
     #[test]

@@ -62,6 +62,11 @@ impl Protocol {
     }
 }
 
+/// A client's WebSocket frame header for payloads of 126 to 65,535 bytes (two bytes, a
+/// 16-bit length, a 4-byte mask): what a read takes besides the message.
+#[cfg(test)]
+pub(crate) const CLIENT_FRAME_HEADER_BYTES: usize = 8;
+
 /// A frame received from the carrier, borrowed from the socket's buffer.
 #[derive(Debug, Clone, Copy)]
 pub enum Incoming<'a> {

@@ -267,7 +267,7 @@ impl TwilioEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::{Decoder, Protocol};
+    use crate::protocols::{CLIENT_FRAME_HEADER_BYTES, Decoder, Protocol};
 
     const START: &str = r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{"token":"tok","from":"+15550001"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#;
 
@@ -288,7 +288,7 @@ mod tests {
     }
 
     /// A media message as Twilio sends it an hour into a call (longer counters) still arrives
-    /// in one read of the call's WebSocket buffer, with the client frame's header (8 bytes).
+    /// in one read of the call's WebSocket buffer, with the client frame's header.
     #[test]
     fn a_media_message_fits_the_read_buffer() {
         let payload = STANDARD.encode([0xffu8; 160]);
@@ -301,7 +301,7 @@ mod tests {
             text(&mut d, &message),
             Ok(InboundEvent::Audio { .. })
         ));
-        assert!(message.len() + 8 <= Protocol::Twilio.read_buffer_bytes());
+        assert!(message.len() + CLIENT_FRAME_HEADER_BYTES <= Protocol::Twilio.read_buffer_bytes());
     }
 
     #[test]
