@@ -64,6 +64,9 @@ pub struct Metrics {
     /// End of caller speech to first reply audio, less the time spent waiting on providers.
     pub turn_overhead: Histogram,
     pub barge_ins: Counter,
+    /// Pauses in reading a speech stream while the call held plenty of unplayed audio (the
+    /// provider streaming faster than real time).
+    pub speech_read_rests: Counter,
     /// Realtime sessions lost mid-call and opened again with the conversation so far.
     pub realtime_reconnects: Counter,
     /// Utterance uploads made while the caller spoke, by outcome.
@@ -180,6 +183,7 @@ impl Metrics {
             Family::new_with_constructor(round_trip_histogram);
         let turn_overhead = overhead_histogram();
         let barge_ins = Counter::default();
+        let speech_read_rests = Counter::default();
         let realtime_reconnects = Counter::default();
         let stt_live_uploads = LiveUploadOutcomes::default();
         let stt_upload_encodings = UploadEncodings::default();
@@ -263,6 +267,11 @@ impl Metrics {
             barge_ins.clone(),
         );
         registry.register(
+            "callfleet_speech_read_rests",
+            "Pauses in reading a speech stream while the call held plenty of unplayed audio",
+            speech_read_rests.clone(),
+        );
+        registry.register(
             "callfleet_realtime_reconnects",
             "Realtime provider sessions lost mid-call and opened again with the conversation so far",
             realtime_reconnects.clone(),
@@ -310,6 +319,7 @@ impl Metrics {
             provider_round_trips,
             turn_overhead,
             barge_ins,
+            speech_read_rests,
             realtime_reconnects,
             stt_live_uploads,
             stt_upload_encodings,

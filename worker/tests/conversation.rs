@@ -1,8 +1,9 @@
 //! Conversation behaviour over real calls: greeting, history cap, resume on reconnect, idle
-//! timeout, sentence prefetch, and realtime mode, against the OpenAI stand-in.
+//! timeout, sentence prefetch, speech read in bursts, and realtime mode, against the OpenAI stand-in.
 
 mod support;
 
+use callfleet_tests::openai_standin::rules::speech_sample_count;
 use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
@@ -141,6 +142,52 @@ async fn the_next_sentence_is_fetched_while_one_plays_so_a_reply_has_no_pauses()
     assert_eq!(standin.stats().speech.requests, 2);
     // No pause for want of audio (a busy test machine may still send some frames late).
     assert_eq!(w.worker().ctx.metrics.reply_gaps_with("audio_late"), 0);
+    until_history_has(&w, call, REPLY_440).await;
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn speech_streamed_faster_than_real_time_is_read_in_bursts_and_played_whole() {
+    // Speech streams at four times real time in 40 ms chunks, as in the benchmark: once the call
+    // holds enough unplayed audio, reading the stream rests and then takes what accumulated.
+    let config = StandinConfig {
+        speech_pace: 4.0,
+        ..StandinConfig::instant()
+    };
+    let ms_per_char = config.speech_ms_per_char;
+    let (standin, w) = setup_standin(config, "", |_| {}).await;
+    let call = "CA-bursts";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &utterance(440.0, 8_000)).await;
+    // A mark follows each sentence's last frame.
+    let mut played = 0;
+    let mut marks = 0;
+    while marks < 2 {
+        let m = next_json(&mut s).await.expect("reply");
+        match m["event"].as_str() {
+            Some("media") => {
+                let payload = m["media"]["payload"].as_str().unwrap();
+                played +=
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload)
+                        .unwrap()
+                        .len();
+            }
+            Some("mark") => marks += 1,
+            _ => {}
+        }
+    }
+    let spoken: usize = ["I heard tone 440.", "What else can I do for you?"]
+        .iter()
+        .map(|sentence| speech_sample_count(sentence, 1.0, ms_per_char, 24_000) / 3)
+        .sum();
+    // Every chunk arrived, in full (both sentences' speech is whole 20 ms frames at 8 kHz).
+    assert_eq!(played, spoken, "samples at 8 kHz played, of those spoken");
+    let metrics = &w.worker().ctx.metrics;
+    assert!(metrics.speech_read_rests.get() >= 1, "reading never rested");
+    assert_eq!(metrics.reply_gaps_with("audio_late"), 0);
+    assert_eq!(standin.stats().speech.completed, 2);
     until_history_has(&w, call, REPLY_440).await;
     twilio_hang_up(&mut s, call).await;
     w.stop().await;

@@ -5,6 +5,14 @@
 //! already holds enough unplayed audio that waiting cannot starve its playout: the first audio
 //! of a reply goes at once, and when TTS streams no faster than real time every chunk goes at
 //! once, as before.
+//!
+//! Reading the provider's stream rests, too, while the call holds plenty of unplayed audio: each
+//! chunk read as it arrives costs a wake-up of the HTTP connection's task, a receive system call
+//! and a wake-up of the turn task, and at several chunks per 100 ms that was about a tenth of an
+//! active worker's CPU. While reading rests, what the provider sends waits in the socket's receive
+//! buffer and is then read in one go. Rests are short ([`REST`]) so that a provider streaming
+//! several times faster than real time does not fill that buffer: it is never held back, and its
+//! connection is free as soon as it has sent everything, as without resting.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +20,25 @@ use std::time::{Duration, Instant};
 pub const BATCH: Duration = Duration::from_millis(100);
 /// Held audio is handed over at the latest when the call's unplayed audio would drop to this.
 pub const MARGIN: Duration = Duration::from_millis(60);
+
+/// Reading the provider's stream rests once the call holds at least this much unplayed audio...
+pub const REST_ABOVE: Duration = Duration::from_millis(500);
+/// ...for this long, so the call still holds `REST_ABOVE - REST` when reading resumes. At four
+/// times real time a provider sends 0.8 s of 24 kHz audio (38 KB) meanwhile, well within a
+/// socket's receive buffer.
+pub const REST: Duration = Duration::from_millis(200);
+/// A chunk waited for at least this long came live from the provider, so what had accumulated
+/// was all read; one that came sooner was part of it, and reading goes on without a rest.
+pub const LIVE_WAIT: Duration = Duration::from_millis(3);
+/// Between two rests at least this much audio is read, twice what a rest lets play. On a
+/// worker short of CPU every chunk is waited for longer than [`LIVE_WAIT`], backlog or not, and
+/// without this reading would fall to a chunk per rest: slower than real time, with the call's
+/// audio down to what it held at the rest, where any further delay is a gap the caller hears.
+pub const BETWEEN_RESTS: Duration = Duration::from_millis(2 * REST.as_millis() as u64);
+
+// After a rest the call still holds more than a batch above the margin.
+const _: () =
+    assert!(REST_ABOVE.as_millis() - REST.as_millis() > MARGIN.as_millis() + BATCH.as_millis());
 
 /// What to do with the audio held so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +55,8 @@ pub struct HandOffPacer {
     /// When the first audio of this reply was handed over: playout starts about then.
     first: Option<Instant>,
     handed_samples: u64,
+    /// What had been handed over when reading last rested.
+    handed_at_rest: Option<u64>,
 }
 
 impl HandOffPacer {
@@ -37,6 +66,7 @@ impl HandOffPacer {
             rate: rate.max(1),
             first: None,
             handed_samples: 0,
+            handed_at_rest: None,
         }
     }
 
@@ -50,11 +80,38 @@ impl HandOffPacer {
         }
         // Assumes playout ran without a gap since the first hand-off; a gap only means more is
         // really unplayed than estimated, so the estimate errs on the safe side.
-        let handed = Duration::from_micros(self.handed_samples * 1_000_000 / u64::from(self.rate));
-        match (first + handed).checked_sub(MARGIN) {
+        match (first + self.handed_span()).checked_sub(MARGIN) {
             Some(latest) if latest > now => HandOff::HoldUntil(latest),
             _ => HandOff::Now,
         }
+    }
+
+    /// Whether reading the provider's stream rests now, after a chunk that was waited for
+    /// `waited`, and until when: only once reading has caught up with the provider, the call
+    /// holds at least [`REST_ABOVE`] of unplayed audio, and [`BETWEEN_RESTS`] was handed over
+    /// since the last rest (everything held must be handed over before resting).
+    pub fn rest(&mut self, waited: Duration, now: Instant) -> Option<Instant> {
+        let progressed = self
+            .handed_at_rest
+            .is_none_or(|at| self.handed_samples.saturating_sub(at) >= self.samples(BETWEEN_RESTS));
+        if waited < LIVE_WAIT || !progressed || self.unplayed(now) < REST_ABOVE {
+            return None;
+        }
+        self.handed_at_rest = Some(self.handed_samples);
+        Some(now + REST)
+    }
+
+    /// Audio handed over and not yet played, assuming playout ran without a gap since the
+    /// first hand-off (a gap only means more is really unplayed).
+    fn unplayed(&self, now: Instant) -> Duration {
+        let Some(first) = self.first else {
+            return Duration::ZERO;
+        };
+        (first + self.handed_span()).saturating_duration_since(now)
+    }
+
+    fn handed_span(&self) -> Duration {
+        Duration::from_micros(self.handed_samples * 1_000_000 / u64::from(self.rate))
     }
 
     /// Whether nothing of this reply was handed over yet: the next hand-off is its first audio,
@@ -125,6 +182,43 @@ mod tests {
             pacer.handed(samples(40), now);
             now += ms(40);
         }
+    }
+
+    #[test]
+    fn reading_rests_only_when_caught_up_and_well_ahead() {
+        let t0 = Instant::now();
+        let mut pacer = HandOffPacer::new(RATE);
+        let live = LIVE_WAIT;
+        assert_eq!(pacer.rest(live, t0), None, "nothing handed yet");
+        pacer.handed(samples(400), t0);
+        assert_eq!(pacer.rest(live, t0), None, "400 ms ahead is not enough");
+        pacer.handed(samples(200), t0);
+        assert_eq!(
+            pacer.rest(live - ms(1), t0 + ms(50)),
+            None,
+            "a chunk that came at once was part of a backlog: read on"
+        );
+        assert_eq!(
+            pacer.rest(live, t0 + ms(150)),
+            None,
+            "played down to 450 ms ahead"
+        );
+        assert_eq!(pacer.rest(live, t0 + ms(50)), Some(t0 + ms(50) + REST));
+    }
+
+    #[test]
+    fn between_rests_reading_runs_ahead_of_playout() {
+        let t0 = Instant::now();
+        let mut pacer = HandOffPacer::new(RATE);
+        pacer.handed(samples(1_000), t0);
+        assert_eq!(pacer.rest(LIVE_WAIT, t0), Some(t0 + REST));
+        // After the rest a chunk is read and the call is still well ahead, but what was read
+        // since the last rest does not yet make up for it.
+        let after = t0 + REST;
+        pacer.handed(samples(40), after);
+        assert_eq!(pacer.rest(LIVE_WAIT, after), None);
+        pacer.handed(samples(360), after);
+        assert_eq!(pacer.rest(LIVE_WAIT, after), Some(after + REST));
     }
 
     #[test]

@@ -264,6 +264,8 @@ struct Speaker<'a> {
 enum Step {
     Chunk(Option<ProviderResult<Bytes>>),
     HandOff,
+    /// A rest from reading the provider's stream is over.
+    Resume,
     NextSentence(Option<String>),
     ReadAhead,
 }
@@ -363,13 +365,19 @@ impl<'a> Speaker<'a> {
         let hold = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
+        let rest = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(rest);
+        let mut resting = false;
+        // Since when the next chunk has been waited for: tells a live chunk from a backlog.
+        let mut waiting_since = Instant::now();
         loop {
             let step = tokio::select! {
                 biased;
-                chunk = speech.next() => Step::Chunk(chunk),
+                chunk = speech.next(), if !resting => Step::Chunk(chunk),
                 () = &mut hold, if holding => Step::HandOff,
+                () = &mut rest, if resting => Step::Resume,
                 text = sentences.recv(), if *more && upcoming.is_none() => Step::NextSentence(text),
-                () = read_ahead(upcoming) => Step::ReadAhead,
+                () = read_ahead(upcoming), if !resting => Step::ReadAhead,
             };
             let chunk = match step {
                 Step::Chunk(Some(chunk)) => chunk?,
@@ -377,6 +385,11 @@ impl<'a> Speaker<'a> {
                 Step::HandOff => {
                     holding = false;
                     self.hand_off(out).await?;
+                    continue;
+                }
+                Step::Resume => {
+                    resting = false;
+                    waiting_since = Instant::now();
                     continue;
                 }
                 Step::NextSentence(Some(text)) => {
@@ -405,7 +418,8 @@ impl<'a> Speaker<'a> {
             self.resampler
                 .push(&self.pcm, &mut self.resampled)
                 .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-            match self.pacer.decide(self.resampled.len(), Instant::now()) {
+            let now = Instant::now();
+            match self.pacer.decide(self.resampled.len(), now) {
                 HandOff::Now => {
                     holding = false;
                     self.hand_off(out).await?;
@@ -416,6 +430,14 @@ impl<'a> Speaker<'a> {
                 }
                 HandOff::HoldUntil(_) => {}
             }
+            if let Some(until) = self.pacer.rest(now - waiting_since, now) {
+                holding = false;
+                self.hand_off(out).await?;
+                rest.as_mut().reset(until.into());
+                resting = true;
+                self.metrics.speech_read_rests.inc();
+            }
+            waiting_since = Instant::now();
         }
         self.resampler
             .flush(&mut self.resampled)
