@@ -101,6 +101,13 @@ impl SentenceSpeech {
     }
 }
 
+/// Whether the sentence after the playing one was requested (or is yet to be) and its speech has
+/// not begun to arrive.
+pub fn awaiting_first_byte(next: &Option<SentenceSpeech>) -> bool {
+    next.as_ref()
+        .is_some_and(|speech| speech.first_byte.is_none() && !speech.finished)
+}
+
 /// Reads ahead for the sentence after the playing one, if there is one (else waits forever).
 pub async fn read_ahead(next: &mut Option<SentenceSpeech>) {
     match next {
@@ -169,6 +176,18 @@ mod tests {
         assert!(s.next().await.unwrap().is_ok());
         assert!(s.next().await.unwrap().is_err());
         assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_next_sentence_awaits_its_first_byte_until_a_chunk_or_the_end_came() {
+        assert!(!awaiting_first_byte(&None));
+        let mut next = Some(speech(vec![chunk(2), chunk(4)]));
+        assert!(awaiting_first_byte(&next), "not requested yet");
+        read_ahead(&mut next).await;
+        assert!(!awaiting_first_byte(&next));
+        let mut failed = Some(speech(vec![Err(ProviderError::Timeout("no first byte"))]));
+        read_ahead(&mut failed).await;
+        assert!(!awaiting_first_byte(&failed), "nothing more to wait for");
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use crate::providers::{
 };
 
 use super::handoff::{HandOff, HandOffPacer};
-use super::sentence_speech::{SentenceSpeech, read_ahead};
+use super::sentence_speech::{SentenceSpeech, awaiting_first_byte, read_ahead};
 use super::sentences::SentenceSplitter;
 
 /// Highest sample rate the cascade sends to speech-to-text. Telephone (8 kHz) and wideband
@@ -377,7 +377,9 @@ impl<'a> Speaker<'a> {
                 () = &mut hold, if holding => Step::HandOff,
                 () = &mut rest, if resting => Step::Resume,
                 text = sentences.recv(), if *more && upcoming.is_none() => Step::NextSentence(text),
-                () = read_ahead(upcoming), if !resting => Step::ReadAhead,
+                // While reading rests, the next sentence's request still goes out and its
+                // first byte is still awaited: that wait is what the prefetch hides.
+                () = read_ahead(upcoming), if !resting || awaiting_first_byte(upcoming) => Step::ReadAhead,
             };
             let chunk = match step {
                 Step::Chunk(Some(chunk)) => chunk?,
