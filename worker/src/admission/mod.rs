@@ -9,7 +9,7 @@ pub mod secret;
 pub mod token;
 
 pub use capacity::{CallPermit, CapacityGate};
-pub use overload::{LoadShedder, OverloadPolicy};
+pub use overload::{CallLag, LoadShedder, OverloadPolicy};
 pub use rate_limit::{ConnectionRateLimiter, GcraLimiter, RateDecision, Unlimited};
 pub use secret::{SecretError, TokenSecret};
 pub use token::{TokenError, authentic_call_id, mint_token, verify_token};

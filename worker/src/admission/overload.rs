@@ -109,6 +109,21 @@ impl RuntimeLoad {
     }
 }
 
+/// How far behind one call's event loops run, for its turns to read while they stream.
+#[derive(Debug, Clone)]
+pub struct CallLag {
+    load: Arc<LoadShedder>,
+    runtime: usize,
+}
+
+impl CallLag {
+    /// The smoothed lag of the call's media runtime, or of the turn runtime if further behind
+    /// (zero while load shedding is off: nothing is probed).
+    pub fn behind(&self) -> Duration {
+        self.load.smoothed_lag(self.runtime)
+    }
+}
+
 /// Which runtime a probe samples, for its slot and its log lines.
 #[derive(Debug, Clone, Copy)]
 enum Probed {
@@ -152,6 +167,14 @@ impl LoadShedder {
     /// turn runtime all calls share, is shedding.
     pub fn is_shedding(&self, runtime: usize) -> bool {
         self.slot(runtime).is_shedding() || self.turns.is_shedding()
+    }
+
+    /// The lag behind a call on media runtime `runtime`.
+    pub fn lag_of(self: &Arc<Self>, runtime: usize) -> CallLag {
+        CallLag {
+            load: Arc::clone(self),
+            runtime,
+        }
     }
 
     /// Whether any runtime is shedding: the pod should get no new calls.

@@ -704,6 +704,8 @@ impl CallSession {
         let handle = self.ctx.spawn_turn(run_turn(
             self.pipeline.clone(),
             self.ctx.metrics.clone(),
+            // The call task runs on its media thread.
+            self.ctx.load.lag_of(crate::media_thread::index()),
             input,
             self.out_format.sample_rate,
             tx,

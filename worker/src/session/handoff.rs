@@ -35,6 +35,11 @@ pub const LIVE_WAIT: Duration = Duration::from_millis(3);
 /// without this reading would fall to a chunk per rest: slower than real time, with the call's
 /// audio down to what it held at the rest, where any further delay is a gap the caller hears.
 pub const BETWEEN_RESTS: Duration = Duration::from_millis(2 * REST.as_millis() as u64);
+/// Reading does not rest while the call's event loops run this far behind (smoothed lag of its
+/// runtimes, as load shedding measures it): a worker short of CPU delays every task by as much
+/// and more, and there the audio a call holds is worth more than the CPU a rest saves (measured:
+/// on a saturated worker resting made gaps and late frames more frequent).
+pub const REST_LAG_LIMIT: Duration = Duration::from_millis(5);
 
 // After a rest the call still holds more than a batch above the margin.
 const _: () =
@@ -87,10 +92,14 @@ impl HandOffPacer {
     }
 
     /// Whether reading the provider's stream rests now, after a chunk that was waited for
-    /// `waited`, and until when: only once reading has caught up with the provider, the call
-    /// holds at least [`REST_ABOVE`] of unplayed audio, and [`BETWEEN_RESTS`] was handed over
-    /// since the last rest (everything held must be handed over before resting).
-    pub fn rest(&mut self, waited: Duration, now: Instant) -> Option<Instant> {
+    /// `waited`, with the call's event loops `behind`, and until when: only once reading has
+    /// caught up with the provider, the call holds at least [`REST_ABOVE`] of unplayed audio,
+    /// [`BETWEEN_RESTS`] was handed over since the last rest, and the event loops are less than
+    /// [`REST_LAG_LIMIT`] behind (everything held must be handed over before resting).
+    pub fn rest(&mut self, waited: Duration, behind: Duration, now: Instant) -> Option<Instant> {
+        if behind >= REST_LAG_LIMIT {
+            return None;
+        }
         let progressed = self
             .handed_at_rest
             .is_none_or(|at| self.handed_samples.saturating_sub(at) >= self.samples(BETWEEN_RESTS));
@@ -189,21 +198,44 @@ mod tests {
         let t0 = Instant::now();
         let mut pacer = HandOffPacer::new(RATE);
         let live = LIVE_WAIT;
-        assert_eq!(pacer.rest(live, t0), None, "nothing handed yet");
+        assert_eq!(
+            pacer.rest(live, Duration::ZERO, t0),
+            None,
+            "nothing handed yet"
+        );
         pacer.handed(samples(400), t0);
-        assert_eq!(pacer.rest(live, t0), None, "400 ms ahead is not enough");
+        assert_eq!(
+            pacer.rest(live, Duration::ZERO, t0),
+            None,
+            "400 ms ahead is not enough"
+        );
         pacer.handed(samples(200), t0);
         assert_eq!(
-            pacer.rest(live - ms(1), t0 + ms(50)),
+            pacer.rest(live - ms(1), Duration::ZERO, t0 + ms(50)),
             None,
             "a chunk that came at once was part of a backlog: read on"
         );
         assert_eq!(
-            pacer.rest(live, t0 + ms(150)),
+            pacer.rest(live, Duration::ZERO, t0 + ms(150)),
             None,
             "played down to 450 ms ahead"
         );
-        assert_eq!(pacer.rest(live, t0 + ms(50)), Some(t0 + ms(50) + REST));
+        assert_eq!(
+            pacer.rest(live, Duration::ZERO, t0 + ms(50)),
+            Some(t0 + ms(50) + REST)
+        );
+    }
+
+    #[test]
+    fn reading_does_not_rest_on_a_worker_running_behind() {
+        let t0 = Instant::now();
+        let mut pacer = HandOffPacer::new(RATE);
+        pacer.handed(samples(1_000), t0);
+        assert_eq!(pacer.rest(LIVE_WAIT, REST_LAG_LIMIT, t0), None);
+        assert_eq!(
+            pacer.rest(LIVE_WAIT, REST_LAG_LIMIT - ms(1), t0),
+            Some(t0 + REST)
+        );
     }
 
     #[test]
@@ -211,14 +243,17 @@ mod tests {
         let t0 = Instant::now();
         let mut pacer = HandOffPacer::new(RATE);
         pacer.handed(samples(1_000), t0);
-        assert_eq!(pacer.rest(LIVE_WAIT, t0), Some(t0 + REST));
+        assert_eq!(pacer.rest(LIVE_WAIT, Duration::ZERO, t0), Some(t0 + REST));
         // After the rest a chunk is read and the call is still well ahead, but what was read
         // since the last rest does not yet make up for it.
         let after = t0 + REST;
         pacer.handed(samples(40), after);
-        assert_eq!(pacer.rest(LIVE_WAIT, after), None);
+        assert_eq!(pacer.rest(LIVE_WAIT, Duration::ZERO, after), None);
         pacer.handed(samples(360), after);
-        assert_eq!(pacer.rest(LIVE_WAIT, after), Some(after + REST));
+        assert_eq!(
+            pacer.rest(LIVE_WAIT, Duration::ZERO, after),
+            Some(after + REST)
+        );
     }
 
     #[test]

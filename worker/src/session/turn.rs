@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::admission::CallLag;
 use crate::config::PipelineVersion;
 use crate::media::{StreamResampler, l16};
 use crate::metrics::Metrics;
@@ -70,12 +71,13 @@ pub enum TurnOutput {
 pub async fn run_turn(
     pipeline: Arc<PipelineVersion>,
     metrics: Arc<Metrics>,
+    lag: CallLag,
     input: TurnInput,
     out_rate: u32,
     out: mpsc::Sender<TurnOutput>,
 ) {
     let result = match input {
-        TurnInput::Say(text) => speak(&pipeline, &metrics, vec![text], out_rate, &out).await,
+        TurnInput::Say(text) => speak(&pipeline, &metrics, &lag, vec![text], out_rate, &out).await,
         TurnInput::Speech {
             utterance,
             live_upload,
@@ -85,14 +87,14 @@ pub async fn run_turn(
                 utterance,
                 live_upload,
             };
-            answer(&pipeline, &metrics, speech, prompt, out_rate, &out).await
+            answer(&pipeline, &metrics, &lag, speech, prompt, out_rate, &out).await
         }
         TurnInput::Typed { text, prompt } => {
             let heard = Heard {
                 text,
                 provider_wait: Duration::ZERO,
             };
-            reply(&pipeline, &metrics, heard, prompt, out_rate, &out).await
+            reply(&pipeline, &metrics, &lag, heard, prompt, out_rate, &out).await
         }
     };
     let last = match result {
@@ -128,6 +130,7 @@ struct Speech {
 async fn answer(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
+    lag: &CallLag,
     speech: Speech,
     prompt: Vec<ChatMessage>,
     out_rate: u32,
@@ -157,7 +160,7 @@ async fn answer(
         text: transcript.text.trim().to_owned(),
         provider_wait: stt_wait,
     };
-    reply(pipeline, metrics, heard, prompt, out_rate, out).await
+    reply(pipeline, metrics, lag, heard, prompt, out_rate, out).await
 }
 
 /// What the caller said, and the provider time it took to know it.
@@ -170,6 +173,7 @@ struct Heard {
 async fn reply(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
+    lag: &CallLag,
     heard: Heard,
     mut prompt: Vec<ChatMessage>,
     out_rate: u32,
@@ -216,7 +220,7 @@ async fn reply(
         Ok::<(), TurnError>(())
     };
     let tts = async {
-        let mut speaker = Speaker::new(pipeline, metrics, out_rate)?;
+        let mut speaker = Speaker::new(pipeline, metrics, lag, out_rate)?;
         speaker.chat_clock = Some((heard_wait, chat_started));
         speaker.say_all(&mut sentence_rx, out).await
     };
@@ -227,6 +231,7 @@ async fn reply(
 async fn speak(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
+    lag: &CallLag,
     sentences: Vec<String>,
     out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
@@ -236,7 +241,7 @@ async fn speak(
         let _ = tx.try_send(sentence);
     }
     drop(tx);
-    Speaker::new(pipeline, metrics, out_rate)?
+    Speaker::new(pipeline, metrics, lag, out_rate)?
         .say_all(&mut rx, out)
         .await
 }
@@ -246,6 +251,8 @@ async fn speak(
 struct Speaker<'a> {
     pipeline: &'a PipelineVersion,
     metrics: &'a Metrics,
+    /// How far behind the call's event loops run: reading speech rests only when they keep up.
+    lag: &'a CallLag,
     resampler: StreamResampler,
     pcm: Vec<i16>,
     /// Audio at the call's rate not yet handed to the call task.
@@ -274,6 +281,7 @@ impl<'a> Speaker<'a> {
     fn new(
         pipeline: &'a PipelineVersion,
         metrics: &'a Metrics,
+        lag: &'a CallLag,
         out_rate: u32,
     ) -> Result<Self, TurnError> {
         let resampler = StreamResampler::new(TTS_SAMPLE_RATE, out_rate)
@@ -281,6 +289,7 @@ impl<'a> Speaker<'a> {
         Ok(Self {
             pipeline,
             metrics,
+            lag,
             resampler,
             pcm: Vec::new(),
             resampled: Vec::new(),
@@ -432,7 +441,7 @@ impl<'a> Speaker<'a> {
                 }
                 HandOff::HoldUntil(_) => {}
             }
-            if let Some(until) = self.pacer.rest(now - waiting_since, now) {
+            if let Some(until) = self.pacer.rest(now - waiting_since, self.lag.behind(), now) {
                 holding = false;
                 self.hand_off(out).await?;
                 rest.as_mut().reset(until.into());
