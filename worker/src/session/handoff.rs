@@ -36,10 +36,11 @@ pub const LIVE_WAIT: Duration = Duration::from_millis(3);
 /// audio down to what it held at the rest, where any further delay is a gap the caller hears.
 pub const BETWEEN_RESTS: Duration = Duration::from_millis(2 * REST.as_millis() as u64);
 /// Reading does not rest while the call's event loops run this far behind (smoothed lag of its
-/// runtimes, as load shedding measures it): a worker short of CPU delays every task by as much
-/// and more, and there the audio a call holds is worth more than the CPU a rest saves (measured:
-/// on a saturated worker resting made gaps and late frames more frequent).
-pub const REST_LAG_LIMIT: Duration = Duration::from_millis(5);
+/// runtimes, as load shedding measures it; a keeping-up loop's timers are under a millisecond
+/// late). Measured on a saturated worker, resting made gaps and late frames more frequent even
+/// with less CPU per call (more threads parking and waking), so rests are for a worker that
+/// keeps up, where the CPU they save is what an autoscaler counts.
+pub const REST_LAG_LIMIT: Duration = Duration::from_millis(2);
 
 // After a rest the call still holds more than a batch above the margin.
 const _: () =
