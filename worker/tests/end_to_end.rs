@@ -6,6 +6,7 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use callfleet_tests::openai_standin::rules::speech_sample_count;
 use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
 use callfleet_worker::media::l16;
 use futures::{SinkExt, StreamExt};
@@ -256,6 +257,35 @@ async fn freeswitch_play_audio_and_streaming() {
             Received::Closed(_) => panic!("closed"),
         }
     }
+    w.stop().await;
+}
+
+/// A sentence the carrier plays as a file starts playing only once it is complete, so its speech
+/// is read as it arrives, never resting, however far ahead of real time the provider streams.
+#[tokio::test]
+async fn speech_for_play_audio_is_read_without_rests() {
+    let config = StandinConfig {
+        speech_pace: 4.0,
+        ..StandinConfig::instant()
+    };
+    let ms_per_char = config.speech_ms_per_char;
+    let (_standin, w) = setup_standin(config, "", |_| {}).await;
+    let mut s = freeswitch_call(&w, "fs-eager", "").await;
+    let mut bytes = Vec::new();
+    while bytes.len() < 2 {
+        let m = next_json(&mut s).await.expect("reply");
+        assert_eq!(m["type"], "playAudio", "{m}");
+        let audio = m["data"]["audioContent"].as_str().unwrap();
+        bytes.push(STANDARD.decode(audio).unwrap().len());
+    }
+    let spoken: Vec<usize> = ["I heard tone 440.", "What else can I do for you?"]
+        .iter()
+        .map(|sentence| speech_sample_count(sentence, 1.0, ms_per_char, 24_000) * 2 / 3 * 2)
+        .collect();
+    assert_eq!(bytes, spoken, "16 kHz L16 bytes per sentence");
+    assert_eq!(w.worker().ctx.metrics.speech_read_rests.get(), 0);
+    send_text(&mut s, r#"{"type":"stop"}"#).await;
+    wait_for(&mut s, "type", "disconnect").await;
     w.stop().await;
 }
 

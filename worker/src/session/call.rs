@@ -19,13 +19,15 @@ use super::keypad::{Keypad, caller_text};
 use super::playout::{Playout, PlayoutItem};
 use super::recent::RecentWindow;
 use super::socket::{CallSocket, SocketEvent, close_code};
-use super::turn::{STT_SAMPLE_RATE, TurnInput, TurnOutput, run_turn};
+use super::turn::{STT_SAMPLE_RATE, SpeechReading, TurnInput, TurnOutput, run_turn};
 use super::uplink::Uplink;
 use crate::admission::{CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
 use crate::context::WorkerContext;
 use crate::media::{AudioEncoding, AudioFormat, StreamResampler, Vad, VadEvent, mulaw};
-use crate::protocols::{CallStart, Encoder, ErrorCode, InboundEvent, Outbound, Protocol};
+use crate::protocols::{
+    CallStart, Encoder, ErrorCode, InboundEvent, Outbound, PlaybackMode, Protocol,
+};
 use crate::providers::{
     ChatMessage, ChatRole, LiveUpload, ProviderError, RealtimeCommand, RealtimeEvent,
     RealtimeOptions, RealtimeSession, ServerVad, Utterance,
@@ -704,8 +706,13 @@ impl CallSession {
         let handle = self.ctx.spawn_turn(run_turn(
             self.pipeline.clone(),
             self.ctx.metrics.clone(),
-            // The call task runs on its media thread.
-            self.ctx.load.lag_of(crate::media_thread::index()),
+            match self.playout.mode() {
+                PlaybackMode::Paced => {
+                    // The call task runs on its media thread.
+                    SpeechReading::Paced(self.ctx.load.lag_of(crate::media_thread::index()))
+                }
+                PlaybackMode::PerSentence => SpeechReading::Eager,
+            },
             input,
             self.out_format.sample_rate,
             tx,

@@ -116,6 +116,11 @@ fn duration(samples: u64, rate: u32) -> Duration {
 }
 
 impl Playout {
+    /// How the carrier plays the reply.
+    pub fn mode(&self) -> PlaybackMode {
+        self.mode
+    }
+
     pub fn new(mode: PlaybackMode, rate: u32) -> Self {
         Self {
             mode,

@@ -28,6 +28,16 @@ use super::sentences::SentenceSplitter;
 /// rates are brought down to this one.
 pub const STT_SAMPLE_RATE: u32 = 16_000;
 
+/// How a turn reads the speech of its reply.
+pub enum SpeechReading {
+    /// Every chunk as it arrives: the carrier plays each sentence as a whole file once it is
+    /// complete, so reading it later would start its playback later.
+    Eager,
+    /// With rests while the call holds plenty of unplayed audio and its event loops keep up
+    /// (see `handoff`): the carrier plays audio as it streams.
+    Paced(CallLag),
+}
+
 /// What the turn asks for.
 pub enum TurnInput {
     /// Caller speech to transcribe and answer. `prompt` is the system prompt plus history.
@@ -71,13 +81,15 @@ pub enum TurnOutput {
 pub async fn run_turn(
     pipeline: Arc<PipelineVersion>,
     metrics: Arc<Metrics>,
-    lag: CallLag,
+    reading: SpeechReading,
     input: TurnInput,
     out_rate: u32,
     out: mpsc::Sender<TurnOutput>,
 ) {
     let result = match input {
-        TurnInput::Say(text) => speak(&pipeline, &metrics, &lag, vec![text], out_rate, &out).await,
+        TurnInput::Say(text) => {
+            speak(&pipeline, &metrics, &reading, vec![text], out_rate, &out).await
+        }
         TurnInput::Speech {
             utterance,
             live_upload,
@@ -87,14 +99,17 @@ pub async fn run_turn(
                 utterance,
                 live_upload,
             };
-            answer(&pipeline, &metrics, &lag, speech, prompt, out_rate, &out).await
+            answer(
+                &pipeline, &metrics, &reading, speech, prompt, out_rate, &out,
+            )
+            .await
         }
         TurnInput::Typed { text, prompt } => {
             let heard = Heard {
                 text,
                 provider_wait: Duration::ZERO,
             };
-            reply(&pipeline, &metrics, &lag, heard, prompt, out_rate, &out).await
+            reply(&pipeline, &metrics, &reading, heard, prompt, out_rate, &out).await
         }
     };
     let last = match result {
@@ -130,7 +145,7 @@ struct Speech {
 async fn answer(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
-    lag: &CallLag,
+    reading: &SpeechReading,
     speech: Speech,
     prompt: Vec<ChatMessage>,
     out_rate: u32,
@@ -160,7 +175,7 @@ async fn answer(
         text: transcript.text.trim().to_owned(),
         provider_wait: stt_wait,
     };
-    reply(pipeline, metrics, lag, heard, prompt, out_rate, out).await
+    reply(pipeline, metrics, reading, heard, prompt, out_rate, out).await
 }
 
 /// What the caller said, and the provider time it took to know it.
@@ -173,7 +188,7 @@ struct Heard {
 async fn reply(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
-    lag: &CallLag,
+    reading: &SpeechReading,
     heard: Heard,
     mut prompt: Vec<ChatMessage>,
     out_rate: u32,
@@ -220,7 +235,7 @@ async fn reply(
         Ok::<(), TurnError>(())
     };
     let tts = async {
-        let mut speaker = Speaker::new(pipeline, metrics, lag, out_rate)?;
+        let mut speaker = Speaker::new(pipeline, metrics, reading, out_rate)?;
         speaker.chat_clock = Some((heard_wait, chat_started));
         speaker.say_all(&mut sentence_rx, out).await
     };
@@ -231,7 +246,7 @@ async fn reply(
 async fn speak(
     pipeline: &PipelineVersion,
     metrics: &Metrics,
-    lag: &CallLag,
+    reading: &SpeechReading,
     sentences: Vec<String>,
     out_rate: u32,
     out: &mpsc::Sender<TurnOutput>,
@@ -241,7 +256,7 @@ async fn speak(
         let _ = tx.try_send(sentence);
     }
     drop(tx);
-    Speaker::new(pipeline, metrics, lag, out_rate)?
+    Speaker::new(pipeline, metrics, reading, out_rate)?
         .say_all(&mut rx, out)
         .await
 }
@@ -251,8 +266,7 @@ async fn speak(
 struct Speaker<'a> {
     pipeline: &'a PipelineVersion,
     metrics: &'a Metrics,
-    /// How far behind the call's event loops run: reading speech rests only when they keep up.
-    lag: &'a CallLag,
+    reading: &'a SpeechReading,
     resampler: StreamResampler,
     pcm: Vec<i16>,
     /// Audio at the call's rate not yet handed to the call task.
@@ -281,7 +295,7 @@ impl<'a> Speaker<'a> {
     fn new(
         pipeline: &'a PipelineVersion,
         metrics: &'a Metrics,
-        lag: &'a CallLag,
+        reading: &'a SpeechReading,
         out_rate: u32,
     ) -> Result<Self, TurnError> {
         let resampler = StreamResampler::new(TTS_SAMPLE_RATE, out_rate)
@@ -289,7 +303,7 @@ impl<'a> Speaker<'a> {
         Ok(Self {
             pipeline,
             metrics,
-            lag,
+            reading,
             resampler,
             pcm: Vec::new(),
             resampled: Vec::new(),
@@ -441,7 +455,9 @@ impl<'a> Speaker<'a> {
                 }
                 HandOff::HoldUntil(_) => {}
             }
-            if let Some(until) = self.pacer.rest(now - waiting_since, self.lag.behind(), now) {
+            if let SpeechReading::Paced(lag) = self.reading
+                && let Some(until) = self.pacer.rest(now - waiting_since, lag.behind(), now)
+            {
                 holding = false;
                 self.hand_off(out).await?;
                 rest.as_mut().reset(until.into());
