@@ -3,7 +3,6 @@
 
 mod support;
 
-use callfleet_tests::openai_standin::rules::speech_sample_count;
 use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
@@ -151,11 +150,8 @@ async fn the_next_sentence_is_fetched_while_one_plays_so_a_reply_has_no_pauses()
 async fn speech_streamed_faster_than_real_time_is_read_in_bursts_and_played_whole() {
     // Speech streams at four times real time in 40 ms chunks, as in the benchmark: once the call
     // holds enough unplayed audio, reading the stream rests and then takes what accumulated.
-    let config = StandinConfig {
-        speech_pace: 4.0,
-        ..StandinConfig::instant()
-    };
-    let ms_per_char = config.speech_ms_per_char;
+    let config = fast_speech_standin();
+    let spoken: usize = reply_440_samples(&config, 8_000).iter().sum();
     let (standin, w) = setup_standin(config, "", |_| {}).await;
     let call = "CA-bursts";
     let mut s = connect(&w.url("/ws/twilio")).await;
@@ -178,10 +174,6 @@ async fn speech_streamed_faster_than_real_time_is_read_in_bursts_and_played_whol
             _ => {}
         }
     }
-    let spoken: usize = ["I heard tone 440.", "What else can I do for you?"]
-        .iter()
-        .map(|sentence| speech_sample_count(sentence, 1.0, ms_per_char, 24_000) / 3)
-        .sum();
     // Every chunk arrived, in full (both sentences' speech is whole 20 ms frames at 8 kHz).
     assert_eq!(played, spoken, "samples at 8 kHz played, of those spoken");
     let metrics = &w.worker().ctx.metrics;

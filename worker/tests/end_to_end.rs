@@ -6,7 +6,6 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use callfleet_tests::openai_standin::rules::speech_sample_count;
 use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
 use callfleet_worker::media::l16;
 use futures::{SinkExt, StreamExt};
@@ -264,11 +263,11 @@ async fn freeswitch_play_audio_and_streaming() {
 /// is read as it arrives, never resting, however far ahead of real time the provider streams.
 #[tokio::test]
 async fn speech_for_play_audio_is_read_without_rests() {
-    let config = StandinConfig {
-        speech_pace: 4.0,
-        ..StandinConfig::instant()
-    };
-    let ms_per_char = config.speech_ms_per_char;
+    let config = fast_speech_standin();
+    let spoken: Vec<usize> = reply_440_samples(&config, 16_000)
+        .iter()
+        .map(|samples| samples * 2)
+        .collect();
     let (_standin, w) = setup_standin(config, "", |_| {}).await;
     let mut s = freeswitch_call(&w, "fs-eager", "").await;
     let mut bytes = Vec::new();
@@ -278,10 +277,6 @@ async fn speech_for_play_audio_is_read_without_rests() {
         let audio = m["data"]["audioContent"].as_str().unwrap();
         bytes.push(STANDARD.decode(audio).unwrap().len());
     }
-    let spoken: Vec<usize> = ["I heard tone 440.", "What else can I do for you?"]
-        .iter()
-        .map(|sentence| speech_sample_count(sentence, 1.0, ms_per_char, 24_000) * 2 / 3 * 2)
-        .collect();
     assert_eq!(bytes, spoken, "16 kHz L16 bytes per sentence");
     assert_eq!(w.worker().ctx.metrics.speech_read_rests.get(), 0);
     send_text(&mut s, r#"{"type":"stop"}"#).await;

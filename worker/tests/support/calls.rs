@@ -3,7 +3,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use callfleet_tests::openai_standin::rules::chat_reply;
+use callfleet_tests::openai_standin::rules::{chat_reply, speech_sample_count};
+use callfleet_tests::openai_standin::speech::SPEECH_SAMPLE_RATE;
 use callfleet_tests::openai_standin::{OpenAiStandin, StandinConfig, StandinHandle};
 use callfleet_worker::config::ServeArgs;
 use callfleet_worker::media::mulaw;
@@ -169,6 +170,27 @@ pub async fn seed_captions(s: &mut Socket, count: usize) -> Vec<String> {
 
 /// The stand-in's answer to a 440 Hz "utterance".
 pub const REPLY_440: &str = "I heard tone 440. What else can I do for you?";
+
+/// A stand-in that streams speech at four times real time in 40 ms chunks, as in the benchmark,
+/// and answers at once otherwise.
+pub fn fast_speech_standin() -> StandinConfig {
+    StandinConfig {
+        speech_pace: 4.0,
+        ..StandinConfig::instant()
+    }
+}
+
+/// Samples of speech at `rate` the stand-in `config` speaks for each sentence of [`REPLY_440`].
+pub fn reply_440_samples(config: &StandinConfig, rate: u32) -> Vec<usize> {
+    ["I heard tone 440.", "What else can I do for you?"]
+        .iter()
+        .map(|sentence| {
+            let at_24k =
+                speech_sample_count(sentence, 1.0, config.speech_ms_per_char, SPEECH_SAMPLE_RATE);
+            at_24k * rate as usize / SPEECH_SAMPLE_RATE as usize
+        })
+        .collect()
+}
 
 /// The assistant turn in history after a barge-in: some words were heard, fewer than
 /// `at_most_len` bytes, and what is kept is exactly the start of the reply.
