@@ -331,13 +331,120 @@ async fn words_lost_with_a_realtime_session_reach_the_next_one() {
     say_seed(&mut s, &utterance(440.0, 8_000)).await;
     // The worker kept the audio of the unanswered turn and plays it to the new session, which
     // answers it without the caller saying it again.
+    answered_after_losses(standin, w, s, call, 0, 1).await;
+}
+
+#[tokio::test]
+async fn words_lost_with_a_realtime_session_after_a_reply_are_answered() {
+    // The greeting plays in full; then the connection drops as the caller stops speaking. The
+    // greeting was audio the caller heard, but no answer to their words: the new session must
+    // still hear them (once, the worker took an earlier reply's audio for part of the answer
+    // and left the caller in silence).
+    let lost = FaultRule::new(Some(Endpoint::Realtime), Fault::DropAfterSpeech, Some(1));
+    let call = "rt-lost-after-greeting";
+    let greeting = format!(r#"{TURNS},"greeting":"Hello.""#);
+    let (standin, w, mut s) = realtime_call_on(quick_standin(), &greeting, &[lost], 5, call).await;
+    let mark = wait_for(&mut s, "type", "mark").await;
+    send_text(&mut s, mark.to_string()).await;
+    // The caller speaks once the greeting is over (had they spoken over it, they would have
+    // barged in and stopped it).
+    let greeted = w.worker().ctx.store.clone();
+    eventually(async || !greeted.load(call).await.is_empty()).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    answered_after_losses(standin, w, s, call, 1, 1).await;
+}
+
+#[tokio::test]
+async fn words_lost_with_two_realtime_sessions_in_a_row_reach_the_third() {
+    // The session given the caller's kept words drops with them too: the worker still has them
+    // for the next, rather than asking the caller to say them again.
+    let lost = FaultRule::new(Some(Endpoint::Realtime), Fault::DropAfterSpeech, Some(2));
+    let call = "rt-lost-twice";
+    let (standin, w, mut s) = realtime_call(&[lost], 5, call).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    answered_after_losses(standin, w, s, call, 0, 2).await;
+}
+
+#[tokio::test]
+async fn a_realtime_session_wedged_while_the_caller_speaks_is_replaced() {
+    // The provider says the caller started speaking, then nothing more: no word that they
+    // stopped, so no answer is ever due. Once the caller is quiet for the provider timeout the
+    // session counts as lost, and the new one answers their words.
+    let wedged = FaultRule::new(Some(Endpoint::Realtime), Fault::StallInSpeech, Some(1));
+    let call = "rt-wedged";
+    let (standin, w, mut s) = realtime_call(&[wedged], 1, call).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    answered_after_losses(standin, w, s, call, 0, 1).await;
+}
+
+#[tokio::test]
+async fn a_noise_only_the_worker_took_for_words_is_not_answered_after_a_lost_session() {
+    // The provider hears speech from -25 dBFS, the worker's own VAD from -40. The first
+    // session stalls on its first reply's first audio; meanwhile the caller makes a noise at
+    // about -34 dBFS, which the worker takes for words and keeps. The new session is given it,
+    // hears no speech, and owes no answer: the call goes on (before, that silence counted as a
+    // loss too, and the noise went to session after session until the call ended).
+    let standin = OpenAiStandin::start(StandinConfig {
+        vad_threshold_dbfs: -25.0,
+        ..quick_standin()
+    })
+    .await
+    .expect("stand-in");
+    let spec = format!(r#"{TURNS},"mode":"realtime""#);
+    let pipeline = pipeline_json_with(&standin.base_url(), 1, 1, 0, &spec);
+    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Realtime),
+        Fault::StallMidStream,
+        Some(1),
+    ));
+    // A resumed call (no greeting): the first session's first audio is a reply to the caller.
+    let call = "rt-noise";
+    let ctx = w.worker().ctx.clone();
+    let earlier = vec![
+        ChatMessage::new(ChatRole::User, "tone 300"),
+        ChatMessage::new(ChatRole::Assistant, "I heard tone 300."),
+    ];
+    ctx.store.save(call, earlier).await;
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    wait_for(&mut s, "type", "audio_response").await;
+    let noise: Vec<i16> = utterance(300.0, 8_000).iter().map(|s| s / 10).collect();
+    say_seed(&mut s, &noise).await;
+    eventually(async || ctx.metrics.realtime_reconnects.get() == 1).await;
+    // Three provider timeouts: time enough for the new session to have counted as lost again.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    say_seed(&mut s, &utterance(880.0, 8_000)).await;
+    until_history_has(&w, call, "I heard tone 880. What else can I do for you?").await;
+    assert_eq!(ctx.metrics.realtime_reconnects.get(), 1);
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+/// Ends a test whose caller said one 440 Hz turn while `losses` realtime sessions in a row were
+/// lost: the next session answers it (history holds the turn and its answer after `earlier`
+/// messages) without the caller saying it again, and the call hangs up cleanly.
+async fn answered_after_losses(
+    standin: StandinHandle,
+    w: TestWorker,
+    mut s: Socket,
+    call: &str,
+    earlier: usize,
+    losses: u64,
+) {
     until_seed_reply_audio(&mut s).await;
     until_history_has(&w, call, REPLY_440).await;
     let history = w.worker().ctx.store.load(call).await;
     let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
-    assert_eq!(said, ["tone 440", REPLY_440]);
-    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
-    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    assert_eq!(said[earlier..], ["tone 440", REPLY_440], "{call}: {said:?}");
+    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), losses);
+    assert_eq!(
+        standin.stats().endpoint(Endpoint::Realtime).requests,
+        losses + 1
+    );
     assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
 }
@@ -373,16 +480,8 @@ async fn words_only_the_provider_heard_are_answered_by_the_next_session() {
         (Fault::DropAfterSpeech, "rt-quiet-1"),
         (Fault::DropBeforeTranscript, "rt-quiet-2"),
     ] {
-        let (standin, w, mut s) = quiet_caller_lost_with(fault, call).await;
-        until_seed_reply_audio(&mut s).await;
-        until_history_has(&w, call, REPLY_440).await;
-        let history = w.worker().ctx.store.load(call).await;
-        let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(said, ["tone 440", REPLY_440], "{fault:?}");
-        assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
-        assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
-        assert_eq!(seed_hang_up(&mut s).await, Some(1000));
-        w.stop().await;
+        let (standin, w, s) = quiet_caller_lost_with(fault, call).await;
+        answered_after_losses(standin, w, s, call, 0, 1).await;
     }
 }
 

@@ -48,6 +48,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         Just(Fault::StallAfterHeaders),
         Just(Fault::DropAfterSpeech),
         Just(Fault::DropBeforeTranscript),
+        Just(Fault::StallInSpeech),
     ]
 }
 

@@ -58,6 +58,9 @@ pub enum Fault {
     /// Realtime: drop the connection just after saying the caller stopped speaking, before
     /// their words are committed and transcribed. Elsewhere the same as `DropMidStream`.
     DropBeforeTranscript,
+    /// Realtime: say the caller started speaking, then send nothing more, without closing (a
+    /// session wedged mid-turn). Elsewhere the same as `StallMidStream`.
+    StallInSpeech,
     /// Realtime: every event is preceded by one the client cannot decode (not JSON, or an
     /// audio delta whose audio is not base64), as from a provider that changed its format.
     /// Elsewhere the same as `DropMidStream`.
@@ -94,7 +97,7 @@ impl FaultRule {
     }
 }
 
-/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|garbage_events>[:count]`.
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|stall_in_speech|garbage_events>[:count]`.
 impl FromStr for FaultRule {
     type Err = String;
 
@@ -129,6 +132,7 @@ impl FromStr for FaultRule {
             "drop_after_speech" => Fault::DropAfterSpeech,
             "drop_before_transcript" => Fault::DropBeforeTranscript,
             "garbage_events" => Fault::GarbageEvents,
+            "stall_in_speech" => Fault::StallInSpeech,
             status => match status.parse::<u16>() {
                 Ok(status @ 500..=599) => Fault::ServerError { status },
                 _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),
@@ -248,6 +252,10 @@ mod tests {
                 .unwrap()
                 .fault,
             Fault::GarbageEvents
+        );
+        assert_eq!(
+            "realtime:stall_in_speech:1".parse::<FaultRule>().unwrap(),
+            FaultRule::new(Some(Endpoint::Realtime), Fault::StallInSpeech, Some(1))
         );
         assert!("speech:404".parse::<FaultRule>().is_err());
         assert!("tts:stall".parse::<FaultRule>().is_err());

@@ -217,6 +217,11 @@ impl Session {
                 {
                     return; // the words go down with the connection
                 }
+                if event["type"] == "input_audio_buffer.speech_started"
+                    && self.mid_stream == Some(Fault::StallInSpeech)
+                {
+                    self.stalled = true; // it never says the caller stopped
+                }
                 if is_audio {
                     self.audio_deltas_sent += 1;
                     if self.audio_deltas_sent == 1 {

@@ -64,6 +64,7 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
         }
         Fault::Stall => std::future::pending().await,
         Fault::StallMidStream
+        | Fault::StallInSpeech
         | Fault::DropMidStream
         | Fault::StallAfterHeaders
         | Fault::DropAfterSpeech
@@ -143,7 +144,9 @@ pub fn paced_response(
                         std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected drop");
                     return Some((Err(broken), (VecDeque::new(), usize::MAX)));
                 }
-                Some(Fault::StallMidStream) => std::future::pending::<()>().await,
+                Some(Fault::StallMidStream | Fault::StallInSpeech) => {
+                    std::future::pending::<()>().await
+                }
                 _ => {}
             }
         }

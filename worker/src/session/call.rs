@@ -299,6 +299,16 @@ struct CallSession {
     /// answer (after the caller stopped speaking, or during a response). A session silent past
     /// it has stalled and is treated as lost.
     realtime_due: Option<Instant>,
+    /// Realtime mode: the session was given the kept audio of an unanswered turn and has not
+    /// yet said it hears speech in it.
+    realtime_replayed: bool,
+    /// Realtime mode: the session has sent an event (it is alive).
+    realtime_heard_from: bool,
+    /// Realtime mode: the provider said the caller started speaking and has not yet said they
+    /// stopped. It must say so within its timeout of their last speech by the worker's own VAD
+    /// (pushed on at housekeeping while they speak); a session silent past it is wedged
+    /// mid-turn and treated as lost, so a caller never waits on it in silence.
+    realtime_speech_due: Option<Instant>,
     /// Realtime mode: the caller spoke (by the uplink's own VAD, or the provider said so) and
     /// no answer has started since; kept by the worker because a reset connection can lose the
     /// provider's events saying so.
@@ -363,6 +373,9 @@ impl CallSession {
             realtime: None,
             realtime_losses: SessionLosses::default(),
             realtime_due: None,
+            realtime_speech_due: None,
+            realtime_replayed: false,
+            realtime_heard_from: false,
             realtime_unanswered: false,
             realtime_turn_audio: Vec::new(),
             realtime_recent_audio: RecentWindow::new(REALTIME_LEAD_BYTES),
@@ -451,8 +464,14 @@ impl CallSession {
                         continue;
                     }
                     next_housekeeping = now + HOUSEKEEPING;
-                    if self.realtime_due.is_some_and(|due| now >= due) {
+                    if self.realtime_answer_overdue(now) {
                         let stalled = ProviderError::Timeout("realtime response");
+                        if let Some(ending) = self.realtime_lost(Some(stalled)).await {
+                            break ending;
+                        }
+                    }
+                    if self.realtime_speech_stalled(now) {
+                        let stalled = ProviderError::Timeout("realtime end of speech");
                         if let Some(ending) = self.realtime_lost(Some(stalled)).await {
                             break ending;
                         }
@@ -1070,6 +1089,8 @@ impl CallSession {
             .connect(&spec.realtime, options)
             .await?;
         self.realtime = Some(session);
+        self.realtime_heard_from = false;
+        self.realtime_replayed = false;
         self.uplink = Some(Uplink::new(
             &spec.turn_detection,
             spec.realtime.input_chunk_ms,
@@ -1118,34 +1139,39 @@ impl CallSession {
             None => (ErrorCode::InternalError, "realtime session closed".into()),
         };
         self.realtime = None;
-        let awaited_answer = self.realtime_due.take().is_some() || self.realtime_unanswered;
+        self.realtime_speech_due = None;
+        let answering = self.realtime_due.take().is_some();
+        let unanswered = self.realtime_unanswered;
         let still_speaking = self.uplink.as_ref().is_some_and(Uplink::caller_speaking);
         let retryable = err.as_ref().is_none_or(ProviderError::is_retryable);
         if retryable && self.realtime_losses.lost() {
             let heard_some = self.stop_reply().await;
+            // The caller's words are owed an answer unless they heard part of it (it stops, as
+            // after a barge-in). Audio still playing from an earlier reply when they spoke is
+            // not an answer to them.
+            let owed = unanswered || (answering && !heard_some);
             tracing::warn!(call_id = %self.call_id, error = %message, attempt = self.realtime_losses.in_a_row, "realtime session lost; opening a new one");
             match self.open_realtime().await {
                 Ok(()) => {
                     self.ctx.metrics.realtime_reconnects.inc();
-                    // The caller was waiting for an answer and heard none of it; never leave
-                    // them in silence. Words the old session took down with it (a reset
-                    // connection loses what was in flight) are played to the new one, whose
-                    // turn detection answers them as usual (or hears the rest, if the caller
-                    // is still talking); words it had transcribed are in the conversation, so
+                    // Words owed an answer are never left in silence. Words the old session
+                    // took down with it (a reset connection loses what was in flight) are
+                    // played to the new one, whose turn detection answers them as usual (or
+                    // hears the rest, if the caller is still talking); the worker keeps them
+                    // until answered or transcribed, as the new session may be lost with them
+                    // too. Words the old session had transcribed are in the conversation, so
                     // the new session is asked to answer; if neither, the caller is asked to
                     // say it again.
-                    let turn_audio = std::mem::take(&mut self.realtime_turn_audio);
-                    if awaited_answer && !heard_some && !turn_audio.is_empty() {
+                    let turn_audio = Bytes::copy_from_slice(&self.realtime_turn_audio);
+                    tracing::debug!(call_id = %self.call_id, owed, heard_some, still_speaking, turn_audio_ms = turn_audio.len() / 8, "realtime session replaced");
+                    if owed && !turn_audio.is_empty() {
                         if let Some(rt) = self.realtime.as_mut()
-                            && rt
-                                .commands
-                                .append_audio(Bytes::from(turn_audio))
-                                .await
-                                .is_ok()
+                            && rt.commands.append_audio(turn_audio).await.is_ok()
                         {
+                            self.realtime_replayed = true;
                             self.expect_realtime();
                         }
-                    } else if awaited_answer && !heard_some && !still_speaking {
+                    } else if owed && !still_speaking {
                         let caller_last = self
                             .history
                             .messages()
@@ -1170,8 +1196,45 @@ impl CallSession {
 
     /// The call now waits to hear from the provider, within its timeout.
     fn expect_realtime(&mut self) {
+        self.realtime_due = Some(Instant::now() + self.realtime_timeout());
+    }
+
+    fn realtime_timeout(&self) -> Duration {
         let timeout = self.pipeline.config.spec.provider.timeout_seconds.max(1);
-        self.realtime_due = Some(Instant::now() + Duration::from_secs(u64::from(timeout)));
+        Duration::from_secs(u64::from(timeout))
+    }
+
+    /// Housekeeping: whether the provider let the deadline for an answer pass. Kept audio given
+    /// to a new session that is alive (it sent events) but heard no speech in it is owed
+    /// nothing: the worker's VAD took a noise for words the provider's turn detection, which
+    /// decides turns in realtime mode, does not; treating the silence as a loss would replay
+    /// it to session after session until the call ended.
+    fn realtime_answer_overdue(&mut self, now: Instant) -> bool {
+        if self.realtime_due.is_none_or(|due| now < due) {
+            return false;
+        }
+        if self.realtime_replayed && self.realtime_heard_from {
+            tracing::debug!(call_id = %self.call_id, "kept audio held no speech for the new realtime session");
+            self.realtime_due = None;
+            self.realtime_replayed = false;
+            self.realtime_unanswered = false;
+            self.realtime_turn_audio.clear();
+            return false;
+        }
+        true
+    }
+
+    /// Housekeeping: whether the provider, having said the caller started speaking, let its
+    /// timeout pass since they last spoke (by the worker's own VAD) without saying they stopped.
+    fn realtime_speech_stalled(&mut self, now: Instant) -> bool {
+        let Some(due) = self.realtime_speech_due else {
+            return false;
+        };
+        if self.uplink.as_ref().is_some_and(Uplink::caller_speaking) {
+            self.realtime_speech_due = Some(now + self.realtime_timeout());
+            return false;
+        }
+        now >= due
     }
 
     /// Asks the realtime session for a response to the conversation as it stands (with
@@ -1247,12 +1310,29 @@ impl CallSession {
             Some(Err(err)) => return self.realtime_lost(Some(err)).await,
             None => return self.realtime_lost(None).await,
         };
+        if !matches!(
+            event,
+            RealtimeEvent::AudioDelta { .. } | RealtimeEvent::TranscriptDelta { .. }
+        ) {
+            tracing::debug!(call_id = %self.call_id, ?event, due = ?self.realtime_due.map(|d| d.saturating_duration_since(now)), unanswered = self.realtime_unanswered, "realtime event");
+        }
+        self.realtime_heard_from = true;
+        if matches!(
+            event,
+            RealtimeEvent::SpeechStarted { .. }
+                | RealtimeEvent::AudioDelta { .. }
+                | RealtimeEvent::ResponseCreated { .. }
+        ) {
+            // The new session hears the kept words (or answers): the usual deadlines apply.
+            self.realtime_replayed = false;
+        }
         match event {
             RealtimeEvent::SpeechStarted { .. } => {
                 // The caller talks: no answer is awaited until they stop, and their words are
                 // kept in case the session goes down with them (the provider may hear speech
                 // the worker's own VAD takes for quiet).
                 self.realtime_due = None;
+                self.realtime_speech_due = Some(now + self.realtime_timeout());
                 self.mark_realtime_unanswered();
                 if self.playout.is_active(now) && self.pipeline.config.spec.turn_detection.barge_in
                 {
@@ -1263,17 +1343,20 @@ impl CallSession {
                 self.commit_finished_reply().await;
             }
             RealtimeEvent::SpeechStopped { .. } => {
+                self.realtime_speech_due = None;
                 self.speech_ended_at = Some(now);
                 self.expect_realtime();
             }
             RealtimeEvent::InputTranscript { text, .. } => {
                 // The words are known now; a new session would be given them as text.
+                self.realtime_speech_due = None;
                 self.realtime_turn_audio = Vec::new();
                 self.commit_finished_reply().await;
                 self.history.push(ChatMessage::new(ChatRole::User, text));
             }
             RealtimeEvent::AudioDelta { item_id, audio, .. } => {
                 self.expect_realtime();
+                self.realtime_speech_due = None;
                 self.realtime_unanswered = false;
                 self.realtime_turn_audio = Vec::new();
                 if self.reply.item_id.as_deref() != Some(item_id.as_str()) {
@@ -1329,7 +1412,10 @@ impl CallSession {
                     self.realtime_losses.answered();
                 }
             }
-            RealtimeEvent::ResponseCreated { .. } => self.expect_realtime(),
+            RealtimeEvent::ResponseCreated { .. } => {
+                self.realtime_speech_due = None;
+                self.expect_realtime();
+            }
             RealtimeEvent::SessionUpdated | RealtimeEvent::Truncated { .. } => {}
         }
         None

@@ -99,6 +99,7 @@ impl TestWorker {
 
 /// Starts a worker with `pipeline` as its config; `tune` adjusts the settings.
 pub async fn start_worker(pipeline: &str, tune: impl FnOnce(&mut ServeArgs)) -> TestWorker {
+    log_when_asked();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline).expect("write pipeline");
@@ -112,6 +113,18 @@ pub async fn start_worker(pipeline: &str, tune: impl FnOnce(&mut ServeArgs)) -> 
     TestWorker {
         worker: Some(worker),
         dir,
+    }
+}
+
+/// Prints the worker's logs when `RUST_LOG` is set (e.g. `RUST_LOG=callfleet_worker=debug`), to
+/// chase a failure a seed replays; silent otherwise, as the tests' output is their own.
+fn log_when_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Only the first test in a binary installs it; the others find it set.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
