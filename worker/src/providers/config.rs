@@ -25,10 +25,15 @@ impl ProviderConfig {
         Self {
             base_url: spec.base_url.trim_end_matches('/').to_owned(),
             api_key: api_key.into(),
-            timeout: Duration::from_secs(u64::from(spec.timeout_seconds.max(1))),
+            timeout: provider_timeout(spec),
             max_retries: spec.max_retries,
         }
     }
+}
+
+/// The provider timeout a pipeline asks for, a second at least.
+pub fn provider_timeout(spec: &ProviderSpec) -> Duration {
+    Duration::from_secs(u64::from(spec.timeout_seconds.max(1)))
 }
 
 /// Never prints the API key.

@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-pub use config::ProviderConfig;
+pub use config::{ProviderConfig, provider_timeout};
 pub use error::ProviderError;
 pub use realtime::{
     RealtimeCommand, RealtimeCommands, RealtimeEvent, RealtimeOptions, RealtimeSession, ServerVad,

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod keypad;
 pub mod playout;
+pub mod realtime_guard;
 pub mod recent;
 pub mod sentence_speech;
 pub mod sentences;
