@@ -355,6 +355,30 @@ async fn words_lost_with_a_realtime_session_after_a_reply_are_answered() {
 }
 
 #[tokio::test]
+async fn a_greeting_lost_with_a_realtime_session_is_said_by_the_next() {
+    // The first session takes the greeting's request but never answers it. The new session is
+    // asked for the greeting again, and for nothing else: the caller has said nothing, so
+    // there are no lost words to apologise for (once, the worker asked for both, and the
+    // apology replaced the greeting).
+    let stall = FaultRule::new(Some(Endpoint::Realtime), Fault::StallAfterHeaders, Some(1));
+    let call = "rt-lost-greeting";
+    let greeting = format!(r#"{TURNS},"greeting":"Hello.""#);
+    let (standin, w, mut s) = realtime_call_on(quick_standin(), &greeting, &[stall], 1, call).await;
+    let mark = wait_for(&mut s, "type", "mark").await;
+    send_text(&mut s, mark.to_string()).await;
+    let store = w.worker().ctx.store.clone();
+    eventually(async || !store.load(call).await.is_empty()).await;
+    let history = store.load(call).await;
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].ends_with("Hello."), "{said:?}");
+    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn words_lost_with_two_realtime_sessions_in_a_row_reach_the_third() {
     // The session given the caller's kept words drops with them too: the worker still has them
     // for the next, rather than asking the caller to say them again.

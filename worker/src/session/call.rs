@@ -1001,7 +1001,9 @@ impl CallSession {
 
     // ---- realtime mode -------------------------------------------------------------------
 
-    async fn open_realtime(&mut self) -> Result<(), ProviderError> {
+    /// Opens a provider session for the call, given the conversation so far; on a call that
+    /// has had no conversation yet, it is asked for the greeting. Returns whether it was.
+    async fn open_realtime(&mut self) -> Result<bool, ProviderError> {
         let spec = &self.pipeline.config.spec;
         let options = RealtimeOptions {
             instructions: spec.llm.system_prompt.clone(),
@@ -1046,8 +1048,9 @@ impl CallSession {
                 .send(RealtimeCommand::CreateResponse { instructions })
                 .await;
             self.realtime_guard.expect_answer(Instant::now());
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The provider's realtime session ended mid-call (a dropped connection, the provider's
@@ -1075,7 +1078,7 @@ impl CallSession {
             let owed = loss.owed(heard_some);
             tracing::warn!(call_id = %self.call_id, error = %message, attempt = self.realtime_guard.losses_in_a_row(), "realtime session lost; opening a new one");
             match self.open_realtime().await {
-                Ok(()) => {
+                Ok(greeting) => {
                     self.ctx.metrics.realtime_reconnects.inc();
                     // Words owed an answer are never left in silence. Words the old session
                     // took down with it (a reset connection loses what was in flight) are
@@ -1084,7 +1087,8 @@ impl CallSession {
                     // until answered or transcribed, as the new session may be lost with them
                     // too. Words the old session had transcribed are in the conversation, so
                     // the new session is asked to answer; if neither, the caller is asked to
-                    // say it again.
+                    // say it again. A greeting lost before the caller heard any of it was
+                    // asked of the new session already: the caller said nothing to lose.
                     let turn_audio = self.realtime_guard.kept_audio();
                     tracing::debug!(call_id = %self.call_id, owed, heard_some, still_speaking, turn_audio_ms = turn_audio.len() / 8, "realtime session replaced");
                     if owed && !turn_audio.is_empty() {
@@ -1093,7 +1097,7 @@ impl CallSession {
                         {
                             self.realtime_guard.replayed(Instant::now());
                         }
-                    } else if owed && !still_speaking {
+                    } else if owed && !still_speaking && !greeting {
                         let caller_last = self
                             .history
                             .messages()
