@@ -379,6 +379,37 @@ async fn a_greeting_lost_with_a_realtime_session_is_said_by_the_next() {
 }
 
 #[tokio::test]
+async fn a_keypad_entry_lost_with_a_realtime_session_is_answered_by_the_next() {
+    // The first session stalls once the greeting's first audio is out; the caller then types an
+    // entry (barge-in off: the greeting is not stopped), which the stalled session never
+    // answers. The entry is in the conversation as text, so the new session is asked to answer
+    // it (once, the greeting's audio counted as the answer and the caller was left in silence).
+    let turns = r#","turnDetection":{"silenceMs":300,"minSpeechMs":100,"bargeIn":false}"#;
+    let spec = format!(r#"{turns},"greeting":"Hello.""#);
+    let (standin, w) = realtime_worker_stalling_first_reply(quick_standin(), &spec).await;
+    let call = "CA-rt-keys-lost";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    wait_for(&mut s, "event", "media").await;
+    for digit in ["5", "#"] {
+        send_text(&mut s, twilio_dtmf(call, digit)).await;
+    }
+    let answer = "I heard Keypad input: 5. What else can I do for you?";
+    until_history_has(&w, call, answer).await;
+    let history = w.worker().ctx.store.load(call).await;
+    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        said[said.len() - 2..],
+        ["Keypad input: 5", answer],
+        "{said:?}"
+    );
+    assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn words_lost_with_two_realtime_sessions_in_a_row_reach_the_third() {
     // The session given the caller's kept words drops with them too: the worker still has them
     // for the next, rather than asking the caller to say them again.
@@ -408,20 +439,11 @@ async fn a_noise_only_the_worker_took_for_words_is_not_answered_after_a_lost_ses
     // about -34 dBFS, which the worker takes for words and keeps. The new session is given it,
     // hears no speech, and owes no answer: the call goes on (before, that silence counted as a
     // loss too, and the noise went to session after session until the call ended).
-    let standin = OpenAiStandin::start(StandinConfig {
+    let hears_less = StandinConfig {
         vad_threshold_dbfs: -25.0,
         ..quick_standin()
-    })
-    .await
-    .expect("stand-in");
-    let spec = format!(r#"{TURNS},"mode":"realtime""#);
-    let pipeline = pipeline_json_with(&standin.base_url(), 1, 1, 0, &spec);
-    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
-    standin.inject(FaultRule::new(
-        Some(Endpoint::Realtime),
-        Fault::StallMidStream,
-        Some(1),
-    ));
+    };
+    let (standin, w) = realtime_worker_stalling_first_reply(hears_less, TURNS).await;
     // A resumed call (no greeting): the first session's first audio is a reply to the caller.
     let call = "rt-noise";
     let ctx = w.worker().ctx.clone();
@@ -446,6 +468,22 @@ async fn a_noise_only_the_worker_took_for_words_is_not_answered_after_a_lost_ses
     assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 2);
     assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
+}
+
+/// A realtime-mode worker (pipeline fields `spec`, a one-second provider timeout) on a
+/// stand-in configured by `config` whose first session stalls after its first reply's first
+/// audio.
+async fn realtime_worker_stalling_first_reply(
+    config: StandinConfig,
+    spec: &str,
+) -> (StandinHandle, TestWorker) {
+    let standin = OpenAiStandin::start(config).await.expect("stand-in");
+    let spec = format!(r#"{spec},"mode":"realtime""#);
+    let pipeline = pipeline_json_with(&standin.base_url(), 1, 1, 0, &spec);
+    let w = start_worker(&pipeline, |a| a.openai_api_key = Some("sk-test".into())).await;
+    let stall = FaultRule::new(Some(Endpoint::Realtime), Fault::StallMidStream, Some(1));
+    standin.inject(stall);
+    (standin, w)
 }
 
 /// Ends a test whose caller said one 440 Hz turn while `losses` realtime sessions in a row were

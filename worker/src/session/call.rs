@@ -629,8 +629,10 @@ impl CallSession {
                 tracing::warn!(call_id = %self.call_id, "realtime session gone; keypad entry lost");
                 return;
             }
+            // A reply that finished playing goes into history before the entry.
+            self.commit_finished_reply().await;
             self.history.push(ChatMessage::new(ChatRole::User, text));
-            self.realtime_guard.expect_answer(Instant::now());
+            self.realtime_guard.caller_typed(Instant::now());
             return;
         }
         self.begin_caller_turn("keypad entry").await;
@@ -1085,7 +1087,7 @@ impl CallSession {
                     // played to the new one, whose turn detection answers them as usual (or
                     // hears the rest, if the caller is still talking); the worker keeps them
                     // until answered or transcribed, as the new session may be lost with them
-                    // too. Words the old session had transcribed are in the conversation, so
+                    // too. Words the old session had transcribed, or typed ones, are in the conversation, so
                     // the new session is asked to answer; if neither, the caller is asked to
                     // say it again. A greeting lost before the caller heard any of it was
                     // asked of the new session already: the caller said nothing to lose.
@@ -1098,12 +1100,7 @@ impl CallSession {
                             self.realtime_guard.replayed(Instant::now());
                         }
                     } else if owed && !still_speaking && !greeting {
-                        let caller_last = self
-                            .history
-                            .messages()
-                            .last()
-                            .is_some_and(|m| m.role == ChatRole::User);
-                        let instructions = (!caller_last).then(|| LOST_WORDS.to_owned());
+                        let instructions = (!loss.in_text()).then(|| LOST_WORDS.to_owned());
                         self.request_realtime_response(instructions).await;
                     }
                     return None;

@@ -49,6 +49,8 @@ pub struct Loss {
     answering: bool,
     /// The caller spoke and no answer to them had started.
     unanswered: bool,
+    /// Their latest words are in the conversation as text (transcribed, or typed).
+    in_text: bool,
 }
 
 impl Loss {
@@ -57,6 +59,12 @@ impl Loss {
     /// not answer them: their words stay unanswered until audio of a new answer arrives.
     pub fn owed(self, reply_heard: bool) -> bool {
         self.unanswered || (self.answering && !reply_heard)
+    }
+
+    /// Whether the caller's latest words are in the conversation as text, so a new session
+    /// given the conversation can answer them without hearing them.
+    pub fn in_text(self) -> bool {
+        self.in_text
     }
 }
 
@@ -81,6 +89,9 @@ pub struct RealtimeGuard {
     heard_from: bool,
     /// The caller spoke and no answer has started since.
     unanswered: bool,
+    /// The caller's latest words are in the conversation as text (the provider transcribed
+    /// them, or they were typed); until their next turn begins.
+    in_text: bool,
     /// The caller's audio of that unanswered turn as sent to the provider (the last
     /// `max_kept` bytes at most), until an answer starts or the words are transcribed.
     turn_audio: Vec<u8>,
@@ -102,6 +113,7 @@ impl RealtimeGuard {
             replayed: false,
             heard_from: false,
             unanswered: false,
+            in_text: false,
             turn_audio: Vec::new(),
             max_kept: max_turn.as_millis() as usize * BYTES_PER_MS,
             recent_audio: RecentWindow::new(LEAD_BYTES),
@@ -131,8 +143,18 @@ impl RealtimeGuard {
     pub fn caller_spoke(&mut self) {
         if !self.unanswered {
             self.unanswered = true;
+            self.in_text = false;
             self.recent_audio.move_into(&mut self.turn_audio);
         }
+    }
+
+    /// The caller typed an entry (keypad), now in the conversation as a user message: a turn
+    /// owed an answer that a new session can read, so no audio is kept for it.
+    pub fn caller_typed(&mut self, now: Instant) {
+        self.unanswered = true;
+        self.in_text = true;
+        self.turn_audio = Vec::new();
+        self.expect_answer(now);
     }
 
     /// Caller audio was sent to the provider (µ-law): kept with an unanswered turn, or as the
@@ -166,6 +188,7 @@ impl RealtimeGuard {
             RealtimeEvent::InputTranscript { .. } => {
                 // The words are known now: a new session would be given them as text.
                 self.speech_due = None;
+                self.in_text = true;
                 self.turn_audio = Vec::new();
             }
             RealtimeEvent::ResponseCreated { .. } => {
@@ -225,6 +248,7 @@ impl RealtimeGuard {
         Loss {
             answering: self.answer_due.take().is_some(),
             unanswered: self.unanswered,
+            in_text: self.in_text,
         }
     }
 
@@ -407,6 +431,48 @@ mod tests {
             Instant::now(),
         );
         assert!(g.kept_audio().is_empty());
+    }
+
+    #[test]
+    fn words_in_text_are_known_until_the_next_turn() {
+        let mut g = guard();
+        g.caller_spoke();
+        assert!(!g.session_lost().in_text(), "spoken, not yet transcribed");
+        let transcript = RealtimeEvent::InputTranscript {
+            item_id: "in".into(),
+            text: "hello".into(),
+        };
+        g.on_event(&transcript, Instant::now());
+        assert!(g.session_lost().in_text());
+        // Answered, then a new turn begins: its words are audio until transcribed.
+        g.on_event(&audio_delta(), Instant::now());
+        assert!(g.session_lost().in_text(), "still the last words");
+        g.on_event(&speech_started(), Instant::now());
+        assert!(!g.session_lost().in_text());
+    }
+
+    #[test]
+    fn a_typed_entry_is_owed_an_answer_in_text() {
+        let mut g = guard();
+        // Speech the worker's VAD took for a turn, then an entry: the entry is what is owed.
+        g.caller_spoke();
+        g.audio_sent(&[1; 800]);
+        let t0 = Instant::now();
+        g.caller_typed(t0);
+        assert!(
+            g.kept_audio().is_empty(),
+            "nothing to replay: a new session reads it"
+        );
+        assert_eq!(
+            g.check(t0 + TIMEOUT, false),
+            Overdue::Lost("realtime response")
+        );
+        let loss = g.session_lost();
+        assert!(
+            loss.owed(true),
+            "audio of an earlier reply is no answer to it"
+        );
+        assert!(loss.in_text());
     }
 
     #[test]
