@@ -410,6 +410,18 @@ async fn a_keypad_entry_lost_with_a_realtime_session_is_answered_by_the_next() {
 }
 
 #[tokio::test]
+async fn a_realtime_response_the_provider_fails_is_answered_by_a_new_session() {
+    // The first session hears and transcribes the caller, then reports every response it
+    // starts as failed (no audio). The caller is not left waiting: the session counts as
+    // lost and the new one, given the conversation, answers.
+    let failing = FaultRule::new(Some(Endpoint::Realtime), Fault::FailResponse, Some(1));
+    let call = "rt-failed-response";
+    let (standin, w, mut s) = realtime_call(&[failing], 5, call).await;
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    answered_after_losses(standin, w, s, call, 0, 1).await;
+}
+
+#[tokio::test]
 async fn words_lost_with_two_realtime_sessions_in_a_row_reach_the_third() {
     // The session given the caller's kept words drops with them too: the worker still has them
     // for the next, rather than asking the caller to say them again.

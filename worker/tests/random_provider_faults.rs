@@ -49,6 +49,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         Just(Fault::DropAfterSpeech),
         Just(Fault::DropBeforeTranscript),
         Just(Fault::StallInSpeech),
+        Just(Fault::FailResponse),
     ]
 }
 

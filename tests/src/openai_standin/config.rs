@@ -63,7 +63,7 @@ pub struct StandinConfig {
     /// Frames at or above this level (dBFS) count as speech for transcription and realtime VAD.
     #[arg(long, env = "STANDIN_VAD_THRESHOLD_DBFS", default_value_t = defaults::VAD_THRESHOLD_DBFS, allow_hyphen_values = true)]
     pub vad_threshold_dbfs: f32,
-    /// Faults active from the start: `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|stall_in_speech|garbage_events>[:count]`,
+    /// Faults active from the start: `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|stall_in_speech|fail_response|garbage_events>[:count]`,
     /// e.g. `chat:429:2` or `all:500`. Endpoints: transcriptions, chat, speech, realtime.
     #[arg(long = "fault", env = "STANDIN_FAULTS", value_delimiter = ',')]
     pub faults: Vec<FaultRule>,

@@ -61,6 +61,10 @@ pub enum Fault {
     /// Realtime: say the caller started speaking, then send nothing more, without closing (a
     /// session wedged mid-turn). Elsewhere the same as `StallMidStream`.
     StallInSpeech,
+    /// Realtime: every response the session starts fails at once (`response.done` with status
+    /// `failed` and a server error, no audio), as when the model errs; the session stays open.
+    /// Elsewhere the same as `DropMidStream`.
+    FailResponse,
     /// Realtime: every event is preceded by one the client cannot decode (not JSON, or an
     /// audio delta whose audio is not base64), as from a provider that changed its format.
     /// Elsewhere the same as `DropMidStream`.
@@ -97,7 +101,7 @@ impl FaultRule {
     }
 }
 
-/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|stall_in_speech|garbage_events>[:count]`.
+/// `<endpoint|all>:<429|5xx|stall|stall_mid_stream|drop|stall_after_headers|drop_after_speech|drop_before_transcript|stall_in_speech|fail_response|garbage_events>[:count]`.
 impl FromStr for FaultRule {
     type Err = String;
 
@@ -133,6 +137,7 @@ impl FromStr for FaultRule {
             "drop_before_transcript" => Fault::DropBeforeTranscript,
             "garbage_events" => Fault::GarbageEvents,
             "stall_in_speech" => Fault::StallInSpeech,
+            "fail_response" => Fault::FailResponse,
             status => match status.parse::<u16>() {
                 Ok(status @ 500..=599) => Fault::ServerError { status },
                 _ => return Err(format!("fault {text:?}: unknown kind {kind:?}")),
@@ -256,6 +261,10 @@ mod tests {
         assert_eq!(
             "realtime:stall_in_speech:1".parse::<FaultRule>().unwrap(),
             FaultRule::new(Some(Endpoint::Realtime), Fault::StallInSpeech, Some(1))
+        );
+        assert_eq!(
+            "realtime:fail_response".parse::<FaultRule>().unwrap().fault,
+            Fault::FailResponse
         );
         assert!("speech:404".parse::<FaultRule>().is_err());
         assert!("tts:stall".parse::<FaultRule>().is_err());

@@ -532,6 +532,14 @@ impl Session {
             return; // a session that takes audio but never answers
         }
         let response_id = self.id("resp");
+        if self.mid_stream == Some(Fault::FailResponse) {
+            out.push(json!({"type": "response.created", "response": {"id": response_id, "object": "realtime.response", "status": "in_progress", "output": []}}));
+            out.push(json!({"type": "response.done", "response": {
+                "id": response_id, "object": "realtime.response", "status": "failed", "output": [],
+                "status_details": {"type": "failed", "error": {"type": "server_error", "code": "injected"}},
+            }}));
+            return;
+        }
         let item_id = self.id("item");
         let config = &self.shared.config;
         let rate = self.output.rate();

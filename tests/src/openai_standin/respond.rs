@@ -69,6 +69,7 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
         | Fault::StallAfterHeaders
         | Fault::DropAfterSpeech
         | Fault::DropBeforeTranscript
+        | Fault::FailResponse
         | Fault::GarbageEvents => Gate::Serve(Some(fault)),
     }
 }
@@ -135,6 +136,7 @@ pub fn paced_response(
                     Fault::DropMidStream
                     | Fault::DropAfterSpeech
                     | Fault::DropBeforeTranscript
+                    | Fault::FailResponse
                     | Fault::GarbageEvents,
                 ) => {
                     // Let the server flush what was sent (it does while the body is pending),

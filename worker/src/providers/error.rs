@@ -24,6 +24,10 @@ pub enum ProviderError {
     /// The provider answered something we cannot understand (bad JSON, unexpected event).
     #[error("provider protocol error: {0}")]
     Protocol(String),
+    /// The provider took the request and reported that it failed to produce the answer (a
+    /// realtime `response.done` with status `failed`): its own error, worth another try.
+    #[error("provider failed to answer: {0}")]
+    Failed(String),
     /// HTTP 401/403: the API key is missing, wrong or not allowed to use the model.
     #[error("provider rejected the API key ({status}): {message}")]
     Auth { status: u16, message: String },
@@ -38,7 +42,11 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::RateLimited { .. } | Self::Server { .. } | Self::Timeout(_) | Self::Transport(_)
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Failed(_)
+                | Self::Timeout(_)
+                | Self::Transport(_)
         )
     }
 

@@ -1191,6 +1191,14 @@ impl CallSession {
         ) {
             tracing::debug!(call_id = %self.call_id, ?event, due = ?self.realtime_guard.answer_due_in(now), unanswered = self.realtime_guard.unanswered(), "realtime event");
         }
+        if let RealtimeEvent::ResponseDone { status, .. } = &event
+            && status == "failed"
+        {
+            // The provider gave up on the answer: the caller would wait in silence, so the
+            // session counts as lost and a new one answers what is owed.
+            let failed = ProviderError::Failed(format!("realtime response {status}"));
+            return self.realtime_lost(Some(failed)).await;
+        }
         self.realtime_guard.on_event(&event, now);
         match event {
             RealtimeEvent::SpeechStarted { .. } => {
