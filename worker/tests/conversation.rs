@@ -344,12 +344,9 @@ async fn words_lost_with_a_realtime_session_after_a_reply_are_answered() {
     let call = "rt-lost-after-greeting";
     let greeting = format!(r#"{TURNS},"greeting":"Hello.""#);
     let (standin, w, mut s) = realtime_call_on(quick_standin(), &greeting, &[lost], 5, call).await;
-    let mark = wait_for(&mut s, "type", "mark").await;
-    send_text(&mut s, mark.to_string()).await;
     // The caller speaks once the greeting is over (had they spoken over it, they would have
     // barged in and stopped it).
-    let greeted = w.worker().ctx.store.clone();
-    eventually(async || !greeted.load(call).await.is_empty()).await;
+    greeting_played(&w, &mut s, call).await;
     say_seed(&mut s, &utterance(440.0, 8_000)).await;
     answered_after_losses(standin, w, s, call, 1, 1).await;
 }
@@ -364,11 +361,8 @@ async fn a_greeting_lost_with_a_realtime_session_is_said_by_the_next() {
     let call = "rt-lost-greeting";
     let greeting = format!(r#"{TURNS},"greeting":"Hello.""#);
     let (standin, w, mut s) = realtime_call_on(quick_standin(), &greeting, &[stall], 1, call).await;
-    let mark = wait_for(&mut s, "type", "mark").await;
-    send_text(&mut s, mark.to_string()).await;
-    let store = w.worker().ctx.store.clone();
-    eventually(async || !store.load(call).await.is_empty()).await;
-    let history = store.load(call).await;
+    greeting_played(&w, &mut s, call).await;
+    let history = w.worker().ctx.store.load(call).await;
     let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].ends_with("Hello."), "{said:?}");
@@ -496,6 +490,15 @@ async fn realtime_worker_stalling_first_reply(
     let stall = FaultRule::new(Some(Endpoint::Realtime), Fault::StallMidStream, Some(1));
     standin.inject(stall);
     (standin, w)
+}
+
+/// Waits until a seed-protocol call's greeting has played: acknowledges its mark, as the
+/// carrier does, and waits for it to reach the call's history.
+async fn greeting_played(w: &TestWorker, s: &mut Socket, call: &str) {
+    let mark = wait_for(s, "type", "mark").await;
+    send_text(s, mark.to_string()).await;
+    let store = w.worker().ctx.store.clone();
+    eventually(async || !store.load(call).await.is_empty()).await;
 }
 
 /// Ends a test whose caller said one 440 Hz turn while `losses` realtime sessions in a row were

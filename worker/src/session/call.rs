@@ -1087,12 +1087,13 @@ impl CallSession {
                     // played to the new one, whose turn detection answers them as usual (or
                     // hears the rest, if the caller is still talking); the worker keeps them
                     // until answered or transcribed, as the new session may be lost with them
-                    // too. Words the old session had transcribed, or typed ones, are in the conversation, so
-                    // the new session is asked to answer; if neither, the caller is asked to
-                    // say it again. A greeting lost before the caller heard any of it was
-                    // asked of the new session already: the caller said nothing to lose.
+                    // too. Words the old session had transcribed, or typed ones, are in the
+                    // conversation, so the new session is asked to answer; if neither, the
+                    // caller is asked to say it again. A greeting lost before the caller heard
+                    // any of it was asked of the new session already: the caller said nothing
+                    // to lose.
                     let turn_audio = self.realtime_guard.kept_audio();
-                    tracing::debug!(call_id = %self.call_id, owed, heard_some, still_speaking, turn_audio_ms = turn_audio.len() / 8, "realtime session replaced");
+                    tracing::debug!(call_id = %self.call_id, owed, heard_some, still_speaking, kept_audio_bytes = turn_audio.len(), "realtime session replaced");
                     if owed && !turn_audio.is_empty() {
                         if let Some(rt) = self.realtime.as_mut()
                             && rt.commands.append_audio(turn_audio).await.is_ok()
