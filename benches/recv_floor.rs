@@ -11,24 +11,19 @@
 //! - `io_uring`: one thread, one `recv` in flight per connection, completions reaped in batches
 //!   (`submit_and_wait`): no readiness step and no `recv` syscall per frame.
 //!
-//! A sender thread writes one 260-byte frame (a Twilio media message with its WebSocket
-//! header) per connection every 20 ms, spread evenly over the 20 ms. The sink thread's CPU
-//! (utime + stime from /proc) over a 10 s window is divided by the frames it read.
+//! The sender, the window and the CPU accounting are `callfleet_tests::recv_floor`'s (the Tokio
+//! sink is the one `benches/worker-load` measures before its runs).
 //!
 //! `cargo bench -p callfleet-tests --bench recv_floor -- [connections ...]` (default 1000).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const FRAME_BYTES: usize = 260;
-const FRAME_EVERY: Duration = Duration::from_millis(20);
-const WARM_UP: Duration = Duration::from_secs(2);
-const WINDOW: Duration = Duration::from_secs(10);
-const READ_BUFFER: usize = 4096;
+use callfleet_tests::recv_floor::{self, Floor, READ_BUFFER};
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -36,20 +31,28 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let sizes = if sizes.is_empty() { vec![1000] } else { sizes };
-    raise_fd_limit();
     println!(
         "| connections | sink | frames read | sink CPU | CPU per frame | % of a core per call (50 frames/s) |"
     );
     println!("|---|---|---|---|---|---|");
     for &n in &sizes {
         for sink in [Sink::Tokio, Sink::Epoll, Sink::IoUring] {
-            let (frames, cpu) = measure(n, sink);
-            let per_frame_us = cpu.as_secs_f64() * 1e6 / frames.max(1) as f64;
+            let floor = match sink {
+                Sink::Tokio => recv_floor::tokio_floor(n),
+                Sink::Epoll => recv_floor::measure(n, epoll_sink),
+                Sink::IoUring => recv_floor::measure(n, uring_sink),
+            }
+            .expect("measure");
+            let Floor {
+                frames,
+                sink_cpu_seconds,
+                micros_per_frame,
+                percent_of_core_per_call,
+                ..
+            } = floor;
             println!(
-                "| {n} | {} | {frames} | {:.2} s | {per_frame_us:.2} µs | {:.4}% |",
+                "| {n} | {} | {frames} | {sink_cpu_seconds:.2} s | {micros_per_frame:.2} µs | {percent_of_core_per_call:.4}% |",
                 sink.name(),
-                cpu.as_secs_f64(),
-                per_frame_us * 50.0 / 1e4,
             );
         }
     }
@@ -72,102 +75,7 @@ impl Sink {
     }
 }
 
-/// Connects `n` pairs, runs `sink` on the accepted ends and the sender on the others; returns
-/// the frames the sink read in the window and its CPU time meanwhile.
-fn measure(n: usize, sink: Sink) -> (u64, Duration) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut senders = Vec::with_capacity(n);
-    let mut accepted = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        senders.push(s);
-        accepted.push(listener.accept().expect("accept").0);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    let sink_thread = {
-        let (stop, bytes) = (stop.clone(), bytes.clone());
-        std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tid_tx.send(unsafe { libc::gettid() }).expect("tid");
-            match sink {
-                Sink::Tokio => tokio_sink(accepted, &stop, &bytes),
-                Sink::Epoll => epoll_sink(accepted, &stop, &bytes),
-                Sink::IoUring => uring_sink(accepted, &stop, &bytes),
-            }
-        })
-    };
-    let tid = tid_rx.recv().expect("sink tid");
-    let sender = {
-        let stop = stop.clone();
-        std::thread::spawn(move || send_frames(senders, &stop))
-    };
-    std::thread::sleep(WARM_UP);
-    let (cpu0, bytes0) = (thread_cpu(tid), bytes.load(Ordering::Relaxed));
-    std::thread::sleep(WINDOW);
-    let (cpu1, bytes1) = (thread_cpu(tid), bytes.load(Ordering::Relaxed));
-    stop.store(true, Ordering::Relaxed);
-    sender.join().expect("sender");
-    sink_thread.join().expect("sink");
-    (
-        (bytes1 - bytes0) / FRAME_BYTES as u64,
-        cpu1.saturating_sub(cpu0),
-    )
-}
-
-/// One frame per connection every 20 ms, connection `i` at offset `i * 20 ms / n`, until
-/// stopped; closes the connections at the end so blocked sinks wake.
-fn send_frames(mut conns: Vec<TcpStream>, stop: &AtomicBool) {
-    let frame = [b'x'; FRAME_BYTES];
-    let n = conns.len();
-    let start = Instant::now();
-    let mut next = 0usize; // frames sent so far, over all connections
-    while !stop.load(Ordering::Relaxed) {
-        let due = start + FRAME_EVERY.mul_f64(next as f64 / n as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep((due - now).min(Duration::from_millis(1)));
-            continue;
-        }
-        let _ = conns[next % n].write_all(&frame);
-        next += 1;
-    }
-    for c in &mut conns {
-        let _ = c.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-fn tokio_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        for conn in conns {
-            conn.set_nonblocking(true).expect("nonblocking");
-            let mut conn = tokio::net::TcpStream::from_std(conn).expect("tokio stream");
-            let bytes = bytes.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = vec![0u8; READ_BUFFER];
-                while let Ok(read) = conn.read(&mut buf).await {
-                    if read == 0 {
-                        break;
-                    }
-                    bytes.fetch_add(read as u64, Ordering::Relaxed);
-                }
-            });
-        }
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-}
-
-fn epoll_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &AtomicU64) {
+fn epoll_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {
     let mut poll = mio::Poll::new().expect("poll");
     let mut streams: Vec<mio::net::TcpStream> = conns
         .into_iter()
@@ -206,7 +114,7 @@ fn epoll_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &AtomicU64) {
     }
 }
 
-fn uring_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &AtomicU64) {
+fn uring_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {
     use io_uring::{IoUring, opcode, types};
     let n = conns.len();
     let entries = (n as u32).next_power_of_two().max(8);
@@ -251,37 +159,4 @@ fn uring_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &AtomicU64) {
             }
         }
     }
-}
-
-/// Two sockets per connection: lift the soft limit on open files to the hard one.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// utime + stime of thread `tid` of this process.
-fn thread_cpu(tid: libc::pid_t) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 counting from the state field.
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
 }

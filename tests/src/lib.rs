@@ -6,5 +6,6 @@ pub mod arrival;
 pub mod cluster;
 pub mod loadgen;
 pub mod openai_standin;
+pub mod recv_floor;
 pub mod s3proxy;
 pub mod tls;
