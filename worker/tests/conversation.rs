@@ -282,8 +282,7 @@ async fn realtime_history_keeps_the_order_of_the_conversation() {
     say_seed(&mut s, &utterance(880.0, 8_000)).await;
     let reply_880 = "I heard tone 880. What else can I do for you?";
     until_history_has(&w, "rt-order", reply_880).await;
-    let history = w.worker().ctx.store.load("rt-order").await;
-    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    let said = said_in(&w, "rt-order").await;
     assert_eq!(said, ["tone 440", REPLY_440, "tone 880", reply_880]);
     assert_eq!(seed_hang_up(&mut s).await, Some(1000));
     w.stop().await;
@@ -362,8 +361,7 @@ async fn a_greeting_lost_with_a_realtime_session_is_said_by_the_next() {
     let greeting = format!(r#"{TURNS},"greeting":"Hello.""#);
     let (standin, w, mut s) = realtime_call_on(quick_standin(), &greeting, &[stall], 1, call).await;
     greeting_played(&w, &mut s, call).await;
-    let history = w.worker().ctx.store.load(call).await;
-    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    let said = said_in(&w, call).await;
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].ends_with("Hello."), "{said:?}");
     assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), 1);
@@ -390,8 +388,7 @@ async fn a_keypad_entry_lost_with_a_realtime_session_is_answered_by_the_next() {
     }
     let answer = "I heard Keypad input: 5. What else can I do for you?";
     until_history_has(&w, call, answer).await;
-    let history = w.worker().ctx.store.load(call).await;
-    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    let said = said_in(&w, call).await;
     assert_eq!(
         said[said.len() - 2..],
         ["Keypad input: 5", answer],
@@ -514,8 +511,7 @@ async fn answered_after_losses(
 ) {
     until_seed_reply_audio(&mut s).await;
     until_history_has(&w, call, REPLY_440).await;
-    let history = w.worker().ctx.store.load(call).await;
-    let said: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
+    let said = said_in(&w, call).await;
     assert_eq!(said[earlier..], ["tone 440", REPLY_440], "{call}: {said:?}");
     assert_eq!(w.worker().ctx.metrics.realtime_reconnects.get(), losses);
     assert_eq!(

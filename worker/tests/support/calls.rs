@@ -102,6 +102,12 @@ pub async fn until_history_has(w: &TestWorker, call: &str, content: &str) {
     eventually(async || store.load(call).await.iter().any(|m| m.content == content)).await;
 }
 
+/// What the worker's store holds of `call`'s conversation, message by message.
+pub async fn said_in(w: &TestWorker, call: &str) -> Vec<String> {
+    let history = w.worker().ctx.store.load(call).await;
+    history.into_iter().map(|m| m.content).collect()
+}
+
 /// Hangs up a Twilio call started with [`twilio_start`] and waits for the worker's close code.
 pub async fn twilio_hang_up(socket: &mut Socket, call: &str) -> Option<u16> {
     send_text(
