@@ -84,6 +84,8 @@ pub struct Metrics {
     /// Replies whose audio ran dry before they were complete (a pause the caller heard), by
     /// cause.
     reply_gaps: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Turns the assistant answered with nothing to say, by cause: the caller heard silence.
+    unspoken_replies: Family<[(&'static str, &'static str); 1], Counter>,
     pub recordings: RecordingMetrics,
     calls_ended: AtomicU64,
     call_seconds_sum_ms: AtomicU64,
@@ -192,6 +194,7 @@ impl Metrics {
         let overloaded_runtimes = Gauge::default();
         let reply_frames_dropped = Counter::default();
         let reply_gaps = Family::default();
+        let unspoken_replies = Family::default();
         registry.register(
             "callfleet_active_calls",
             "Calls in progress on this worker",
@@ -303,6 +306,14 @@ impl Metrics {
              sent_late (queued audio sent late: the worker was short of CPU)",
             reply_gaps.clone(),
         );
+        registry.register(
+            "callfleet_unspoken_replies",
+            "Replies that came back with nothing to say, so the caller heard silence, by cause: \
+             empty_completion (the chat model wrote no text), content_filter and \
+             max_output_tokens (a realtime response cut off before any audio), incomplete \
+             (cut off for another reason)",
+            unspoken_replies.clone(),
+        );
         let recordings = RecordingMetrics::default();
         recordings.register(&mut registry);
         Self {
@@ -328,6 +339,7 @@ impl Metrics {
             overloaded_runtimes,
             reply_frames_dropped,
             reply_gaps,
+            unspoken_replies,
             recordings,
             calls_ended: AtomicU64::new(0),
             call_seconds_sum_ms: AtomicU64::new(0),
@@ -382,6 +394,20 @@ impl Metrics {
     /// Gaps counted so far with `cause` (`audio_late` or `sent_late`).
     pub fn reply_gaps_with(&self, cause: &'static str) -> u64 {
         self.reply_gaps.get_or_create(&[("cause", cause)]).get()
+    }
+
+    /// A reply with nothing to say; `cause` is one of the label values in the help text.
+    pub fn unspoken_reply(&self, cause: &'static str) {
+        self.unspoken_replies
+            .get_or_create(&[("cause", cause)])
+            .inc();
+    }
+
+    /// Unspoken replies counted so far with `cause`.
+    pub fn unspoken_replies_with(&self, cause: &'static str) -> u64 {
+        self.unspoken_replies
+            .get_or_create(&[("cause", cause)])
+            .get()
     }
 
     pub fn errors_with(&self, code: ErrorCode) -> u64 {

@@ -6,6 +6,7 @@ mod support;
 use callfleet_tests::openai_standin::{
     Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig, StandinHandle,
 };
+use callfleet_worker::protocols::ErrorCode;
 use callfleet_worker::providers::{ChatMessage, ChatRole};
 use support::calls::*;
 use support::*;
@@ -410,6 +411,35 @@ async fn a_realtime_response_the_provider_fails_is_answered_by_a_new_session() {
     let (standin, w, mut s) = realtime_call(&[failing], 5, call).await;
     say_seed(&mut s, &utterance(440.0, 8_000)).await;
     answered_after_losses(standin, w, s, call, 0, 1).await;
+}
+
+#[tokio::test]
+async fn a_realtime_response_cut_off_before_speaking_is_silence_counted_not_a_loss() {
+    // The session filters every answer (`response.done` `incomplete`, reason
+    // `content_filter`, no audio). Opening a new session would only be filtered again: the
+    // session stays, the caller hears silence, each such turn is counted by its reason, and
+    // the call goes on and hangs up cleanly.
+    let filtered = FaultRule::new(Some(Endpoint::Realtime), Fault::ContentFilter, Some(1));
+    let call = "rt-filtered";
+    let (standin, w, mut s) = realtime_call(&[filtered], 1, call).await;
+    let metrics = w.worker().ctx.metrics.clone();
+    say_seed(&mut s, &utterance(440.0, 8_000)).await;
+    eventually(async || metrics.unspoken_replies_with("content_filter") == 1).await;
+    say_seed(&mut s, &utterance(880.0, 8_000)).await;
+    eventually(async || metrics.unspoken_replies_with("content_filter") == 2).await;
+    // Past the provider timeout (1 s) twice: time enough for a wrongly owed answer to count
+    // as lost.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(metrics.realtime_reconnects.get(), 0);
+    assert_eq!(standin.stats().endpoint(Endpoint::Realtime).requests, 1);
+    assert_eq!(metrics.errors_with(ErrorCode::InternalError), 0);
+    let said = said_in(&w, call).await;
+    assert!(
+        said.iter().all(|m| m.starts_with("tone ")),
+        "nothing was said back: {said:?}"
+    );
+    assert_eq!(seed_hang_up(&mut s).await, Some(1000));
+    w.stop().await;
 }
 
 #[tokio::test]

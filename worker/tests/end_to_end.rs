@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use callfleet_tests::openai_standin::{Endpoint, Fault, FaultRule, OpenAiStandin, StandinConfig};
 use callfleet_worker::media::l16;
+use callfleet_worker::protocols::ErrorCode;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::calls::*;
@@ -343,6 +344,58 @@ async fn provider_failure_gives_a_clear_error_and_the_call_goes_on() {
         }
     };
     assert_eq!(reply["text"], "I heard tone 550.");
+    send_text(&mut s, r#"{"type":"end_call"}"#).await;
+    wait_closed(&mut s).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_filtered_chat_reply_is_silence_counted_not_an_error() {
+    // The chat model's answer is filtered out: it streams no text and finishes with
+    // `content_filter`. Nothing is spoken and no error reaches the caller (the provider did not
+    // fail); operators see it counted, and the next turn is answered as usual.
+    let (standin, w) = setup("").await;
+    standin.inject(FaultRule::new(
+        Some(Endpoint::Chat),
+        Fault::ContentFilter,
+        Some(1),
+    ));
+    let metrics = w.worker().ctx.metrics.clone();
+    let call = "filtered-1";
+    let mut s = connect(&w.url("/ws/call-session")).await;
+    send_text(&mut s, start_call(call, Some(&token(call)))).await;
+    wait_for(&mut s, "status", "ready").await;
+    let say = async |s: &mut Socket, hz: f64| {
+        for frame in utterance(hz, 8_000).chunks(160) {
+            let msg = format!(r#"{{"type":"audio","data":"{}"}}"#, mulaw_b64(frame));
+            send_text(s, msg).await;
+        }
+    };
+    say(&mut s, 440.0).await;
+    eventually(async || metrics.unspoken_replies_with("empty_completion") == 1).await;
+    say(&mut s, 550.0).await;
+    let reply = loop {
+        let m = next_json(&mut s).await.expect("reply");
+        match m["type"].as_str() {
+            Some("error") => panic!("a filtered reply is not an error: {m}"),
+            Some("audio_response") => {
+                let text = m["text"].as_str().unwrap_or_default();
+                assert!(!text.contains("440"), "the filtered turn said nothing: {m}");
+                if !text.is_empty() {
+                    break m;
+                }
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(reply["text"], "I heard tone 550.");
+    assert_eq!(standin.stats().chat.requests, 2);
+    assert_eq!(metrics.errors_with(ErrorCode::InternalError), 0);
+    let (_, text) = get_text(&w.http("/metrics"), None).await;
+    assert!(
+        text.contains(r#"callfleet_unspoken_replies_total{cause="empty_completion"} 1"#),
+        "{text}"
+    );
     send_text(&mut s, r#"{"type":"end_call"}"#).await;
     wait_closed(&mut s).await;
     w.stop().await;

@@ -491,9 +491,14 @@ fn realtime_event() -> impl Strategy<Value = Value> {
         .prop_map(Value::from),
         1 => any_json(),
     ];
+    let details = prop_oneof![
+        3 => loose(json!("content_filter"))
+            .prop_map(|reason| json!({"type": "incomplete", "reason": reason})),
+        1 => any_json(),
+    ];
     let response = prop_oneof![
-        3 => (loose(json!("resp_1")), loose(json!("completed")), any_json())
-            .prop_map(|(id, status, output)| json!({"id": id, "status": status, "output": output})),
+        3 => (loose(json!("resp_1")), loose(json!("completed")), any_json(), details)
+            .prop_map(|(id, status, output, details)| json!({"id": id, "status": status, "output": output, "status_details": details})),
         1 => any_json(),
     ];
     let error = prop_oneof![
@@ -595,6 +600,7 @@ fn reference_realtime_decode(event: &Value) -> Option<Option<RealtimeEvent>> {
         "response.done" => RealtimeEvent::ResponseDone {
             response_id: text("/response/id"),
             status: text("/response/status"),
+            reason: text("/response/status_details/reason"),
         },
         "conversation.item.truncated" => RealtimeEvent::Truncated {
             item_id: text("/item_id"),

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::arrival::RequestArrival;
 use super::config::StandinConfig;
-use super::faults::Endpoint;
+use super::faults::{Endpoint, Fault};
 use super::respond::{Gate, Piece, bad_request, gate, paced_response, sse};
 use super::rules::{chat_reply, tokens};
 
@@ -56,8 +56,15 @@ pub async fn chat_completions(
         .iter()
         .find_map(|k| request.get(*k).and_then(Value::as_u64))
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let all_tokens = tokens(&reply);
-    let finish_reason = if all_tokens.len() > limit {
+    let filtered = mid_stream == Some(Fault::ContentFilter);
+    let (mid_stream, all_tokens) = if filtered {
+        (None, Vec::new())
+    } else {
+        (mid_stream, tokens(&reply))
+    };
+    let finish_reason = if filtered {
+        "content_filter"
+    } else if all_tokens.len() > limit {
         "length"
     } else {
         "stop"

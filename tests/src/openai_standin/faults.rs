@@ -65,6 +65,11 @@ pub enum Fault {
     /// `failed` and a server error, no audio), as when the model errs; the session stays open.
     /// Elsewhere the same as `DropMidStream`.
     FailResponse,
+    /// A refusal the provider filtered out: chat streams no text and finishes with
+    /// `finish_reason: "content_filter"`; on the realtime endpoint every response the session
+    /// starts ends at once `incomplete` with reason `content_filter` and no audio, and the
+    /// session stays open. Elsewhere the same as `DropMidStream`.
+    ContentFilter,
     /// Realtime: every event is preceded by one the client cannot decode (not JSON, or an
     /// audio delta whose audio is not base64), as from a provider that changed its format.
     /// Elsewhere the same as `DropMidStream`.

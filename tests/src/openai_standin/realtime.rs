@@ -540,6 +540,14 @@ impl Session {
             }}));
             return;
         }
+        if self.mid_stream == Some(Fault::ContentFilter) {
+            out.push(json!({"type": "response.created", "response": {"id": response_id, "object": "realtime.response", "status": "in_progress", "output": []}}));
+            out.push(json!({"type": "response.done", "response": {
+                "id": response_id, "object": "realtime.response", "status": "incomplete", "output": [],
+                "status_details": {"type": "incomplete", "reason": "content_filter"},
+            }}));
+            return;
+        }
         let item_id = self.id("item");
         let config = &self.shared.config;
         let rate = self.output.rate();

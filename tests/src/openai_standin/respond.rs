@@ -70,6 +70,7 @@ pub async fn gate(shared: &Shared, endpoint: Endpoint) -> Gate {
         | Fault::DropAfterSpeech
         | Fault::DropBeforeTranscript
         | Fault::FailResponse
+        | Fault::ContentFilter
         | Fault::GarbageEvents => Gate::Serve(Some(fault)),
     }
 }
@@ -137,6 +138,7 @@ pub fn paced_response(
                     | Fault::DropAfterSpeech
                     | Fault::DropBeforeTranscript
                     | Fault::FailResponse
+                    | Fault::ContentFilter
                     | Fault::GarbageEvents,
                 ) => {
                     // Let the server flush what was sent (it does while the body is pending),

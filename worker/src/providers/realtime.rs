@@ -95,8 +95,14 @@ pub enum RealtimeEvent {
     },
     /// The assistant item's audio is complete.
     AudioDone { item_id: String },
-    /// A response ended; `status` is `completed`, `cancelled`, `incomplete` or `failed`.
-    ResponseDone { response_id: String, status: String },
+    /// A response ended; `status` is `completed`, `cancelled`, `incomplete` or `failed`, and
+    /// `reason` says why one did not complete (`content_filter`, `max_output_tokens`,
+    /// `turn_detected`, ...; empty when the provider gave none).
+    ResponseDone {
+        response_id: String,
+        status: String,
+        reason: String,
+    },
     /// The provider confirmed a truncation.
     Truncated { item_id: String, audio_end_ms: u32 },
     /// A non-fatal error the provider reported for one of our commands.

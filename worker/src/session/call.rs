@@ -1201,6 +1201,14 @@ impl CallSession {
             return self.realtime_lost(Some(failed)).await;
         }
         self.realtime_guard.on_event(&event, now);
+        if let RealtimeEvent::ResponseDone { status, reason, .. } = &event
+            && let Some(cause) = self.realtime_guard.unspoken_cause(status, reason)
+        {
+            // Nothing to replay or retry: the same words would be cut off again. The caller
+            // hears silence and speaks again; operators see it counted.
+            tracing::warn!(call_id = %self.call_id, %status, %reason, "realtime response ended before it said anything");
+            self.ctx.metrics.unspoken_reply(cause);
+        }
         match event {
             RealtimeEvent::SpeechStarted { .. } => {
                 if self.playout.is_active(now) && self.pipeline.config.spec.turn_detection.barge_in

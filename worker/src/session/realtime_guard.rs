@@ -89,6 +89,8 @@ pub struct RealtimeGuard {
     heard_from: bool,
     /// The caller spoke and no answer has started since.
     unanswered: bool,
+    /// The latest response sent audio.
+    response_spoke: bool,
     /// The caller's latest words are in the conversation as text (the provider transcribed
     /// them, or they were typed); until their next turn begins.
     in_text: bool,
@@ -113,6 +115,7 @@ impl RealtimeGuard {
             replayed: false,
             heard_from: false,
             unanswered: false,
+            response_spoke: false,
             in_text: false,
             turn_audio: Vec::new(),
             max_kept: max_turn.as_millis() as usize * BYTES_PER_MS,
@@ -192,12 +195,14 @@ impl RealtimeGuard {
                 self.turn_audio = Vec::new();
             }
             RealtimeEvent::ResponseCreated { .. } => {
+                self.response_spoke = false;
                 self.replayed = false;
                 self.speech_due = None;
                 self.expect_answer(now);
             }
             RealtimeEvent::AudioDelta { .. } => {
                 // An answer plays: the caller's words are answered.
+                self.response_spoke = true;
                 self.replayed = false;
                 self.speech_due = None;
                 self.unanswered = false;
@@ -217,6 +222,21 @@ impl RealtimeGuard {
             | RealtimeEvent::Truncated { .. }
             | RealtimeEvent::ServerError { .. } => {}
         }
+    }
+
+    /// Why a response that just ended left the caller in silence: for one cut off
+    /// (`incomplete`) before any audio, the `callfleet_unspoken_replies_total` cause its
+    /// `reason` maps to; `None` for a response that spoke, completed, or was cancelled (the
+    /// caller interrupted it).
+    pub fn unspoken_cause(&self, status: &str, reason: &str) -> Option<&'static str> {
+        if status != "incomplete" || self.response_spoke {
+            return None;
+        }
+        Some(match reason {
+            "content_filter" => "content_filter",
+            "max_output_tokens" => "max_output_tokens",
+            _ => "incomplete",
+        })
     }
 
     /// Housekeeping: whether the session missed a deadline. `caller_speaking` is the worker's
@@ -308,6 +328,12 @@ mod tests {
         }
     }
 
+    fn created() -> RealtimeEvent {
+        RealtimeEvent::ResponseCreated {
+            response_id: "r".into(),
+        }
+    }
+
     fn audio_delta() -> RealtimeEvent {
         RealtimeEvent::AudioDelta {
             response_id: "r".into(),
@@ -316,10 +342,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_incomplete_response_without_audio_is_unspoken() {
+        let mut g = guard();
+        let now = Instant::now();
+        g.on_event(&created(), now);
+        assert_eq!(
+            g.unspoken_cause("incomplete", "content_filter"),
+            Some("content_filter")
+        );
+        assert_eq!(
+            g.unspoken_cause("incomplete", "max_output_tokens"),
+            Some("max_output_tokens")
+        );
+        assert_eq!(g.unspoken_cause("incomplete", ""), Some("incomplete"));
+        assert_eq!(g.unspoken_cause("completed", ""), None);
+        assert_eq!(g.unspoken_cause("cancelled", "turn_detected"), None);
+        g.on_event(&audio_delta(), now);
+        assert_eq!(
+            g.unspoken_cause("incomplete", "max_output_tokens"),
+            None,
+            "a reply cut off after it began speaking was heard"
+        );
+        g.on_event(&created(), now);
+        assert_eq!(
+            g.unspoken_cause("incomplete", "content_filter"),
+            Some("content_filter"),
+            "each response counts on its own"
+        );
+    }
+
     fn done(status: &str) -> RealtimeEvent {
         RealtimeEvent::ResponseDone {
             response_id: "r".into(),
             status: status.into(),
+            reason: String::new(),
         }
     }
 

@@ -215,6 +215,7 @@ async fn reply(
         let mut tokens = pipeline.providers.chat.stream_chat(prompt, &spec.llm);
         let mut splitter = SentenceSplitter::default();
         let mut first = true;
+        let mut said_nothing = true;
         while let Some(delta) = tokens.next().await {
             let delta = delta?;
             if first {
@@ -224,13 +225,23 @@ async fn reply(
                 first = false;
             }
             for sentence in splitter.push(&delta) {
+                said_nothing = false;
                 if sentence_tx.send(sentence).await.is_err() {
                     return Ok(());
                 }
             }
         }
-        if let Some(rest) = splitter.finish() {
-            let _ = sentence_tx.send(rest).await;
+        match splitter.finish() {
+            Some(rest) => {
+                let _ = sentence_tx.send(rest).await;
+            }
+            None if said_nothing => {
+                // The model finished without a word to say (a refusal filtered out, or a
+                // prompt asking for silence): the caller hears nothing this turn.
+                tracing::warn!("chat completion had no text to speak");
+                metrics.unspoken_reply("empty_completion");
+            }
+            None => {}
         }
         Ok::<(), TurnError>(())
     };

@@ -162,6 +162,15 @@ struct ResponseFields<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status_details: Option<&'a RawValue>,
+}
+
+/// `status_details` of `response.done`.
+#[derive(Default, Deserialize)]
+struct StatusDetails<'a> {
+    #[serde(borrow)]
+    reason: Option<&'a RawValue>,
 }
 
 /// `error` of an `error` event.
@@ -259,9 +268,11 @@ pub fn decode_server_event(text: &str) -> ProviderResult<Option<RealtimeEvent>> 
         },
         "response.done" => {
             let response: ResponseFields<'_> = object_of(event.response);
+            let details: StatusDetails<'_> = object_of(response.status_details);
             RealtimeEvent::ResponseDone {
                 response_id: string_of(response.id),
                 status: string_of(response.status),
+                reason: string_of(details.reason),
             }
         }
         "conversation.item.truncated" => RealtimeEvent::Truncated {
@@ -513,7 +524,17 @@ mod tests {
             decode_server_event(done).unwrap(),
             Some(RealtimeEvent::ResponseDone {
                 response_id: "r1".into(),
-                status: "cancelled".into()
+                status: "cancelled".into(),
+                reason: String::new()
+            })
+        );
+        let filtered = r#"{"type":"response.done","response":{"id":"r3","status":"incomplete","status_details":{"type":"incomplete","reason":"content_filter"},"output":[]}}"#;
+        assert_eq!(
+            decode_server_event(filtered).unwrap(),
+            Some(RealtimeEvent::ResponseDone {
+                response_id: "r3".into(),
+                status: "incomplete".into(),
+                reason: "content_filter".into()
             })
         );
         let error = r#"{"type":"error","error":{"type":"invalid_request_error","code":"bad_truncate","message":"too long"}}"#;
@@ -597,7 +618,8 @@ mod tests {
                 decode_server_event(done).unwrap(),
                 Some(RealtimeEvent::ResponseDone {
                     response_id: String::new(),
-                    status: String::new()
+                    status: String::new(),
+                    reason: String::new()
                 }),
                 "{done}"
             );
