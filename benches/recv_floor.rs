@@ -36,9 +36,10 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for &n in &sizes {
-        for sink in [Sink::Tokio, Sink::Epoll, Sink::IoUring] {
+        for sink in [Sink::Tokio, Sink::TokioRested, Sink::Epoll, Sink::IoUring] {
             let floor = match sink {
                 Sink::Tokio => recv_floor::tokio_floor(n),
+                Sink::TokioRested => recv_floor::measure(n, tokio_rested_sink),
                 Sink::Epoll => recv_floor::measure(n, epoll_sink),
                 Sink::IoUring => recv_floor::measure(n, uring_sink),
             }
@@ -61,6 +62,7 @@ fn main() {
 #[derive(Clone, Copy)]
 enum Sink {
     Tokio,
+    TokioRested,
     Epoll,
     IoUring,
 }
@@ -69,10 +71,51 @@ impl Sink {
     fn name(self) -> &'static str {
         match self {
             Sink::Tokio => "tokio (task per connection)",
+            Sink::TokioRested => "tokio, reading every 80 ms",
             Sink::Epoll => "epoll loop (mio)",
             Sink::IoUring => "io_uring (batched recv)",
         }
     }
+}
+
+/// The Tokio sink, each task reading only every [`REST`]: asleep on a timer meanwhile, then
+/// draining its socket until it would block (what a call could do while nobody speaks).
+fn tokio_rested_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {
+    const REST: Duration = Duration::from_millis(80);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        for conn in conns {
+            let Ok(conn) = conn
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(conn))
+            else {
+                continue;
+            };
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut conn = conn;
+                let mut buf = vec![0u8; READ_BUFFER];
+                loop {
+                    tokio::time::sleep(REST).await;
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => {
+                            bytes.fetch_add(read as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 fn epoll_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {

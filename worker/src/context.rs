@@ -18,6 +18,9 @@ pub struct CallLimits {
     pub idle: Duration,
     /// How long a connection may stay open before announcing its call.
     pub start: Duration,
+    /// How long a call leaves its socket alone between reads while no decision hangs on the
+    /// caller's next frames (`session::inbound_rest`); zero reads every frame as it comes.
+    pub inbound_rest: Duration,
 }
 
 /// Shared worker state, one per process.

@@ -128,6 +128,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLFLEET_EVENT_BATCH_US", default_value_t = 0,
         value_parser = clap::value_parser!(u64).range(0..=20_000))]
     pub event_batch_us: u64,
+    /// Milliseconds a call leaves its socket alone between reads while no decision hangs on
+    /// the caller's next frames (quiet, or talking with the last frame loud): the kernel holds
+    /// what arrives and one read takes three frames instead of three wake-ups and reads. The
+    /// end of a turn is always read frame by frame; noticing that the caller began to speak
+    /// (and a barge-in) may come up to this much later. 0: every frame is read as it comes.
+    /// At most 100.
+    #[arg(long, env = "CALLFLEET_INBOUND_REST_MS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub inbound_rest_ms: u64,
     /// Threads for a runtime that runs turns (provider requests, stream decoding, resampling)
     /// apart from the calls' frames. Unset (default): one per two media cores when event
     /// batching is on, none otherwise. 0: turns always run beside their calls.
@@ -256,6 +265,9 @@ impl ServeArgs {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         MediaRuntime::choose(self.media_threads, cores)
     }
+    pub fn inbound_rest(&self) -> Duration {
+        Duration::from_millis(self.inbound_rest_ms)
+    }
     pub fn event_batch(&self) -> Duration {
         Duration::from_micros(self.event_batch_us)
     }
@@ -365,6 +377,26 @@ mod tests {
             threads(&["--event-batch-us", "1000", "--turn-threads", "0"]),
             0
         );
+    }
+
+    #[test]
+    fn inbound_rests_default_to_60_ms_and_at_most_100() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["callfleet-worker"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv)
+        };
+        let rest = |args: &[&str]| parse(args).unwrap().serve.inbound_rest();
+        assert_eq!(rest(&[]), Duration::from_millis(60));
+        assert_eq!(rest(&["--inbound-rest-ms", "0"]), Duration::ZERO);
+        assert_eq!(
+            rest(&["--inbound-rest-ms", "100"]),
+            Duration::from_millis(100)
+        );
+        let too_long = parse(&["--inbound-rest-ms", "101"])
+            .unwrap_err()
+            .to_string();
+        assert!(too_long.contains("--inbound-rest-ms"), "{too_long}");
     }
 
     #[test]

@@ -88,6 +88,19 @@ impl Vad {
         !matches!(self.state, State::Quiet)
     }
 
+    /// Whether no decision hangs on when the next frames come: quiet, or in speech whose last
+    /// frame was loud. A possible start of speech, or silence that may end the turn, is not.
+    pub fn settled(&self) -> bool {
+        matches!(
+            self.state,
+            State::Quiet
+                | State::Speaking {
+                    silence_ms: 0,
+                    pause_burst_ms: None,
+                }
+        )
+    }
+
     /// Processes one frame of `samples` lasting `frame_ms`.
     pub fn process(&mut self, samples: &[i16], frame_ms: u32) -> Option<VadEvent> {
         let level = frame_dbfs(samples);
@@ -202,6 +215,21 @@ mod tests {
         assert!((frame_dbfs(&[i16::MAX; 160]) - 0.0).abs() < 0.01);
         let half: Vec<i16> = vec![16384; 160];
         assert!((frame_dbfs(&half) + 6.02).abs() < 0.05);
+    }
+
+    #[test]
+    fn settled_only_when_the_next_frames_decide_nothing() {
+        let mut vad = Vad::new(&spec(-40, 600, 200));
+        assert!(vad.settled(), "quiet");
+        feed(&mut vad, -20.0, 1);
+        assert!(!vad.settled(), "a possible start of speech");
+        feed(&mut vad, -20.0, 9);
+        assert!(vad.is_speaking());
+        assert!(vad.settled(), "speech, its last frame loud");
+        feed(&mut vad, -60.0, 1);
+        assert!(!vad.settled(), "silence that may end the turn");
+        assert_eq!(feed(&mut vad, -60.0, 29), vec![VadEvent::TurnEnded]);
+        assert!(vad.settled(), "quiet again");
     }
 
     #[test]

@@ -60,7 +60,17 @@ impl Protocol {
             Protocol::CallSession => 4096,
         }
     }
+
+    /// The read buffer for calls that read `frames` 20 ms frames at once (a call resting from
+    /// its socket takes what arrived meanwhile in one read, `session::inbound_rest`): room for
+    /// each, up to 4 KiB.
+    pub fn read_buffer_for(self, frames: usize) -> usize {
+        (self.read_buffer_bytes() * frames.max(1)).min(MAX_READ_BUFFER_BYTES)
+    }
 }
+
+/// The largest per-call read buffer: what every protocol read through before 2026-12-02.
+const MAX_READ_BUFFER_BYTES: usize = 4096;
 
 /// A client's WebSocket frame header for payloads of 126 to 65,535 bytes (two bytes, a
 /// 16-bit length, a 4-byte mask): what a read takes besides the message.

@@ -302,6 +302,15 @@ mod tests {
             Ok(InboundEvent::Audio { .. })
         ));
         assert!(message.len() + CLIENT_FRAME_HEADER_BYTES <= Protocol::Twilio.read_buffer_bytes());
+        // A 60 ms rest's three frames and one more come in one read.
+        let four = 4 * (message.len() + CLIENT_FRAME_HEADER_BYTES);
+        assert!(four <= Protocol::Twilio.read_buffer_for(4));
+        assert_eq!(Protocol::Twilio.read_buffer_for(0), 512);
+        assert_eq!(
+            Protocol::CallSession.read_buffer_for(4),
+            4096,
+            "at most 4 KiB"
+        );
     }
 
     #[test]

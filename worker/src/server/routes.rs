@@ -105,7 +105,9 @@ async fn upgrade(
             Some(1),
         );
     };
-    ws.read_buffer_size(protocol.read_buffer_bytes())
+    // A rest lets its frames and one more arrive before the read that takes them.
+    let frames_per_read = 1 + (ctx.limits.inbound_rest.as_millis() / 20) as usize;
+    ws.read_buffer_size(protocol.read_buffer_for(frames_per_read))
         .write_buffer_size(WS_WRITE_BATCH)
         .max_message_size(MAX_FRAME_BYTES * 2)
         .on_upgrade(move |socket| serve_socket(socket, protocol, ctx, permit, token))

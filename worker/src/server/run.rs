@@ -75,6 +75,7 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
                 max_call: args.max_call_duration(),
                 idle: args.idle_timeout(),
                 start: START_TIMEOUT.min(args.idle_timeout()),
+                inbound_rest: args.inbound_rest(),
             },
             pipelines,
             secret,

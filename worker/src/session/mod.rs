@@ -14,6 +14,7 @@ pub use store::{InMemorySessionStore, SessionStore};
 pub mod call;
 pub mod connection;
 pub mod handoff;
+pub mod inbound_rest;
 pub mod socket;
 pub mod turn;
 pub mod uplink;

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -109,6 +109,24 @@ impl CallSocket {
     /// stay queued and a partly read frame stays in the socket's buffer.
     pub async fn next(&mut self) -> SocketEvent {
         poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// The next inbound frame if one is already here, without waiting and without asking to
+    /// be woken when one comes (a resting call is woken by its own timer). Writes what is
+    /// queued, as far as the socket takes it now.
+    pub fn try_next(&mut self) -> Option<SocketEvent> {
+        match self.poll_next_event(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(event) => Some(event),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it now, without asking to be woken:
+    /// for a call that is not reading, which would otherwise write only when it reads.
+    pub fn flush_now(&mut self) {
+        if !self.gone {
+            let _ = self.poll_write(&mut Context::from_waker(Waker::noop()));
+        }
     }
 
     fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Sleep, sleep_until};
 
-use crate::admission::{CallPermit, TokenError, verify_token};
+use crate::admission::{CallLag, CallPermit, TokenError, verify_token};
 use crate::config::PipelineVersion;
 use crate::context::WorkerContext;
 use crate::media::{AudioEncoding, AudioFormat, StreamResampler, Vad, VadEvent};
@@ -26,6 +26,7 @@ use crate::providers::{
 use crate::recording::CallRecorder;
 use crate::session::connection::PING_INTERVAL;
 use crate::session::history::{History, SpokenSentence, heard_text};
+use crate::session::inbound_rest::{DRAIN_LIMIT, InboundRest};
 use crate::session::keypad::{Keypad, caller_text};
 use crate::session::playout::{Playout, PlayoutItem};
 use crate::session::realtime_guard::RealtimeGuard;
@@ -272,6 +273,10 @@ struct CallSession {
     /// This call's recording, when the worker records calls: it is handed frames, never
     /// waited on.
     recorder: Option<CallRecorder>,
+    /// Rests from reading the socket while no decision hangs on the caller's next frames.
+    inbound_rest: InboundRest,
+    /// How far behind this call's event loops run, for its rests and its turns' rests.
+    lag: CallLag,
 }
 
 impl CallSession {
@@ -319,6 +324,8 @@ impl CallSession {
             from_8k: None,
             uplink: None,
             recorder,
+            inbound_rest: InboundRest::new(ctx.limits.inbound_rest),
+            lag: ctx.load.lag_of(crate::media_thread::index()),
             pipeline,
             ctx,
         }
@@ -355,30 +362,26 @@ impl CallSession {
             // Whatever woke the call (mostly the caller's own 20 ms frames) also sends the reply
             // frames that are nearly due: the pacing timer is the fallback, not the clock.
             self.send_due_frames();
-            let due = [self.playout.next_deadline(), self.keypad.due()]
-                .into_iter()
-                .flatten()
-                .fold(max_end.min(next_housekeeping), Instant::min);
+            if self.inbound_rest.resting() {
+                // A call that is not reading would otherwise write only when it reads again.
+                self.socket.flush_now();
+            }
+            let due = [
+                self.playout.next_deadline(),
+                self.keypad.due(),
+                self.inbound_rest.due(),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(max_end.min(next_housekeeping), Instant::min);
             rearm(timer.as_mut(), due, &mut armed);
             tokio::select! {
                 biased;
-                event = self.socket.next() => {
-                    match event {
-                        SocketEvent::Event(event) => {
-                            self.last_inbound = Instant::now();
-                            if let Some(ending) = self.on_inbound(event).await {
-                                break ending;
-                            }
-                        }
-                        SocketEvent::Invalid(err) => {
-                            self.last_inbound = Instant::now();
-                            tracing::debug!(call_id = %self.call_id, error = %err, "bad frame");
-                            self.ctx.metrics.error(err.code());
-                            self.send(Outbound::Error { code: err.code(), message: &err.to_string() });
-                        }
-                        SocketEvent::Closed => break Ending::Lost,
-                        SocketEvent::ClosedByPeer => break Ending::on_close_frame(self.protocol),
+                event = self.socket.next(), if !self.inbound_rest.resting() => {
+                    if let Some(ending) = self.on_socket_event(event).await {
+                        break ending;
                     }
+                    self.rest_from_reading(false);
                 }
                 output = next_output(&mut self.turn) => self.on_turn_output(output).await,
                 event = next_realtime(&mut self.realtime) => {
@@ -392,6 +395,12 @@ impl CallSession {
                     let now = Instant::now();
                     if now >= max_end {
                         break Ending::MaxDuration;
+                    }
+                    if self.inbound_rest.over(now) {
+                        match self.drain_socket().await {
+                            Ok(backlog) => self.rest_from_reading(backlog),
+                            Err(ending) => break ending,
+                        }
                     }
                     if let Some(entry) = self.keypad.take_due(now) {
                         self.on_keypad_entry(entry).await;
@@ -415,6 +424,50 @@ impl CallSession {
             }
         };
         self.finish(ending).await;
+    }
+
+    async fn on_socket_event(&mut self, event: SocketEvent) -> Option<Ending> {
+        match event {
+            SocketEvent::Event(event) => {
+                self.last_inbound = Instant::now();
+                self.on_inbound(event).await
+            }
+            SocketEvent::Invalid(err) => {
+                self.last_inbound = Instant::now();
+                tracing::debug!(call_id = %self.call_id, error = %err, "bad frame");
+                self.ctx.metrics.error(err.code());
+                self.send(Outbound::Error {
+                    code: err.code(),
+                    message: &err.to_string(),
+                });
+                None
+            }
+            SocketEvent::Closed => Some(Ending::Lost),
+            SocketEvent::ClosedByPeer => Some(Ending::on_close_frame(self.protocol)),
+        }
+    }
+
+    /// After a rest: takes what arrived meanwhile, up to [`DRAIN_LIMIT`] frames. `Ok(true)`
+    /// when more is waiting.
+    async fn drain_socket(&mut self) -> Result<bool, Ending> {
+        for _ in 0..DRAIN_LIMIT {
+            let Some(event) = self.socket.try_next() else {
+                return Ok(false);
+            };
+            if let Some(ending) = self.on_socket_event(event).await {
+                return Err(ending);
+            }
+        }
+        Ok(true)
+    }
+
+    /// After reading: rests from the socket when nothing hangs on the caller's next frames
+    /// (see `inbound_rest`). Realtime calls read as frames come: the provider decides their
+    /// turns from the audio it is sent.
+    fn rest_from_reading(&mut self, backlog: bool) {
+        let settled = self.realtime.is_none() && self.vad.settled();
+        self.inbound_rest
+            .after_read(settled, backlog, self.lag.behind(), Instant::now());
     }
 
     /// The pipeline's greeting, when it has one.
@@ -657,7 +710,7 @@ impl CallSession {
             match self.playout.mode() {
                 PlaybackMode::Paced => {
                     // The call task runs on its media thread.
-                    SpeechReading::Paced(self.ctx.load.lag_of(crate::media_thread::index()))
+                    SpeechReading::Paced(self.lag.clone())
                 }
                 PlaybackMode::PerSentence => SpeechReading::Eager,
             },

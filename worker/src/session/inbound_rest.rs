@@ -1,0 +1,127 @@
+//! Reading the caller's frames a few at a time while nothing waits on them.
+//!
+//! A call's frames come every 20 ms, and reading each as it comes costs a wake-up of the call
+//! task and a `recv` per frame: most of an idle call's CPU. While no decision hangs on the
+//! exact time of the next frame (the caller is quiet, or talking with their last frame loud)
+//! the call leaves its socket alone for a short rest, the kernel holds what arrives, and one
+//! read takes it all. The bare receive floor falls by 40% that way (`benches/recv_floor.rs`,
+//! "tokio, reading every 80 ms"). The end of a turn is never read late: trailing silence is
+//! read frame by frame. What may come up to one rest later is noticing that the caller began to
+//! speak (the voice activity detector still counts the same audio, so its `minSpeechMs` is
+//! unchanged), and with it a barge-in. Pure state with the time passed in.
+
+use std::time::{Duration, Instant};
+
+// Rests are skipped while the call's event loops run this far behind: a late loop would only
+// add the rest to its lateness (the same limit the speech stream's rests use).
+use super::handoff::REST_LAG_LIMIT;
+
+/// Events one read after a rest may take before the call goes back to reading as frames come:
+/// a rest holds three or four frames, so more means the caller sends faster than real time.
+pub const DRAIN_LIMIT: usize = 32;
+
+/// One call's rests from reading its socket.
+#[derive(Debug, Clone)]
+pub struct InboundRest {
+    /// How long a rest lasts; zero turns rests off.
+    period: Duration,
+    /// The current rest's end.
+    until: Option<Instant>,
+}
+
+impl InboundRest {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period,
+            until: None,
+        }
+    }
+
+    /// Whether the socket is being left alone now.
+    pub fn resting(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// When the current rest ends, to wake the call then.
+    pub fn due(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// Ends the rest if it is over; returns whether it was (the socket is then to be drained).
+    pub fn over(&mut self, now: Instant) -> bool {
+        if self.until.is_some_and(|until| now >= until) {
+            self.until = None;
+            return true;
+        }
+        false
+    }
+
+    /// After frames were read: rests from now if the call may (`settled`: nothing is decided
+    /// by the next frames' timing), its event loops are less than [`REST_LAG_LIMIT`]
+    /// `behind`, and the read did not stop at [`DRAIN_LIMIT`] (`backlog`). Returns whether it
+    /// rests.
+    pub fn after_read(
+        &mut self,
+        settled: bool,
+        backlog: bool,
+        behind: Duration,
+        now: Instant,
+    ) -> bool {
+        self.until = (!self.period.is_zero() && settled && !backlog && behind < REST_LAG_LIMIT)
+            .then(|| now + self.period);
+        self.until.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_millis(60);
+
+    #[test]
+    fn a_settled_call_rests_one_period_then_drains() {
+        let mut rest = InboundRest::new(PERIOD);
+        let now = Instant::now();
+        assert!(rest.after_read(true, false, Duration::ZERO, now));
+        assert!(rest.resting());
+        assert_eq!(rest.due(), Some(now + PERIOD));
+        assert!(!rest.over(now + PERIOD / 2), "not over yet");
+        assert!(rest.resting());
+        assert!(rest.over(now + PERIOD), "over: drain the socket");
+        assert!(!rest.resting());
+        assert!(!rest.over(now + PERIOD), "over once");
+    }
+
+    #[test]
+    fn no_rest_while_a_frame_decides_or_the_loop_is_late() {
+        let now = Instant::now();
+        let mut rest = InboundRest::new(PERIOD);
+        assert!(
+            !rest.after_read(false, false, Duration::ZERO, now),
+            "the detector counts trailing silence or an onset: frames are read as they come"
+        );
+        assert!(
+            !rest.after_read(true, true, Duration::ZERO, now),
+            "a backlog beyond one drain"
+        );
+        assert!(
+            !rest.after_read(true, false, REST_LAG_LIMIT, now),
+            "the event loops are behind"
+        );
+        assert!(!rest.resting());
+        assert!(rest.after_read(true, false, REST_LAG_LIMIT / 2, now));
+        assert!(!rest.after_read(false, false, Duration::ZERO, now));
+        assert!(
+            !rest.resting(),
+            "a read that unsettles the call ends its rest"
+        );
+    }
+
+    #[test]
+    fn a_zero_period_never_rests() {
+        let mut off = InboundRest::new(Duration::ZERO);
+        assert!(!off.after_read(true, false, Duration::ZERO, Instant::now()));
+        assert_eq!(off.due(), None);
+    }
+}
