@@ -6,6 +6,9 @@
 //! - `tokio`: a single-threaded Tokio runtime with one task per connection reading into a
 //!   4 KiB buffer (the worker's model: readiness via epoll, one wake-up and one `recv` per
 //!   frame);
+//! - `tokio, reading every 80 ms`: the same, each task asleep on a timer between reads, taking
+//!   what arrived meanwhile in one (a worker's call resting from its socket while nobody
+//!   speaks, `CALLFLEET_INBOUND_REST_MS`);
 //! - `epoll`: one thread, edge-triggered epoll (mio), reading every ready socket until it would
 //!   block (no tasks, no wakers);
 //! - `io_uring`: one thread, one `recv` in flight per connection, completions reaped in batches
@@ -39,7 +42,7 @@ fn main() {
         for sink in [Sink::Tokio, Sink::TokioRested, Sink::Epoll, Sink::IoUring] {
             let floor = match sink {
                 Sink::Tokio => recv_floor::tokio_floor(n),
-                Sink::TokioRested => recv_floor::measure(n, tokio_rested_sink),
+                Sink::TokioRested => recv_floor::tokio_rested_floor(n, Duration::from_millis(80)),
                 Sink::Epoll => recv_floor::measure(n, epoll_sink),
                 Sink::IoUring => recv_floor::measure(n, uring_sink),
             }
@@ -76,46 +79,6 @@ impl Sink {
             Sink::IoUring => "io_uring (batched recv)",
         }
     }
-}
-
-/// The Tokio sink, each task reading only every [`REST`]: asleep on a timer meanwhile, then
-/// draining its socket until it would block (what a call could do while nobody speaks).
-fn tokio_rested_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {
-    const REST: Duration = Duration::from_millis(80);
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
-        for conn in conns {
-            let Ok(conn) = conn
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpStream::from_std(conn))
-            else {
-                continue;
-            };
-            let bytes = bytes.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut conn = conn;
-                let mut buf = vec![0u8; READ_BUFFER];
-                loop {
-                    tokio::time::sleep(REST).await;
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => {
-                            bytes.fetch_add(read as u64, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
 }
 
 fn epoll_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {

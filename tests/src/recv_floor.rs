@@ -53,7 +53,17 @@ impl Floor {
 /// The worker's model of reading: a Tokio task per connection, readiness via epoll, one
 /// wake-up and one `recv` per frame (on one single-threaded runtime).
 pub fn tokio_floor(connections: usize) -> std::io::Result<Floor> {
-    measure(connections, tokio_sink)
+    measure(connections, |conns, stop, bytes| {
+        tokio_sink(conns, stop, bytes, None)
+    })
+}
+
+/// The same sink with each task reading only every `rest`, asleep on a timer meanwhile, taking
+/// what arrived in one read (what a worker's call does while nobody speaks).
+pub fn tokio_rested_floor(connections: usize, rest: Duration) -> std::io::Result<Floor> {
+    measure(connections, move |conns, stop, bytes| {
+        tokio_sink(conns, stop, bytes, Some(rest))
+    })
 }
 
 /// Connects `connections` pairs, runs `sink` on its own thread over the accepted ends and the
@@ -131,7 +141,12 @@ fn send_frames(mut conns: Vec<TcpStream>, stop: &AtomicBool) {
     }
 }
 
-fn tokio_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) {
+fn tokio_sink(
+    conns: Vec<TcpStream>,
+    stop: &AtomicBool,
+    bytes: &Arc<AtomicU64>,
+    rest: Option<Duration>,
+) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -151,11 +166,16 @@ fn tokio_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>) 
                 use tokio::io::AsyncReadExt;
                 let mut conn = conn;
                 let mut buf = vec![0u8; READ_BUFFER];
-                while let Ok(read) = conn.read(&mut buf).await {
-                    if read == 0 {
-                        break;
+                loop {
+                    if let Some(rest) = rest {
+                        tokio::time::sleep(rest).await;
                     }
-                    bytes.fetch_add(read as u64, Ordering::Relaxed);
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => {
+                            bytes.fetch_add(read as u64, Ordering::Relaxed);
+                        }
+                    }
                 }
             });
         }
