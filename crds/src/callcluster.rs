@@ -148,6 +148,14 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 20000))]
     pub event_batch_micros: Option<i32>,
+    /// Inbound rests: while nothing hangs on the caller's next frames (quiet, or talking with
+    /// the last frame loud), a call reads its socket only every this many milliseconds and
+    /// takes what arrived in one read (fewer wake-ups and reads per frame; first audio
+    /// unchanged). A caller starting to speak, and so a barge-in, is noticed up to this much
+    /// later. `0` reads every frame as it comes; unset, the worker's default (60 ms) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub inbound_rest_millis: Option<i32>,
 }
 
 /// How worker pods are autoscaled.
@@ -665,6 +673,7 @@ impl Default for WorkersSpec {
             log_format: LogFormat::default(),
             overload_lag_ms: None,
             event_batch_micros: None,
+            inbound_rest_millis: None,
         }
     }
 }
