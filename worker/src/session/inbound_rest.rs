@@ -8,7 +8,9 @@
 //! "tokio, reading every 80 ms"). The end of a turn is never read late: trailing silence is
 //! read frame by frame. What may come up to one rest later is noticing that the caller began to
 //! speak (the voice activity detector still counts the same audio, so its `minSpeechMs` is
-//! unchanged), and with it a barge-in. Pure state with the time passed in.
+//! unchanged), and with it a barge-in. While a reply plays, a rest ends no later than the
+//! call's next reply write, which wakes the call anyway: the write and the read share one
+//! wake-up instead of each having its own. Pure state with the time passed in.
 
 use std::time::{Duration, Instant};
 
@@ -58,17 +60,24 @@ impl InboundRest {
 
     /// After frames were read: rests from now if the call may (`settled`: nothing is decided
     /// by the next frames' timing), its event loops are less than [`REST_LAG_LIMIT`]
-    /// `behind`, and the read did not stop at [`DRAIN_LIMIT`] (`backlog`). Returns whether it
-    /// rests.
+    /// `behind`, and the read did not stop at [`DRAIN_LIMIT`] (`backlog`). The rest ends one
+    /// period from now, or at `next_wake` (when the call wakes anyway, e.g. for its next reply
+    /// write) if that comes sooner and is still ahead. Returns whether it rests.
     pub fn after_read(
         &mut self,
         settled: bool,
         backlog: bool,
         behind: Duration,
         now: Instant,
+        next_wake: Option<Instant>,
     ) -> bool {
-        self.until = (!self.period.is_zero() && settled && !backlog && behind < REST_LAG_LIMIT)
-            .then(|| now + self.period);
+        let may_rest = !self.period.is_zero() && settled && !backlog && behind < REST_LAG_LIMIT;
+        self.until = may_rest.then(|| {
+            let full = now + self.period;
+            next_wake
+                .filter(|&wake| wake > now)
+                .map_or(full, |wake| wake.min(full))
+        });
         self.until.is_some()
     }
 }
@@ -83,7 +92,7 @@ mod tests {
     fn a_settled_call_rests_one_period_then_drains() {
         let mut rest = InboundRest::new(PERIOD);
         let now = Instant::now();
-        assert!(rest.after_read(true, false, Duration::ZERO, now));
+        assert!(rest.after_read(true, false, Duration::ZERO, now, None));
         assert!(rest.resting());
         assert_eq!(rest.due(), Some(now + PERIOD));
         assert!(!rest.over(now + PERIOD / 2), "not over yet");
@@ -98,20 +107,20 @@ mod tests {
         let now = Instant::now();
         let mut rest = InboundRest::new(PERIOD);
         assert!(
-            !rest.after_read(false, false, Duration::ZERO, now),
+            !rest.after_read(false, false, Duration::ZERO, now, None),
             "the detector counts trailing silence or an onset: frames are read as they come"
         );
         assert!(
-            !rest.after_read(true, true, Duration::ZERO, now),
+            !rest.after_read(true, true, Duration::ZERO, now, None),
             "a backlog beyond one drain"
         );
         assert!(
-            !rest.after_read(true, false, REST_LAG_LIMIT, now),
+            !rest.after_read(true, false, REST_LAG_LIMIT, now, None),
             "the event loops are behind"
         );
         assert!(!rest.resting());
-        assert!(rest.after_read(true, false, REST_LAG_LIMIT / 2, now));
-        assert!(!rest.after_read(false, false, Duration::ZERO, now));
+        assert!(rest.after_read(true, false, REST_LAG_LIMIT / 2, now, None));
+        assert!(!rest.after_read(false, false, Duration::ZERO, now, None));
         assert!(
             !rest.resting(),
             "a read that unsettles the call ends its rest"
@@ -119,9 +128,60 @@ mod tests {
     }
 
     #[test]
+    fn a_rest_ends_at_the_next_reply_write_when_that_comes_sooner() {
+        let now = Instant::now();
+        let mut rest = InboundRest::new(PERIOD);
+        let write = now + Duration::from_millis(40);
+        assert!(rest.after_read(true, false, Duration::ZERO, now, Some(write)));
+        assert_eq!(
+            rest.due(),
+            Some(write),
+            "one wake-up for the write and the read"
+        );
+        let far = now + Duration::from_millis(100);
+        rest.after_read(true, false, Duration::ZERO, now, Some(far));
+        assert_eq!(rest.due(), Some(now + PERIOD), "never longer than a period");
+        rest.after_read(true, false, Duration::ZERO, now, Some(now));
+        assert_eq!(
+            rest.due(),
+            Some(now + PERIOD),
+            "a write due now goes out on this wake-up, not the rest's end"
+        );
+    }
+
+    #[test]
+    fn a_reply_written_every_two_periods_costs_no_wake_up_of_its_own() {
+        // Writes every 120 ms (six frames), rests of 60 ms: every wake-up is both a rest's end
+        // and, every other time, a write, so a playing call wakes as often as a silent one.
+        let write_every = 2 * PERIOD;
+        let t0 = Instant::now();
+        let mut next_write = t0 + write_every;
+        let mut rest = InboundRest::new(PERIOD);
+        let mut now = t0;
+        let mut wakes = Vec::new();
+        rest.after_read(true, false, Duration::ZERO, now, Some(next_write));
+        while now < t0 + 10 * write_every {
+            now = rest.due().expect("resting");
+            assert!(rest.over(now));
+            if now >= next_write {
+                next_write += write_every;
+            }
+            wakes.push(now - t0);
+            rest.after_read(true, false, Duration::ZERO, now, Some(next_write));
+        }
+        assert!(
+            wakes
+                .iter()
+                .enumerate()
+                .all(|(i, &at)| at == PERIOD * (i as u32 + 1)),
+            "{wakes:?}"
+        );
+    }
+
+    #[test]
     fn a_zero_period_never_rests() {
         let mut off = InboundRest::new(Duration::ZERO);
-        assert!(!off.after_read(true, false, Duration::ZERO, Instant::now()));
+        assert!(!off.after_read(true, false, Duration::ZERO, Instant::now(), None));
         assert_eq!(off.due(), None);
     }
 }

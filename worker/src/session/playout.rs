@@ -21,13 +21,14 @@ pub const LEAD_FRAMES: u32 = 2;
 pub const SEND_EARLY: Duration = FRAME;
 
 /// Reply frames leave this many at a time, in one socket write: one write (and at most one
-/// wake-up, on each side) per 100 ms instead of one per frame. Three rather than two cut the
+/// wake-up, on each side) per 120 ms instead of one per frame. Three rather than two cut the
 /// generator's late frames at 2,000 calls on two cores by a third or more, five rather than
 /// three the worker's CPU at 1,000 calls in conversation by 5% (BENCHMARKS.md, 2026-11-30
-/// afternoon and late afternoon). The carrier holds at most four frames more than the lead,
-/// barge-in clears them, and what the caller heard is timed by the playhead model, not by the
-/// sends.
-pub const FRAMES_PER_WRITE: u32 = 5;
+/// afternoon and late afternoon). Six, 120 ms, is two of the default 60 ms inbound rests, so a
+/// playing call's rests end on its writes and it wakes no more often than a silent one
+/// (`inbound_rest`). The carrier holds at most five frames more than the lead, barge-in clears
+/// them, and what the caller heard is timed by the playhead model, not by the sends.
+pub const FRAMES_PER_WRITE: u32 = 6;
 
 /// After the carrier ran out of a reply's audio, playback resumes once this much is queued (or
 /// the sentence is complete): speech streaming at about real time then plays on this cushion
@@ -449,9 +450,9 @@ mod tests {
         p.pop_due(t0 + Duration::from_millis(20));
         p.pop_due(t0 + Duration::from_millis(100));
         assert_eq!(p.take_gaps(), Gaps::default());
-        // The call task was starved for 200 ms: the overdue frames go at once, and the carrier
-        // had run dry.
-        let now = t0 + Duration::from_millis(300);
+        // The call task was starved for more than a batch beyond 200 ms: the overdue frames go
+        // at once, and the carrier had run dry.
+        let now = t0 + Duration::from_millis(300) + FRAME * FRAMES_PER_WRITE;
         let burst = audio_len(&p.pop_due(now));
         assert!(burst.len() > FRAMES_PER_WRITE as usize, "{burst:?}");
         assert!(

@@ -464,10 +464,20 @@ impl CallSession {
     /// After reading: rests from the socket when nothing hangs on the caller's next frames
     /// (see `inbound_rest`). Realtime calls read as frames come: the provider decides their
     /// turns from the audio it is sent.
+    ///
+    /// While a reply plays, the rest ends at its next write, so one wake-up serves both (reply
+    /// frames due on this wake-up go out first, the write after them is the one to meet).
     fn rest_from_reading(&mut self, backlog: bool) {
         let settled = self.realtime.is_none() && self.vad.settled();
-        self.inbound_rest
-            .after_read(settled, backlog, self.lag.behind(), Instant::now());
+        self.send_due_frames();
+        let next_write = self.playout.next_deadline();
+        self.inbound_rest.after_read(
+            settled,
+            backlog,
+            self.lag.behind(),
+            Instant::now(),
+            next_write,
+        );
     }
 
     /// The pipeline's greeting, when it has one.
