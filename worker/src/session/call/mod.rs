@@ -471,13 +471,8 @@ impl CallSession {
         let settled = self.realtime.is_none() && self.vad.settled();
         self.send_due_frames();
         let next_write = self.playout.next_deadline();
-        self.inbound_rest.after_read(
-            settled,
-            backlog,
-            self.lag.behind(),
-            Instant::now(),
-            next_write,
-        );
+        self.inbound_rest
+            .after_read(settled, backlog, Instant::now(), next_write);
     }
 
     /// The pipeline's greeting, when it has one.
