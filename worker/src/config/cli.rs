@@ -131,7 +131,7 @@ pub struct ServeArgs {
     /// Milliseconds a call leaves its socket alone between reads while no decision hangs on
     /// the caller's next frames (quiet, or talking with the last frame loud): the kernel holds
     /// what arrives and one read takes three frames instead of three wake-ups and reads. The
-    /// end of a turn is always read frame by frame; noticing that the caller began to speak
+    /// frame that ends a turn is always read as it comes; noticing that the caller began to speak
     /// (and a barge-in) may come up to this much later. 0: every frame is read as it comes.
     /// At most 100.
     #[arg(long, env = "CALLFLEET_INBOUND_REST_MS", default_value_t = 60,

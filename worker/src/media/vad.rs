@@ -101,6 +101,30 @@ impl Vad {
         )
     }
 
+    /// While the caller pauses in speech (no pause reported yet): the quiet still needed
+    /// before the turn ends, or before a pause is reported when that comes first. The frames
+    /// until then decide nothing unless one is loud, which only continues the turn, so they can
+    /// be read in one go as long as the deciding frame is read as it comes.
+    pub fn silence_left(&self) -> Option<std::time::Duration> {
+        let State::Speaking {
+            silence_ms,
+            pause_burst_ms: None,
+        } = self.state
+        else {
+            return None;
+        };
+        if silence_ms == 0 {
+            return None;
+        }
+        let decision = match self.pause_ms {
+            Some(pause) if silence_ms < pause => pause,
+            _ => self.silence_ms,
+        };
+        Some(std::time::Duration::from_millis(u64::from(
+            decision.saturating_sub(silence_ms),
+        )))
+    }
+
     /// Processes one frame of `samples` lasting `frame_ms`.
     pub fn process(&mut self, samples: &[i16], frame_ms: u32) -> Option<VadEvent> {
         let level = frame_dbfs(samples);
@@ -230,6 +254,39 @@ mod tests {
         assert!(!vad.settled(), "silence that may end the turn");
         assert_eq!(feed(&mut vad, -60.0, 29), vec![VadEvent::TurnEnded]);
         assert!(vad.settled(), "quiet again");
+    }
+
+    #[test]
+    fn silence_left_counts_down_to_the_turn_end_or_the_pause() {
+        use std::time::Duration;
+        let mut vad = Vad::new(&spec(-40, 600, 200));
+        assert_eq!(vad.silence_left(), None, "quiet");
+        feed(&mut vad, -20.0, 10);
+        assert_eq!(vad.silence_left(), None, "speech, its last frame loud");
+        feed(&mut vad, -60.0, 1);
+        assert_eq!(vad.silence_left(), Some(Duration::from_millis(580)));
+        feed(&mut vad, -60.0, 28);
+        assert_eq!(vad.silence_left(), Some(Duration::from_millis(20)));
+        feed(&mut vad, -60.0, 1);
+        assert_eq!(vad.silence_left(), None, "the turn ended");
+
+        let mut early = Vad::new(&TurnDetectionSpec {
+            early_reply_ms: Some(200),
+            ..spec(-40, 600, 200)
+        });
+        feed(&mut early, -20.0, 10);
+        feed(&mut early, -60.0, 2);
+        assert_eq!(
+            early.silence_left(),
+            Some(Duration::from_millis(160)),
+            "the pause decides first"
+        );
+        assert_eq!(feed(&mut early, -60.0, 8), vec![VadEvent::Paused]);
+        assert_eq!(
+            early.silence_left(),
+            None,
+            "after a pause every frame may resume the turn"
+        );
     }
 
     #[test]

@@ -5,18 +5,27 @@
 //! exact time of the next frame (the caller is quiet, or talking with their last frame loud)
 //! the call leaves its socket alone for a short rest, the kernel holds what arrives, and one
 //! read takes it all. The bare receive floor falls by 40% that way (`benches/recv_floor.rs`,
-//! "tokio, reading every 80 ms"). The end of a turn is never read late: trailing silence is
-//! read frame by frame. What may come up to one rest later is noticing that the caller began to
-//! speak (the voice activity detector still counts the same audio, so its `minSpeechMs` is
-//! unchanged), and with it a barge-in. While a reply plays, a rest ends no later than the
-//! call's next reply write, which wakes the call anyway: the write and the read share one
-//! wake-up instead of each having its own. Pure state with the time passed in.
+//! "tokio, reading every 80 ms"). The end of a turn is never read late: while the caller
+//! pauses, the call rests only until two frames before the one that would complete the
+//! end-of-turn window (or the early-reply pause), and reads the last ones as they come. What
+//! may come up to one rest later is noticing that the caller began to speak (the voice
+//! activity detector still counts the same audio, so its `minSpeechMs` is unchanged), and with
+//! it a barge-in. While a reply plays, a rest ends no later than the call's next reply write,
+//! which wakes the call anyway: the write and the read share one wake-up instead of each
+//! having its own. Pure state with the time passed in.
 
 use std::time::{Duration, Instant};
 
 /// Events one read after a rest may take before the call goes back to reading as frames come:
 /// a rest holds three or four frames, so more means the caller sends faster than real time.
 pub const DRAIN_LIMIT: usize = 32;
+
+/// How long before a deciding frame is due a rest ends: the last frame read may have arrived up
+/// to a frame before the read, and a frame of jitter on top.
+pub const DECISION_MARGIN: Duration = Duration::from_millis(40);
+
+/// Rests shorter than a frame would save no read.
+const MIN_REST: Duration = Duration::from_millis(20);
 
 /// One call's rests from reading its socket.
 #[derive(Debug, Clone)]
@@ -54,11 +63,12 @@ impl InboundRest {
         false
     }
 
-    /// After frames were read: rests from now if the call may (`settled`: nothing is decided
-    /// by the next frames' timing) and the read did not stop at [`DRAIN_LIMIT`] (`backlog`).
-    /// The rest ends one period from now, or at `next_wake` (when the call wakes anyway, e.g.
-    /// for its next reply write) if that comes sooner and is still ahead. Returns whether it
-    /// rests.
+    /// After frames were read: rests from now if the next frames may wait (`room`: how long
+    /// nothing is decided by their timing; `None` while they decide, e.g. a possible start of
+    /// speech) for a frame or more and the read did not stop at [`DRAIN_LIMIT`] (`backlog`).
+    /// The rest ends one period from now, at the end of `room`, or at `next_wake` (when the
+    /// call wakes anyway, e.g. for its next reply write) if that comes sooner and is still
+    /// ahead. Returns whether it rests.
     ///
     /// A worker whose event loops run late rests all the same: rests are what makes its calls
     /// lighter, and a late rest delays nothing that a late loop would not (the end of a turn is
@@ -66,14 +76,15 @@ impl InboundRest {
     /// busier: at 1,000 calls in conversation on a slow host it read 12% more often.
     pub fn after_read(
         &mut self,
-        settled: bool,
+        room: Option<Duration>,
         backlog: bool,
         now: Instant,
         next_wake: Option<Instant>,
     ) -> bool {
-        let may_rest = !self.period.is_zero() && settled && !backlog;
+        let room = room.filter(|&room| room >= MIN_REST);
+        let may_rest = !self.period.is_zero() && room.is_some() && !backlog;
         self.until = may_rest.then(|| {
-            let full = now + self.period;
+            let full = now + self.period.min(room.unwrap_or_default());
             next_wake
                 .filter(|&wake| wake > now)
                 .map_or(full, |wake| wake.min(full))
@@ -87,12 +98,14 @@ mod tests {
     use super::*;
 
     const PERIOD: Duration = Duration::from_millis(60);
+    /// Frames that decide nothing however long they wait.
+    const ANY: Option<Duration> = Some(Duration::MAX);
 
     #[test]
     fn a_settled_call_rests_one_period_then_drains() {
         let mut rest = InboundRest::new(PERIOD);
         let now = Instant::now();
-        assert!(rest.after_read(true, false, now, None));
+        assert!(rest.after_read(ANY, false, now, None));
         assert!(rest.resting());
         assert_eq!(rest.due(), Some(now + PERIOD));
         assert!(!rest.over(now + PERIOD / 2), "not over yet");
@@ -107,16 +120,16 @@ mod tests {
         let now = Instant::now();
         let mut rest = InboundRest::new(PERIOD);
         assert!(
-            !rest.after_read(false, false, now, None),
+            !rest.after_read(None, false, now, None),
             "the detector counts trailing silence or an onset: frames are read as they come"
         );
         assert!(
-            !rest.after_read(true, true, now, None),
+            !rest.after_read(ANY, true, now, None),
             "a backlog beyond one drain"
         );
         assert!(!rest.resting());
-        assert!(rest.after_read(true, false, now, None));
-        assert!(!rest.after_read(false, false, now, None));
+        assert!(rest.after_read(ANY, false, now, None));
+        assert!(!rest.after_read(None, false, now, None));
         assert!(
             !rest.resting(),
             "a read that unsettles the call ends its rest"
@@ -128,16 +141,16 @@ mod tests {
         let now = Instant::now();
         let mut rest = InboundRest::new(PERIOD);
         let write = now + Duration::from_millis(40);
-        assert!(rest.after_read(true, false, now, Some(write)));
+        assert!(rest.after_read(ANY, false, now, Some(write)));
         assert_eq!(
             rest.due(),
             Some(write),
             "one wake-up for the write and the read"
         );
         let far = now + Duration::from_millis(100);
-        rest.after_read(true, false, now, Some(far));
+        rest.after_read(ANY, false, now, Some(far));
         assert_eq!(rest.due(), Some(now + PERIOD), "never longer than a period");
-        rest.after_read(true, false, now, Some(now));
+        rest.after_read(ANY, false, now, Some(now));
         assert_eq!(
             rest.due(),
             Some(now + PERIOD),
@@ -155,7 +168,7 @@ mod tests {
         let mut rest = InboundRest::new(PERIOD);
         let mut now = t0;
         let mut wakes = Vec::new();
-        rest.after_read(true, false, now, Some(next_write));
+        rest.after_read(ANY, false, now, Some(next_write));
         while now < t0 + 10 * write_every {
             now = rest.due().expect("resting");
             assert!(rest.over(now));
@@ -163,7 +176,7 @@ mod tests {
                 next_write += write_every;
             }
             wakes.push(now - t0);
-            rest.after_read(true, false, now, Some(next_write));
+            rest.after_read(ANY, false, now, Some(next_write));
         }
         assert!(
             wakes
@@ -175,9 +188,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pausing_caller_is_rested_on_until_the_deciding_frame_is_near() {
+        let now = Instant::now();
+        let mut rest = InboundRest::new(PERIOD);
+        let ms = Duration::from_millis;
+        assert!(rest.after_read(Some(ms(540)), false, now, None));
+        assert_eq!(
+            rest.due(),
+            Some(now + PERIOD),
+            "a full rest, far from the decision"
+        );
+        assert!(rest.after_read(Some(ms(30)), false, now, None));
+        assert_eq!(
+            rest.due(),
+            Some(now + ms(30)),
+            "until the deciding frame is near"
+        );
+        assert!(
+            !rest.after_read(Some(ms(10)), false, now, None),
+            "the last frames are read as they come"
+        );
+        assert!(!rest.resting());
+    }
+
+    #[test]
     fn a_zero_period_never_rests() {
         let mut off = InboundRest::new(Duration::ZERO);
-        assert!(!off.after_read(true, false, Instant::now(), None));
+        assert!(!off.after_read(ANY, false, Instant::now(), None));
         assert_eq!(off.due(), None);
     }
 }

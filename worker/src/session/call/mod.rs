@@ -26,7 +26,7 @@ use crate::providers::{
 use crate::recording::CallRecorder;
 use crate::session::connection::PING_INTERVAL;
 use crate::session::history::{History, SpokenSentence, heard_text};
-use crate::session::inbound_rest::{DRAIN_LIMIT, InboundRest};
+use crate::session::inbound_rest::{DECISION_MARGIN, DRAIN_LIMIT, InboundRest};
 use crate::session::keypad::{Keypad, caller_text};
 use crate::session::playout::{Playout, PlayoutItem};
 use crate::session::realtime_guard::RealtimeGuard;
@@ -468,11 +468,20 @@ impl CallSession {
     /// While a reply plays, the rest ends at its next write, so one wake-up serves both (reply
     /// frames due on this wake-up go out first, the write after them is the one to meet).
     fn rest_from_reading(&mut self, backlog: bool) {
-        let settled = self.realtime.is_none() && self.vad.settled();
+        let room = if self.realtime.is_some() {
+            None
+        } else if self.vad.settled() {
+            Some(Duration::MAX)
+        } else {
+            // A caller pausing in speech: the frames before the one that may end the turn.
+            self.vad
+                .silence_left()
+                .map(|left| left.saturating_sub(DECISION_MARGIN))
+        };
         self.send_due_frames();
         let next_write = self.playout.next_deadline();
         self.inbound_rest
-            .after_read(settled, backlog, Instant::now(), next_write);
+            .after_read(room, backlog, Instant::now(), next_write);
     }
 
     /// The pipeline's greeting, when it has one.
