@@ -101,28 +101,28 @@ impl Vad {
         )
     }
 
-    /// While the caller pauses in speech (no pause reported yet): the quiet still needed
-    /// before the turn ends, or before a pause is reported when that comes first. The frames
-    /// until then decide nothing unless one is loud, which only continues the turn, so they can
-    /// be read in one go as long as the deciding frame is read as it comes.
-    pub fn silence_left(&self) -> Option<std::time::Duration> {
-        let State::Speaking {
-            silence_ms,
-            pause_burst_ms: None,
-        } = self.state
-        else {
-            return None;
+    /// How much audio can come before a frame may decide something: the loud audio a possible
+    /// start of speech still needs to be confirmed (a quiet frame only drops it), or the quiet
+    /// a caller pausing in speech still needs before the turn ends or, first, a pause is
+    /// reported (a loud frame only continues the turn). Such frames can be read in one go as
+    /// long as the deciding one is read as it comes. `None` when nothing is pending (see
+    /// [`Vad::settled`]) and after a pause was reported (any frame may resume the turn).
+    pub fn undecided_for(&self) -> Option<std::time::Duration> {
+        let left = match self.state {
+            State::Candidate { speech_ms } => self.min_speech_ms.saturating_sub(speech_ms),
+            State::Speaking {
+                silence_ms,
+                pause_burst_ms: None,
+            } if silence_ms > 0 => {
+                let decision = match self.pause_ms {
+                    Some(pause) if silence_ms < pause => pause,
+                    _ => self.silence_ms,
+                };
+                decision.saturating_sub(silence_ms)
+            }
+            _ => return None,
         };
-        if silence_ms == 0 {
-            return None;
-        }
-        let decision = match self.pause_ms {
-            Some(pause) if silence_ms < pause => pause,
-            _ => self.silence_ms,
-        };
-        Some(std::time::Duration::from_millis(u64::from(
-            decision.saturating_sub(silence_ms),
-        )))
+        Some(std::time::Duration::from_millis(u64::from(left)))
     }
 
     /// Processes one frame of `samples` lasting `frame_ms`.
@@ -257,18 +257,24 @@ mod tests {
     }
 
     #[test]
-    fn silence_left_counts_down_to_the_turn_end_or_the_pause() {
+    fn undecided_for_counts_down_to_the_deciding_frame() {
         use std::time::Duration;
         let mut vad = Vad::new(&spec(-40, 600, 200));
-        assert_eq!(vad.silence_left(), None, "quiet");
-        feed(&mut vad, -20.0, 10);
-        assert_eq!(vad.silence_left(), None, "speech, its last frame loud");
+        assert_eq!(vad.undecided_for(), None, "quiet");
+        feed(&mut vad, -20.0, 1);
+        assert_eq!(
+            vad.undecided_for(),
+            Some(Duration::from_millis(180)),
+            "a possible start of speech, confirmed by the 10th loud frame"
+        );
+        feed(&mut vad, -20.0, 9);
+        assert_eq!(vad.undecided_for(), None, "speech, its last frame loud");
         feed(&mut vad, -60.0, 1);
-        assert_eq!(vad.silence_left(), Some(Duration::from_millis(580)));
+        assert_eq!(vad.undecided_for(), Some(Duration::from_millis(580)));
         feed(&mut vad, -60.0, 28);
-        assert_eq!(vad.silence_left(), Some(Duration::from_millis(20)));
+        assert_eq!(vad.undecided_for(), Some(Duration::from_millis(20)));
         feed(&mut vad, -60.0, 1);
-        assert_eq!(vad.silence_left(), None, "the turn ended");
+        assert_eq!(vad.undecided_for(), None, "the turn ended");
 
         let mut early = Vad::new(&TurnDetectionSpec {
             early_reply_ms: Some(200),
@@ -277,13 +283,13 @@ mod tests {
         feed(&mut early, -20.0, 10);
         feed(&mut early, -60.0, 2);
         assert_eq!(
-            early.silence_left(),
+            early.undecided_for(),
             Some(Duration::from_millis(160)),
             "the pause decides first"
         );
         assert_eq!(feed(&mut early, -60.0, 8), vec![VadEvent::Paused]);
         assert_eq!(
-            early.silence_left(),
+            early.undecided_for(),
             None,
             "after a pause every frame may resume the turn"
         );

@@ -5,10 +5,10 @@
 //! exact time of the next frame (the caller is quiet, or talking with their last frame loud)
 //! the call leaves its socket alone for a short rest, the kernel holds what arrives, and one
 //! read takes it all. The bare receive floor falls by 40% that way (`benches/recv_floor.rs`,
-//! "tokio, reading every 80 ms"). The end of a turn is never read late: while the caller
-//! pauses, the call rests only until two frames before the one that would complete the
-//! end-of-turn window (or the early-reply pause), and reads the last ones as they come. What
-//! may come up to one rest later is noticing that the caller began to speak (the voice
+//! "tokio, reading every 80 ms"). No decision is read late: while the caller pauses, or may
+//! have begun to speak, the call rests only until two frames before the one that would end the
+//! turn (or report the early-reply pause) or confirm the speech, and reads the last ones as
+//! they come. What may come up to one rest later is noticing the first loud frame (the voice
 //! activity detector still counts the same audio, so its `minSpeechMs` is unchanged), and with
 //! it a barge-in. While a reply plays, a rest ends no later than the call's next reply write,
 //! which wakes the call anyway: the write and the read share one wake-up instead of each

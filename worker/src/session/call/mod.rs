@@ -473,9 +473,10 @@ impl CallSession {
         } else if self.vad.settled() {
             Some(Duration::MAX)
         } else {
-            // A caller pausing in speech: the frames before the one that may end the turn.
+            // A possible start of speech, or a caller pausing in it: the frames before the one
+            // that decides (confirms the speech, ends the turn).
             self.vad
-                .silence_left()
+                .undecided_for()
                 .map(|left| left.saturating_sub(DECISION_MARGIN))
         };
         self.send_due_frames();
