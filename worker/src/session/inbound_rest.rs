@@ -81,10 +81,9 @@ impl InboundRest {
         now: Instant,
         next_wake: Option<Instant>,
     ) -> bool {
-        let room = room.filter(|&room| room >= MIN_REST);
-        let may_rest = !self.period.is_zero() && room.is_some() && !backlog;
-        self.until = may_rest.then(|| {
-            let full = now + self.period.min(room.unwrap_or_default());
+        let room = room.filter(|&room| room >= MIN_REST && !backlog && !self.period.is_zero());
+        self.until = room.map(|room| {
+            let full = now + self.period.min(room);
             next_wake
                 .filter(|&wake| wake > now)
                 .map_or(full, |wake| wake.min(full))

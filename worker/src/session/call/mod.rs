@@ -275,7 +275,7 @@ struct CallSession {
     recorder: Option<CallRecorder>,
     /// Rests from reading the socket while no decision hangs on the caller's next frames.
     inbound_rest: InboundRest,
-    /// How far behind this call's event loops run, for its rests and its turns' rests.
+    /// How far behind this call's event loops run, for its turns' rests from reading speech.
     lag: CallLag,
 }
 
@@ -358,10 +358,16 @@ impl CallSession {
         let mut armed: Option<Instant> = None;
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut last_ping = Instant::now();
+        // Set by a read (to whether it left a backlog): the next rest is decided at the top of
+        // the loop, once the reply frames due on this wake-up are out.
+        let mut read: Option<bool> = None;
         let ending = loop {
             // Whatever woke the call (mostly the caller's own 20 ms frames) also sends the reply
             // frames that are nearly due: the pacing timer is the fallback, not the clock.
             self.send_due_frames();
+            if let Some(backlog) = read.take() {
+                self.rest_from_reading(backlog);
+            }
             if self.inbound_rest.resting() {
                 // A call that is not reading would otherwise write only when it reads again.
                 self.socket.flush_now();
@@ -381,7 +387,7 @@ impl CallSession {
                     if let Some(ending) = self.on_socket_event(event).await {
                         break ending;
                     }
-                    self.rest_from_reading(false);
+                    read = Some(false);
                 }
                 output = next_output(&mut self.turn) => self.on_turn_output(output).await,
                 event = next_realtime(&mut self.realtime) => {
@@ -398,7 +404,7 @@ impl CallSession {
                     }
                     if self.inbound_rest.over(now) {
                         match self.drain_socket().await {
-                            Ok(backlog) => self.rest_from_reading(backlog),
+                            Ok(backlog) => read = Some(backlog),
                             Err(ending) => break ending,
                         }
                     }
@@ -465,8 +471,9 @@ impl CallSession {
     /// (see `inbound_rest`). Realtime calls read as frames come: the provider decides their
     /// turns from the audio it is sent.
     ///
-    /// While a reply plays, the rest ends at its next write, so one wake-up serves both (reply
-    /// frames due on this wake-up go out first, the write after them is the one to meet).
+    /// While a reply plays, the rest ends at its next write, so one wake-up serves both (called
+    /// once the reply frames due on this wake-up are out: the write after them is the one to
+    /// meet).
     fn rest_from_reading(&mut self, backlog: bool) {
         let room = if self.realtime.is_some() {
             None
@@ -479,7 +486,6 @@ impl CallSession {
                 .undecided_for()
                 .map(|left| left.saturating_sub(DECISION_MARGIN))
         };
-        self.send_due_frames();
         let next_write = self.playout.next_deadline();
         self.inbound_rest
             .after_read(room, backlog, Instant::now(), next_write);
