@@ -156,6 +156,13 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub inbound_rest_millis: Option<i32>,
+    /// Listening rests: the same while there is nothing to barge into (no reply being prepared
+    /// or played), when noticing the start of speech late delays nothing; still never past the
+    /// frame that would end the turn. Never shorter than `inboundRestMillis`; `0` makes them
+    /// the same; unset, the worker's default (160 ms) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub listening_rest_millis: Option<i32>,
 }
 
 /// How worker pods are autoscaled.
@@ -674,6 +681,7 @@ impl Default for WorkersSpec {
             overload_lag_ms: None,
             event_batch_micros: None,
             inbound_rest_millis: None,
+            listening_rest_millis: None,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct CallLimits {
     /// How long a call leaves its socket alone between reads while no decision hangs on the
     /// caller's next frames (`session::inbound_rest`); zero reads every frame as it comes.
     pub inbound_rest: Duration,
+    /// The same while no reply could be barged into (none being prepared or played).
+    pub listening_rest: Duration,
 }
 
 /// Shared worker state, one per process.

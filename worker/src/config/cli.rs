@@ -137,6 +137,14 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLFLEET_INBOUND_REST_MS", default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(0..=100))]
     pub inbound_rest_ms: u64,
+    /// Milliseconds between reads, as `inbound_rest_ms`, while there is nothing to barge into
+    /// (no reply being prepared or played: the caller talks, or both are quiet), when noticing
+    /// the start of speech late delays nothing; still never past the frame that would end the
+    /// turn or report an early-reply pause. Eight frames a read instead of three. Never less
+    /// than `inbound_rest_ms` (0: the same); no effect when that is 0. At most 300.
+    #[arg(long, env = "CALLFLEET_LISTENING_REST_MS", default_value_t = 160,
+        value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub listening_rest_ms: u64,
     /// Threads for a runtime that runs turns (provider requests, stream decoding, resampling)
     /// apart from the calls' frames. Unset (default): one per two media cores when event
     /// batching is on, none otherwise. 0: turns always run beside their calls.
@@ -268,6 +276,9 @@ impl ServeArgs {
     pub fn inbound_rest(&self) -> Duration {
         Duration::from_millis(self.inbound_rest_ms)
     }
+    pub fn listening_rest(&self) -> Duration {
+        Duration::from_millis(self.listening_rest_ms)
+    }
     pub fn event_batch(&self) -> Duration {
         Duration::from_micros(self.event_batch_us)
     }
@@ -349,6 +360,11 @@ impl ServeArgs {
 mod tests {
     use super::*;
 
+    /// The worker's command line with `args` after the program name.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("callfleet-worker").chain(args.iter().copied()))
+    }
+
     #[test]
     fn media_runtime_follows_the_usable_cores_unless_configured() {
         assert_eq!(MediaRuntime::choose(0, 1), MediaRuntime::PerThread(1));
@@ -381,11 +397,6 @@ mod tests {
 
     #[test]
     fn inbound_rests_default_to_60_ms_and_at_most_100() {
-        let parse = |args: &[&str]| {
-            let mut argv = vec!["callfleet-worker"];
-            argv.extend_from_slice(args);
-            Cli::try_parse_from(argv)
-        };
         let rest = |args: &[&str]| parse(args).unwrap().serve.inbound_rest();
         assert_eq!(rest(&[]), Duration::from_millis(60));
         assert_eq!(rest(&["--inbound-rest-ms", "0"]), Duration::ZERO);
@@ -397,6 +408,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(too_long.contains("--inbound-rest-ms"), "{too_long}");
+    }
+
+    #[test]
+    fn listening_rests_default_to_160_ms_and_at_most_300() {
+        let rest = |args: &[&str]| parse(args).unwrap().serve.listening_rest();
+        assert_eq!(rest(&[]), Duration::from_millis(160));
+        assert_eq!(rest(&["--listening-rest-ms", "0"]), Duration::ZERO);
+        let too_long = parse(&["--listening-rest-ms", "301"])
+            .unwrap_err()
+            .to_string();
+        assert!(too_long.contains("--listening-rest-ms"), "{too_long}");
     }
 
     #[test]

@@ -104,16 +104,18 @@ impl Vad {
     /// How much audio can come before a frame may decide something: the loud audio a possible
     /// start of speech still needs to be confirmed (a quiet frame only drops it), or the quiet
     /// a caller pausing in speech still needs before the turn ends or, first, a pause is
-    /// reported (a loud frame only continues the turn). Such frames can be read in one go as
-    /// long as the deciding one is read as it comes. `None` when nothing is pending (see
-    /// [`Vad::settled`]) and after a pause was reported (any frame may resume the turn).
+    /// reported (a loud frame only continues the turn); in speech whose last frame was loud,
+    /// the whole of that quiet (the caller may fall silent with the next frame). Such frames
+    /// can be read in one go as long as the deciding one is read as it comes. `None` while
+    /// quiet (only the start of speech is left to notice, see [`Vad::settled`]) and after a
+    /// pause was reported (any frame may resume the turn).
     pub fn undecided_for(&self) -> Option<std::time::Duration> {
         let left = match self.state {
             State::Candidate { speech_ms } => self.min_speech_ms.saturating_sub(speech_ms),
             State::Speaking {
                 silence_ms,
                 pause_burst_ms: None,
-            } if silence_ms > 0 => {
+            } => {
                 let decision = match self.pause_ms {
                     Some(pause) if silence_ms < pause => pause,
                     _ => self.silence_ms,
@@ -268,7 +270,11 @@ mod tests {
             "a possible start of speech, confirmed by the 10th loud frame"
         );
         feed(&mut vad, -20.0, 9);
-        assert_eq!(vad.undecided_for(), None, "speech, its last frame loud");
+        assert_eq!(
+            vad.undecided_for(),
+            Some(Duration::from_millis(600)),
+            "speech, its last frame loud: the turn's whole window of quiet"
+        );
         feed(&mut vad, -60.0, 1);
         assert_eq!(vad.undecided_for(), Some(Duration::from_millis(580)));
         feed(&mut vad, -60.0, 28);
@@ -281,6 +287,11 @@ mod tests {
             ..spec(-40, 600, 200)
         });
         feed(&mut early, -20.0, 10);
+        assert_eq!(
+            early.undecided_for(),
+            Some(Duration::from_millis(200)),
+            "in speech the pause is the nearest decision"
+        );
         feed(&mut early, -60.0, 2);
         assert_eq!(
             early.undecided_for(),

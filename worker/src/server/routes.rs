@@ -19,6 +19,7 @@ use crate::context::WorkerContext;
 use crate::protocols::{ErrorCode, MAX_FRAME_BYTES, Protocol};
 use crate::session::call::unix_now;
 use crate::session::connection::serve_socket;
+use crate::session::inbound_rest::InboundRest;
 
 /// WebSocket write batching: frames are buffered until this much is queued or the call task
 /// flushes, which it does after handing over everything one loop turn queued (a pair of reply
@@ -106,7 +107,9 @@ async fn upgrade(
         );
     };
     // A rest lets its frames and one more arrive before the read that takes them.
-    let frames_per_read = 1 + (ctx.limits.inbound_rest.as_millis() / 20) as usize;
+    let longest_rest =
+        InboundRest::new(ctx.limits.inbound_rest, ctx.limits.listening_rest).longest();
+    let frames_per_read = 1 + (longest_rest.as_millis() / 20) as usize;
     ws.read_buffer_size(protocol.read_buffer_for(frames_per_read))
         .write_buffer_size(WS_WRITE_BATCH)
         .max_message_size(MAX_FRAME_BYTES * 2)

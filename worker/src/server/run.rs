@@ -76,6 +76,7 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
                 idle: args.idle_timeout(),
                 start: START_TIMEOUT.min(args.idle_timeout()),
                 inbound_rest: args.inbound_rest(),
+                listening_rest: args.listening_rest(),
             },
             pipelines,
             secret,

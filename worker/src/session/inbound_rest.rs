@@ -12,12 +12,20 @@
 //! activity detector still counts the same audio, so its `minSpeechMs` is unchanged), and with
 //! it a barge-in. While a reply plays, a rest ends no later than the call's next reply write,
 //! which wakes the call anyway: the write and the read share one wake-up instead of each
-//! having its own. Pure state with the time passed in.
+//! having its own.
+//!
+//! While there is nothing to barge into (no reply being prepared or played: the caller talks,
+//! or both are quiet), the start of speech decides nothing that cannot wait, so the call rests
+//! longer ([`InboundRest::new`]'s `listening` period, 160 ms by default: eight frames a read
+//! instead of three), still bounded by the frame that would end the turn. A reply that begins
+//! during such a rest (a keypad entry's turn) shortens it to a short one from then. Pure state
+//! with the time passed in.
 
 use std::time::{Duration, Instant};
 
 /// Events one read after a rest may take before the call goes back to reading as frames come:
-/// a rest holds three or four frames, so more means the caller sends faster than real time.
+/// a rest holds three or four frames (eight or nine while listening), so more means the caller
+/// sends faster than real time.
 pub const DRAIN_LIMIT: usize = 32;
 
 /// How long before a deciding frame is due a rest ends: the last frame read may have arrived up
@@ -27,21 +35,46 @@ pub const DECISION_MARGIN: Duration = Duration::from_millis(40);
 /// Rests shorter than a frame would save no read.
 const MIN_REST: Duration = Duration::from_millis(20);
 
+/// What the caller's next frames could interrupt, which sets how long a rest may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruptible {
+    /// Nothing: no reply is being prepared or played.
+    Nothing,
+    /// A reply in flight (its turn running, or its audio queued or playing): a barge-in would
+    /// be noticed up to a rest late. `next_write` is when its next frames go out, if queued.
+    Reply { next_write: Option<Instant> },
+}
+
 /// One call's rests from reading its socket.
 #[derive(Debug, Clone)]
 pub struct InboundRest {
-    /// How long a rest lasts; zero turns rests off.
+    /// How long a rest lasts while a reply could be barged into; zero turns rests off.
     period: Duration,
+    /// How long a rest lasts while there is nothing to barge into.
+    listening: Duration,
     /// The current rest's end.
     until: Option<Instant>,
 }
 
 impl InboundRest {
-    pub fn new(period: Duration) -> Self {
+    /// Rests of `period` while a reply could be interrupted and of `listening` otherwise (zero,
+    /// or less than `period`: `period` throughout). A zero `period` turns rests off.
+    pub fn new(period: Duration, listening: Duration) -> Self {
+        let listening = if period.is_zero() {
+            Duration::ZERO
+        } else {
+            listening.max(period)
+        };
         Self {
             period,
+            listening,
             until: None,
         }
+    }
+
+    /// The longest rest, what a read after one may have to take.
+    pub fn longest(&self) -> Duration {
+        self.listening
     }
 
     /// Whether the socket is being left alone now.
@@ -63,12 +96,20 @@ impl InboundRest {
         false
     }
 
+    /// A reply began (its turn started) while the call may be in a listening rest: the rest
+    /// ends no later than a short one from `now`, so a barge-in is noticed as promptly as
+    /// during any reply.
+    pub fn reply_began(&mut self, now: Instant) {
+        let latest = now + self.period;
+        self.until = self.until.map(|until| until.min(latest));
+    }
+
     /// After frames were read: rests from now if the next frames may wait (`room`: how long
     /// nothing is decided by their timing; `None` while they decide, e.g. a possible start of
     /// speech) for a frame or more and the read did not stop at [`DRAIN_LIMIT`] (`backlog`).
-    /// The rest ends one period from now, at the end of `room`, or at `next_wake` (when the
-    /// call wakes anyway, e.g. for its next reply write) if that comes sooner and is still
-    /// ahead. Returns whether it rests.
+    /// The rest lasts the listening period when nothing could be interrupted; otherwise one
+    /// period, and no longer than the reply's next write (which wakes the call anyway) if that
+    /// is still ahead; never beyond the end of `room`. Returns whether it rests.
     ///
     /// A worker whose event loops run late rests all the same: rests are what makes its calls
     /// lighter, and a late rest delays nothing that a late loop would not (the end of a turn is
@@ -79,14 +120,17 @@ impl InboundRest {
         room: Option<Duration>,
         backlog: bool,
         now: Instant,
-        next_wake: Option<Instant>,
+        interruptible: Interruptible,
     ) -> bool {
         let room = room.filter(|&room| room >= MIN_REST && !backlog && !self.period.is_zero());
-        self.until = room.map(|room| {
-            let full = now + self.period.min(room);
-            next_wake
-                .filter(|&wake| wake > now)
-                .map_or(full, |wake| wake.min(full))
+        self.until = room.map(|room| match interruptible {
+            Interruptible::Nothing => now + self.listening.min(room),
+            Interruptible::Reply { next_write } => {
+                let full = now + self.period.min(room);
+                next_write
+                    .filter(|&wake| wake > now)
+                    .map_or(full, |wake| wake.min(full))
+            }
         });
         self.until.is_some()
     }
@@ -97,14 +141,23 @@ mod tests {
     use super::*;
 
     const PERIOD: Duration = Duration::from_millis(60);
+    const LISTENING: Duration = Duration::from_millis(160);
+    /// A reply being prepared, none of its audio queued yet.
+    const REPLY: Interruptible = Interruptible::Reply { next_write: None };
+
+    fn writing(next_write: Instant) -> Interruptible {
+        Interruptible::Reply {
+            next_write: Some(next_write),
+        }
+    }
     /// Frames that decide nothing however long they wait.
     const ANY: Option<Duration> = Some(Duration::MAX);
 
     #[test]
     fn a_settled_call_rests_one_period_then_drains() {
-        let mut rest = InboundRest::new(PERIOD);
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
         let now = Instant::now();
-        assert!(rest.after_read(ANY, false, now, None));
+        assert!(rest.after_read(ANY, false, now, REPLY));
         assert!(rest.resting());
         assert_eq!(rest.due(), Some(now + PERIOD));
         assert!(!rest.over(now + PERIOD / 2), "not over yet");
@@ -117,18 +170,18 @@ mod tests {
     #[test]
     fn no_rest_while_a_frame_decides_or_after_a_backlog() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD);
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
         assert!(
-            !rest.after_read(None, false, now, None),
+            !rest.after_read(None, false, now, REPLY),
             "the detector counts trailing silence or an onset: frames are read as they come"
         );
         assert!(
-            !rest.after_read(ANY, true, now, None),
+            !rest.after_read(ANY, true, now, REPLY),
             "a backlog beyond one drain"
         );
         assert!(!rest.resting());
-        assert!(rest.after_read(ANY, false, now, None));
-        assert!(!rest.after_read(None, false, now, None));
+        assert!(rest.after_read(ANY, false, now, REPLY));
+        assert!(!rest.after_read(None, false, now, REPLY));
         assert!(
             !rest.resting(),
             "a read that unsettles the call ends its rest"
@@ -138,18 +191,18 @@ mod tests {
     #[test]
     fn a_rest_ends_at_the_next_reply_write_when_that_comes_sooner() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD);
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
         let write = now + Duration::from_millis(40);
-        assert!(rest.after_read(ANY, false, now, Some(write)));
+        assert!(rest.after_read(ANY, false, now, writing(write)));
         assert_eq!(
             rest.due(),
             Some(write),
             "one wake-up for the write and the read"
         );
         let far = now + Duration::from_millis(100);
-        rest.after_read(ANY, false, now, Some(far));
+        rest.after_read(ANY, false, now, writing(far));
         assert_eq!(rest.due(), Some(now + PERIOD), "never longer than a period");
-        rest.after_read(ANY, false, now, Some(now));
+        rest.after_read(ANY, false, now, writing(now));
         assert_eq!(
             rest.due(),
             Some(now + PERIOD),
@@ -164,10 +217,10 @@ mod tests {
         let write_every = 2 * PERIOD;
         let t0 = Instant::now();
         let mut next_write = t0 + write_every;
-        let mut rest = InboundRest::new(PERIOD);
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
         let mut now = t0;
         let mut wakes = Vec::new();
-        rest.after_read(ANY, false, now, Some(next_write));
+        rest.after_read(ANY, false, now, writing(next_write));
         while now < t0 + 10 * write_every {
             now = rest.due().expect("resting");
             assert!(rest.over(now));
@@ -175,7 +228,7 @@ mod tests {
                 next_write += write_every;
             }
             wakes.push(now - t0);
-            rest.after_read(ANY, false, now, Some(next_write));
+            rest.after_read(ANY, false, now, writing(next_write));
         }
         assert!(
             wakes
@@ -189,31 +242,71 @@ mod tests {
     #[test]
     fn a_pausing_caller_is_rested_on_until_the_deciding_frame_is_near() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD);
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
         let ms = Duration::from_millis;
-        assert!(rest.after_read(Some(ms(540)), false, now, None));
+        let nothing = Interruptible::Nothing;
+        assert!(rest.after_read(Some(ms(540)), false, now, nothing));
         assert_eq!(
             rest.due(),
-            Some(now + PERIOD),
+            Some(now + LISTENING),
             "a full rest, far from the decision"
         );
-        assert!(rest.after_read(Some(ms(30)), false, now, None));
+        assert!(rest.after_read(Some(ms(30)), false, now, nothing));
         assert_eq!(
             rest.due(),
             Some(now + ms(30)),
             "until the deciding frame is near"
         );
         assert!(
-            !rest.after_read(Some(ms(10)), false, now, None),
+            !rest.after_read(Some(ms(10)), false, now, nothing),
             "the last frames are read as they come"
         );
         assert!(!rest.resting());
     }
 
     #[test]
+    fn with_nothing_to_barge_into_rests_are_longer() {
+        let now = Instant::now();
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        assert_eq!(rest.longest(), LISTENING);
+        assert!(rest.after_read(ANY, false, now, Interruptible::Nothing));
+        assert_eq!(rest.due(), Some(now + LISTENING));
+        assert!(rest.after_read(ANY, false, now, REPLY));
+        assert_eq!(
+            rest.due(),
+            Some(now + PERIOD),
+            "a reply being prepared: a barge-in is noticed within a short rest"
+        );
+        for listening in [Duration::ZERO, PERIOD / 2] {
+            let short = InboundRest::new(PERIOD, listening);
+            assert_eq!(short.longest(), PERIOD, "never shorter than the period");
+        }
+        assert_eq!(
+            InboundRest::new(Duration::ZERO, LISTENING).longest(),
+            Duration::ZERO,
+            "no rests at all"
+        );
+    }
+
+    #[test]
+    fn a_reply_that_begins_during_a_long_rest_shortens_it() {
+        let now = Instant::now();
+        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        rest.after_read(ANY, false, now, Interruptible::Nothing);
+        let later = now + Duration::from_millis(20);
+        rest.reply_began(later);
+        assert_eq!(rest.due(), Some(later + PERIOD));
+        rest.reply_began(later + Duration::from_millis(90));
+        assert_eq!(rest.due(), Some(later + PERIOD), "never lengthened");
+        let mut reading = InboundRest::new(PERIOD, LISTENING);
+        reading.reply_began(now);
+        assert!(!reading.resting(), "a call reading as frames come goes on");
+    }
+
+    #[test]
     fn a_zero_period_never_rests() {
-        let mut off = InboundRest::new(Duration::ZERO);
-        assert!(!off.after_read(ANY, false, Instant::now(), None));
+        let mut off = InboundRest::new(Duration::ZERO, LISTENING);
+        assert!(!off.after_read(ANY, false, Instant::now(), REPLY));
         assert_eq!(off.due(), None);
     }
 }

@@ -26,7 +26,7 @@ use crate::providers::{
 use crate::recording::CallRecorder;
 use crate::session::connection::PING_INTERVAL;
 use crate::session::history::{History, SpokenSentence, heard_text};
-use crate::session::inbound_rest::{DECISION_MARGIN, DRAIN_LIMIT, InboundRest};
+use crate::session::inbound_rest::{DECISION_MARGIN, DRAIN_LIMIT, InboundRest, Interruptible};
 use crate::session::keypad::{Keypad, caller_text};
 use crate::session::playout::{Playout, PlayoutItem};
 use crate::session::realtime_guard::RealtimeGuard;
@@ -324,7 +324,7 @@ impl CallSession {
             from_8k: None,
             uplink: None,
             recorder,
-            inbound_rest: InboundRest::new(ctx.limits.inbound_rest),
+            inbound_rest: InboundRest::new(ctx.limits.inbound_rest, ctx.limits.listening_rest),
             lag: ctx.load.lag_of(crate::media_thread::index()),
             pipeline,
             ctx,
@@ -473,22 +473,30 @@ impl CallSession {
     ///
     /// While a reply plays, the rest ends at its next write, so one wake-up serves both (called
     /// once the reply frames due on this wake-up are out: the write after them is the one to
-    /// meet).
+    /// meet). With no reply to barge into, rests are longer.
     fn rest_from_reading(&mut self, backlog: bool) {
         let room = if self.realtime.is_some() {
             None
+        } else if let Some(left) = self.vad.undecided_for() {
+            // Speech, a possible start of it, or a caller pausing in it: the frames before the
+            // one that may decide (confirm the speech, end the turn, report a pause).
+            Some(left.saturating_sub(DECISION_MARGIN))
         } else if self.vad.settled() {
+            // Quiet: only a start of speech to notice, up to a rest late.
             Some(Duration::MAX)
         } else {
-            // A possible start of speech, or a caller pausing in it: the frames before the one
-            // that decides (confirms the speech, ends the turn).
-            self.vad
-                .undecided_for()
-                .map(|left| left.saturating_sub(DECISION_MARGIN))
+            None
         };
-        let next_write = self.playout.next_deadline();
+        let now = Instant::now();
+        let interruptible = if self.is_replying(now) {
+            Interruptible::Reply {
+                next_write: self.playout.next_deadline(),
+            }
+        } else {
+            Interruptible::Nothing
+        };
         self.inbound_rest
-            .after_read(room, backlog, Instant::now(), next_write);
+            .after_read(room, backlog, now, interruptible);
     }
 
     /// The pipeline's greeting, when it has one.
@@ -754,6 +762,7 @@ impl CallSession {
         };
         self.playout.clear();
         self.turn = Some(turn);
+        self.inbound_rest.reply_began(Instant::now());
     }
 
     /// The caller paused long enough that the turn may be over: the reply to what they said so
