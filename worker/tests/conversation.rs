@@ -761,6 +761,28 @@ async fn keypad_entries_are_caller_turns() {
     w.stop().await;
 }
 
+/// A lone digit's entry ends on a timer, while the call may be resting from its socket with
+/// nothing to barge into (a listening rest): the reply it starts is barged into all the same,
+/// and history keeps what was heard of it.
+#[tokio::test]
+async fn a_reply_to_a_keypad_entry_is_barged_into() {
+    let (_standin, w) = setup("").await;
+    let call = "CA-keys-barge";
+    let mut s = connect(&w.url("/ws/twilio")).await;
+    send_text(&mut s, twilio_start(call)).await;
+    say_twilio(&mut s, call, &vec![0i16; 1_600]).await;
+    send_text(&mut s, twilio_dtmf(call, "7")).await;
+    twilio_talk_over(&mut s, call, 30).await;
+
+    let store = w.worker().ctx.store.clone();
+    eventually(async || store.load(call).await.len() >= 2).await;
+    let history = store.load(call).await;
+    assert_eq!(history[0].content, "Keypad input: 7");
+    assert_truncated(&history[1].content, "I heard Keypad input: 7.".len());
+    twilio_hang_up(&mut s, call).await;
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn live_calls_keep_their_pipeline_version_new_calls_take_the_new_one() {
     let (standin, w) = setup("").await;

@@ -176,15 +176,7 @@ async fn barge_in(w: TestWorker) {
     send_text(&mut s, twilio_start(call)).await;
     say_twilio(&mut s, call, &utterance(440.0, 8_000)).await;
     // Let part of the first sentence play, then talk over it.
-    let mut frames = 0;
-    while frames < 30 {
-        let m = next_json(&mut s).await.expect("reply");
-        if m["event"] == "media" {
-            frames += 1;
-        }
-    }
-    say_twilio(&mut s, call, &tone(880.0, 8_000, 300)).await;
-    wait_for(&mut s, "event", "clear").await;
+    twilio_talk_over(&mut s, call, 30).await;
 
     let store = w.worker().ctx.store.clone();
     eventually(async || store.load(call).await.len() >= 2).await;

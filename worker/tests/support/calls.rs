@@ -137,6 +137,20 @@ pub async fn say_twilio(s: &mut Socket, call: &str, samples: &[i16]) {
     }
 }
 
+/// Lets `frames` of the reply's Twilio media play, then talks over it (300 ms of an 880 Hz
+/// tone) and waits for the worker to flush the carrier (`clear`): a barge-in.
+pub async fn twilio_talk_over(s: &mut Socket, call: &str, frames: usize) {
+    let mut played = 0;
+    while played < frames {
+        let m = next_json(s).await.expect("reply");
+        if m["event"] == "media" {
+            played += 1;
+        }
+    }
+    say_twilio(s, call, &tone(880.0, 8_000, 300)).await;
+    wait_for(s, "event", "clear").await;
+}
+
 /// Seed `audio` messages of 20 ms µ-law frames.
 pub async fn say_seed(s: &mut Socket, samples: &[i16]) {
     for frame in samples.chunks(160) {
