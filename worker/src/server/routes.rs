@@ -107,8 +107,7 @@ async fn upgrade(
         );
     };
     // A rest lets its frames and one more arrive before the read that takes them.
-    let longest_rest =
-        InboundRest::new(ctx.limits.inbound_rest, ctx.limits.listening_rest).longest();
+    let longest_rest = InboundRest::longest_for(ctx.limits.inbound_rest, ctx.limits.listening_rest);
     let frames_per_read = 1 + (longest_rest.as_millis() / 20) as usize;
     ws.read_buffer_size(protocol.read_buffer_for(frames_per_read))
         .write_buffer_size(WS_WRITE_BATCH)

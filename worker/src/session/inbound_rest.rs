@@ -60,15 +60,21 @@ impl InboundRest {
     /// Rests of `period` while a reply could be interrupted and of `listening` otherwise (zero,
     /// or less than `period`: `period` throughout). A zero `period` turns rests off.
     pub fn new(period: Duration, listening: Duration) -> Self {
-        let listening = if period.is_zero() {
+        Self {
+            period,
+            listening: Self::longest_for(period, listening),
+            until: None,
+        }
+    }
+
+    /// The longest rest calls configured with `period` and `listening` take (see
+    /// [`InboundRest::new`]): what a read after one may have to take, which sizes the read
+    /// buffer.
+    pub fn longest_for(period: Duration, listening: Duration) -> Duration {
+        if period.is_zero() {
             Duration::ZERO
         } else {
             listening.max(period)
-        };
-        Self {
-            period,
-            listening,
-            until: None,
         }
     }
 
