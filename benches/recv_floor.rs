@@ -9,6 +9,9 @@
 //! - `tokio, reading every 80 ms`: the same, each task asleep on a timer between reads, taking
 //!   what arrived meanwhile in one (a worker's call resting from its socket while nobody
 //!   speaks, `CALLFLEET_INBOUND_REST_MS`);
+//! - `tokio, reading every 80 ms, low-water mark`: the same with each socket's `SO_RCVLOWAT`
+//!   above what a rest brings, so arriving frames wake no thread, and each read after a rest
+//!   going to the socket directly (a worker's resting call, `server::quiet_stream`);
 //! - `epoll`: one thread, edge-triggered epoll (mio), reading every ready socket until it would
 //!   block (no tasks, no wakers);
 //! - `io_uring`: one thread, one `recv` in flight per connection, completions reaped in batches
@@ -39,10 +42,19 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for &n in &sizes {
-        for sink in [Sink::Tokio, Sink::TokioRested, Sink::Epoll, Sink::IoUring] {
+        for sink in [
+            Sink::Tokio,
+            Sink::TokioRested,
+            Sink::TokioRestedLowat,
+            Sink::Epoll,
+            Sink::IoUring,
+        ] {
             let floor = match sink {
                 Sink::Tokio => recv_floor::tokio_floor(n),
                 Sink::TokioRested => recv_floor::tokio_rested_floor(n, Duration::from_millis(80)),
+                Sink::TokioRestedLowat => {
+                    recv_floor::tokio_rested_lowat_floor(n, Duration::from_millis(80))
+                }
                 Sink::Epoll => recv_floor::measure(n, epoll_sink),
                 Sink::IoUring => recv_floor::measure(n, uring_sink),
             }
@@ -66,6 +78,7 @@ fn main() {
 enum Sink {
     Tokio,
     TokioRested,
+    TokioRestedLowat,
     Epoll,
     IoUring,
 }
@@ -75,6 +88,7 @@ impl Sink {
         match self {
             Sink::Tokio => "tokio (task per connection)",
             Sink::TokioRested => "tokio, reading every 80 ms",
+            Sink::TokioRestedLowat => "tokio, reading every 80 ms, low-water mark",
             Sink::Epoll => "epoll loop (mio)",
             Sink::IoUring => "io_uring (batched recv)",
         }

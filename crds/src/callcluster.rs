@@ -163,6 +163,14 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 300))]
     pub listening_rest_millis: Option<i32>,
+    /// Wake ticks: calls' timers (ends of rests, reply writes, housekeeping) fall on a grid of
+    /// this many milliseconds shared by every call, so that calls due within one tick wake
+    /// together (fewer wake-ups). Writes and bounded rests move earlier, never later; a rest's
+    /// plain length to the nearest tick (a barge-in noticed up to half a tick later). `0`:
+    /// every timer at its own instant; unset, the worker's default (10 ms) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20))]
+    pub wake_tick_millis: Option<i32>,
 }
 
 /// How worker pods are autoscaled.
@@ -682,6 +690,7 @@ impl Default for WorkersSpec {
             event_batch_micros: None,
             inbound_rest_millis: None,
             listening_rest_millis: None,
+            wake_tick_millis: None,
         }
     }
 }

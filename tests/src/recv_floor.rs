@@ -54,7 +54,7 @@ impl Floor {
 /// wake-up and one `recv` per frame (on one single-threaded runtime).
 pub fn tokio_floor(connections: usize) -> std::io::Result<Floor> {
     measure(connections, |conns, stop, bytes| {
-        tokio_sink(conns, stop, bytes, None)
+        tokio_sink(conns, stop, bytes, Reading::AsItComes)
     })
 }
 
@@ -62,7 +62,16 @@ pub fn tokio_floor(connections: usize) -> std::io::Result<Floor> {
 /// what arrived in one read (what a worker's call does while nobody speaks).
 pub fn tokio_rested_floor(connections: usize, rest: Duration) -> std::io::Result<Floor> {
     measure(connections, move |conns, stop, bytes| {
-        tokio_sink(conns, stop, bytes, Some(rest))
+        tokio_sink(conns, stop, bytes, Reading::Rested(rest))
+    })
+}
+
+/// As [`tokio_rested_floor`], with each socket's receive low-water mark raised above what a rest
+/// brings (`SO_RCVLOWAT`), so frames arriving during a rest raise no readiness event and wake
+/// no thread; each read after a rest goes straight to the socket.
+pub fn tokio_rested_lowat_floor(connections: usize, rest: Duration) -> std::io::Result<Floor> {
+    measure(connections, move |conns, stop, bytes| {
+        tokio_sink(conns, stop, bytes, Reading::RestedQuiet(rest))
     })
 }
 
@@ -141,12 +150,19 @@ fn send_frames(mut conns: Vec<TcpStream>, stop: &AtomicBool) {
     }
 }
 
-fn tokio_sink(
-    conns: Vec<TcpStream>,
-    stop: &AtomicBool,
-    bytes: &Arc<AtomicU64>,
-    rest: Option<Duration>,
-) {
+/// How a Tokio sink's tasks read.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// Each frame as it comes.
+    AsItComes,
+    /// After each rest, what arrived meanwhile, as readiness signals it.
+    Rested(Duration),
+    /// After each rest, straight from the socket, whose low-water mark keeps it from
+    /// signaling anything meanwhile.
+    RestedQuiet(Duration),
+}
+
+fn tokio_sink(conns: Vec<TcpStream>, stop: &AtomicBool, bytes: &Arc<AtomicU64>, reading: Reading) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -155,6 +171,9 @@ fn tokio_sink(
     };
     runtime.block_on(async {
         for conn in conns {
+            if let Reading::RestedQuiet(_) = reading {
+                set_receive_low_water_mark(&conn, 16 * 1024);
+            }
             let Ok(conn) = conn
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::TcpStream::from_std(conn))
@@ -163,18 +182,25 @@ fn tokio_sink(
             };
             let bytes = bytes.clone();
             tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
                 let mut conn = conn;
                 let mut buf = vec![0u8; READ_BUFFER];
                 loop {
-                    if let Some(rest) = rest {
-                        tokio::time::sleep(rest).await;
-                    }
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => {
+                    let read = match reading {
+                        Reading::AsItComes => read_signaled(&mut conn, &mut buf).await,
+                        Reading::Rested(rest) => {
+                            tokio::time::sleep(rest).await;
+                            read_signaled(&mut conn, &mut buf).await
+                        }
+                        Reading::RestedQuiet(rest) => {
+                            tokio::time::sleep(rest).await;
+                            read_through(&conn, &mut buf)
+                        }
+                    };
+                    match read {
+                        Some(read) => {
                             bytes.fetch_add(read as u64, Ordering::Relaxed);
                         }
+                        None => break,
                     }
                 }
             });
@@ -183,6 +209,42 @@ fn tokio_sink(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+}
+
+/// One read once the socket signals; `None` at its end.
+async fn read_signaled(conn: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    conn.read(buf).await.ok().filter(|&read| read > 0)
+}
+
+/// Everything waiting in the socket, signaled or not (reads until one leaves room, as the
+/// worker's do); `None` at its end.
+fn read_through(conn: &tokio::net::TcpStream, buf: &mut [u8]) -> Option<usize> {
+    use std::io::Read;
+    let sock = socket2::SockRef::from(conn);
+    let mut total = 0;
+    loop {
+        match (&*sock).read(buf) {
+            Ok(0) => return None,
+            Ok(read) if read == buf.len() => total += read,
+            Ok(read) => return Some(total + read),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Some(total),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn set_receive_low_water_mark(conn: &TcpStream, bytes: libc::c_int) {
+    // SAFETY: the descriptor is open (borrowed), and setsockopt reads `bytes` for its size.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(conn),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Two sockets per connection: lift the soft limit on open files to the hard one.

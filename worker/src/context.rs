@@ -9,6 +9,7 @@ use crate::config::PipelineSource;
 use crate::metrics::Metrics;
 use crate::recording::Recordings;
 use crate::session::SessionStore;
+use crate::session::wake_grid::WakeGrid;
 use crate::turn_runtime::TurnRuntime;
 
 /// Per-call time limits.
@@ -23,6 +24,8 @@ pub struct CallLimits {
     pub inbound_rest: Duration,
     /// The same while no reply could be barged into (none being prepared or played).
     pub listening_rest: Duration,
+    /// The grid calls' timers are moved to (`session::wake_grid`).
+    pub wake_grid: WakeGrid,
 }
 
 /// Shared worker state, one per process.

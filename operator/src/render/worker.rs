@@ -229,6 +229,9 @@ fn env(ctx: &Context<'_>, drain: i64) -> Vec<EnvVar> {
     if let Some(millis) = spec.workers.listening_rest_millis {
         env.push(value("CALLFLEET_LISTENING_REST_MS", millis.to_string()));
     }
+    if let Some(millis) = spec.workers.wake_tick_millis {
+        env.push(value("CALLFLEET_WAKE_TICK_MS", millis.to_string()));
+    }
     if let Some(redis) = &spec.redis {
         env.push(secret_env(
             "CALLFLEET_REDIS_URL",
@@ -587,6 +590,7 @@ mod tests {
         assert!(!env.contains_key("CALLFLEET_EVENT_BATCH_US"));
         assert!(!env.contains_key("CALLFLEET_INBOUND_REST_MS"));
         assert!(!env.contains_key("CALLFLEET_LISTENING_REST_MS"));
+        assert!(!env.contains_key("CALLFLEET_WAKE_TICK_MS"));
         assert!(!env.contains_key("CALLFLEET_REDIS_URL"));
         assert!(!env.contains_key("CALLFLEET_RECORDINGS_ENABLED"));
         assert!(
@@ -603,12 +607,13 @@ mod tests {
     fn limits_flow_into_env_and_grace_period() {
         let pod = worker_pod(json!({
             "limits": {"maxCallDurationSeconds": 600, "idleTimeoutSeconds": 10, "requestsPerMinutePerIp": 5},
-            "workers": {"maxCallsPerPod": 2000, "logFormat": "text", "overloadLagMs": 0, "eventBatchMicros": 1000, "inboundRestMillis": 0, "listeningRestMillis": 240},
+            "workers": {"maxCallsPerPod": 2000, "logFormat": "text", "overloadLagMs": 0, "eventBatchMicros": 1000, "inboundRestMillis": 0, "listeningRestMillis": 240, "wakeTickMillis": 0},
         }));
         let env = env_map(&pod);
         assert_eq!(env["CALLFLEET_EVENT_BATCH_US"], "1000");
         assert_eq!(env["CALLFLEET_INBOUND_REST_MS"], "0");
         assert_eq!(env["CALLFLEET_LISTENING_REST_MS"], "240");
+        assert_eq!(env["CALLFLEET_WAKE_TICK_MS"], "0");
         assert_eq!(env["CALLFLEET_OVERLOAD_LAG_MS"], "0");
         assert_eq!(env["CALLFLEET_MAX_CALL_SECONDS"], "600");
         assert_eq!(env["CALLFLEET_IDLE_TIMEOUT_SECONDS"], "10");

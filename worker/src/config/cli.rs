@@ -145,6 +145,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLFLEET_LISTENING_REST_MS", default_value_t = 160,
         value_parser = clap::value_parser!(u64).range(0..=300))]
     pub listening_rest_ms: u64,
+    /// Milliseconds between the instants calls' timers are moved to (the ends of rests from
+    /// reading, reply writes, housekeeping), so that calls due within one tick wake together
+    /// and a thread wakes once per tick for all of them rather than about once a millisecond
+    /// for one or two. Writes and bounded rests move earlier, never later; a rest's plain
+    /// length to the nearest tick (a barge-in noticed up to half a tick later). 10 ms took
+    /// 10–25% off idle calls' CPU. 0: every timer at its own instant. At most 20 (a reply
+    /// frame may leave up to one frame early).
+    #[arg(long, env = "CALLFLEET_WAKE_TICK_MS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=20))]
+    pub wake_tick_ms: u64,
     /// Threads for a runtime that runs turns (provider requests, stream decoding, resampling)
     /// apart from the calls' frames. Unset (default): one per two media cores when event
     /// batching is on, none otherwise. 0: turns always run beside their calls.
@@ -279,6 +289,9 @@ impl ServeArgs {
     pub fn listening_rest(&self) -> Duration {
         Duration::from_millis(self.listening_rest_ms)
     }
+    pub fn wake_tick(&self) -> Duration {
+        Duration::from_millis(self.wake_tick_ms)
+    }
     pub fn event_batch(&self) -> Duration {
         Duration::from_micros(self.event_batch_us)
     }
@@ -408,6 +421,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(too_long.contains("--inbound-rest-ms"), "{too_long}");
+    }
+
+    #[test]
+    fn wake_ticks_default_to_10_ms_and_at_most_a_frame() {
+        let tick = |args: &[&str]| parse(args).unwrap().serve.wake_tick();
+        assert_eq!(tick(&[]), Duration::from_millis(10));
+        assert_eq!(tick(&["--wake-tick-ms", "0"]), Duration::ZERO);
+        let too_long = parse(&["--wake-tick-ms", "21"]).unwrap_err().to_string();
+        assert!(too_long.contains("--wake-tick-ms"), "{too_long}");
     }
 
     #[test]

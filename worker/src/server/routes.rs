@@ -2,7 +2,6 @@
 //! the WebSocket upgrade, so a refused connection costs one HTTP response; the token is checked
 //! on the call's first message because it must match the call id announced there.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,6 +16,7 @@ use serde_json::json;
 use crate::admission::{RateDecision, authentic_call_id};
 use crate::context::WorkerContext;
 use crate::protocols::{ErrorCode, MAX_FRAME_BYTES, Protocol};
+use crate::server::quiet_stream::Peer;
 use crate::session::call::unix_now;
 use crate::session::connection::serve_socket;
 use crate::session::inbound_rest::InboundRest;
@@ -42,7 +42,7 @@ pub fn router(ctx: Arc<WorkerContext>) -> Router {
 fn websocket(protocol: Protocol) -> MethodRouter<Arc<WorkerContext>> {
     get(
         move |state: State<Arc<WorkerContext>>,
-              peer: ConnectInfo<SocketAddr>,
+              peer: ConnectInfo<Peer>,
               query: Query<TokenQuery>,
               headers: HeaderMap,
               ws: WebSocketUpgrade| upgrade(protocol, state, peer, query, headers, ws),
@@ -57,7 +57,7 @@ struct TokenQuery {
 async fn upgrade(
     protocol: Protocol,
     State(ctx): State<Arc<WorkerContext>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -87,7 +87,7 @@ async fn upgrade(
         .as_deref()
         .is_some_and(|t| authentic_call_id(&ctx.secret, t, unix_now()).is_ok());
     if !authenticated
-        && let RateDecision::Deny { retry_after } = ctx.rate_limiter.check(peer.ip()).await
+        && let RateDecision::Deny { retry_after } = ctx.rate_limiter.check(peer.addr.ip()).await
     {
         return refuse(
             &ctx,
@@ -112,7 +112,7 @@ async fn upgrade(
     ws.read_buffer_size(protocol.read_buffer_for(frames_per_read))
         .write_buffer_size(WS_WRITE_BATCH)
         .max_message_size(MAX_FRAME_BYTES * 2)
-        .on_upgrade(move |socket| serve_socket(socket, protocol, ctx, permit, token))
+        .on_upgrade(move |socket| serve_socket(socket, peer.reads, protocol, ctx, permit, token))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -18,7 +17,9 @@ use crate::media_thread;
 use crate::metrics::Metrics;
 use crate::providers::openai::ProviderHttp;
 use crate::recording::Recordings;
+use crate::server::quiet_stream::{Peer, QuietListener};
 use crate::session::InMemorySessionStore;
+use crate::session::wake_grid::WakeGrid;
 use crate::turn_runtime::TurnRuntime;
 
 /// How long a dropped call's history is kept for a reconnect.
@@ -77,6 +78,7 @@ pub fn build_context(args: &ServeArgs, media_threads: usize) -> anyhow::Result<A
                 start: START_TIMEOUT.min(args.idle_timeout()),
                 inbound_rest: args.inbound_rest(),
                 listening_rest: args.listening_rest(),
+                wake_grid: WakeGrid::new(args.wake_tick()),
             },
             pipelines,
             secret,
@@ -110,12 +112,12 @@ pub struct RunningWorker {
 
 /// Media sockets: frames go out the moment they are written (no Nagle delay waiting for the
 /// peer's ACK), and the kernel buffers a bounded amount per call.
-fn tune_connection(tcp: &mut TcpStream, send_buffer: usize) {
+fn tune_connection(tcp: &TcpStream, send_buffer: usize) {
     if let Err(err) = tcp.set_nodelay(true) {
         tracing::debug!(error = %err, "could not set TCP_NODELAY");
     }
     if send_buffer > 0
-        && let Err(err) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+        && let Err(err) = socket2::SockRef::from(tcp).set_send_buffer_size(send_buffer)
     {
         tracing::debug!(error = %err, "could not set SO_SNDBUF");
     }
@@ -174,14 +176,16 @@ impl Serving {
             mut stop,
             ..
         } = self;
-        let listener = listener.tap_io(move |tcp| tune_connection(tcp, send_buffer));
+        let listener = QuietListener::new(listener, move |tcp: &TcpStream| {
+            tune_connection(tcp, send_buffer)
+        });
         // Each media runtime measures its own lag: it is that runtime's calls that wait.
         let probe = tokio::spawn(
             ctx.load
                 .clone()
                 .probe(media_thread::index(), ctx.metrics.clone()),
         );
-        let app = crate::server::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::server::router(ctx).into_make_service_with_connect_info::<Peer>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|stop| *stop).await;

@@ -23,6 +23,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::session::wake_grid::WakeGrid;
+
 /// Events one read after a rest may take before the call goes back to reading as frames come:
 /// a rest holds three or four frames (eight or nine while listening), so more means the caller
 /// sends faster than real time.
@@ -54,16 +56,20 @@ pub struct InboundRest {
     listening: Duration,
     /// The current rest's end.
     until: Option<Instant>,
+    /// Where rests end, so that calls resting together wake together.
+    grid: WakeGrid,
 }
 
 impl InboundRest {
     /// Rests of `period` while a reply could be interrupted and of `listening` otherwise (zero,
-    /// or less than `period`: `period` throughout). A zero `period` turns rests off.
-    pub fn new(period: Duration, listening: Duration) -> Self {
+    /// or less than `period`: `period` throughout). A zero `period` turns rests off. Rests end
+    /// on `grid`'s ticks: the nearest to their length, the one before any bound.
+    pub fn new(period: Duration, listening: Duration, grid: WakeGrid) -> Self {
         Self {
             period,
             listening: Self::longest_for(period, listening),
             until: None,
+            grid,
         }
     }
 
@@ -129,12 +135,29 @@ impl InboundRest {
         interruptible: Interruptible,
     ) -> bool {
         let room = room.filter(|&room| room >= MIN_REST && !backlog && !self.period.is_zero());
+        let grid = self.grid;
+        // A rest of `len` unless `room` is shorter: the tick nearest its end, or the one before
+        // the end of `room`.
+        let end = |len: Duration, room: Duration| {
+            if room < len {
+                grid.before(now + room)
+            } else {
+                grid.nearest(now + len)
+            }
+        };
         self.until = room.map(|room| match interruptible {
-            Interruptible::Nothing => now + self.listening.min(room),
+            Interruptible::Nothing => end(self.listening, room),
             Interruptible::Reply { next_write } => {
-                let full = now + self.period.min(room);
+                let full = end(self.period, room);
                 next_write
                     .filter(|&wake| wake > now)
+                    // The tick before the write (it may go up to a frame early), unless that
+                    // has passed.
+                    .map(|wake| {
+                        Some(grid.before(wake))
+                            .filter(|&at| at > now)
+                            .unwrap_or(wake)
+                    })
                     .map_or(full, |wake| wake.min(full))
             }
         });
@@ -160,8 +183,39 @@ mod tests {
     const ANY: Option<Duration> = Some(Duration::MAX);
 
     #[test]
+    fn rests_end_on_the_shared_grid_and_never_past_a_bound() {
+        let tick = Duration::from_millis(10);
+        let grid = WakeGrid::new(tick);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, grid);
+        let now = Instant::now();
+        let on_grid = |at: Instant| grid.before(at) == at;
+        assert!(rest.after_read(ANY, false, now, Interruptible::Nothing));
+        let due = rest.due().unwrap();
+        assert!(on_grid(due));
+        let plain = now + LISTENING;
+        assert!(
+            due.max(plain) - due.min(plain) <= tick / 2,
+            "about its length"
+        );
+        let room = Duration::from_millis(75);
+        assert!(rest.after_read(Some(room), false, now, REPLY));
+        let due = rest.due().unwrap();
+        assert!(
+            on_grid(due) && due <= now + room && due > now,
+            "never past the room"
+        );
+        let write = now + Duration::from_millis(47);
+        assert!(rest.after_read(ANY, false, now, writing(write)));
+        let due = rest.due().unwrap();
+        assert!(
+            on_grid(due) && due <= write && due > now,
+            "never past the write"
+        );
+    }
+
+    #[test]
     fn a_settled_call_rests_one_period_then_drains() {
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         let now = Instant::now();
         assert!(rest.after_read(ANY, false, now, REPLY));
         assert!(rest.resting());
@@ -176,7 +230,7 @@ mod tests {
     #[test]
     fn no_rest_while_a_frame_decides_or_after_a_backlog() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         assert!(
             !rest.after_read(None, false, now, REPLY),
             "the detector counts trailing silence or an onset: frames are read as they come"
@@ -197,7 +251,7 @@ mod tests {
     #[test]
     fn a_rest_ends_at_the_next_reply_write_when_that_comes_sooner() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         let write = now + Duration::from_millis(40);
         assert!(rest.after_read(ANY, false, now, writing(write)));
         assert_eq!(
@@ -223,7 +277,7 @@ mod tests {
         let write_every = 2 * PERIOD;
         let t0 = Instant::now();
         let mut next_write = t0 + write_every;
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         let mut now = t0;
         let mut wakes = Vec::new();
         rest.after_read(ANY, false, now, writing(next_write));
@@ -248,7 +302,7 @@ mod tests {
     #[test]
     fn a_pausing_caller_is_rested_on_until_the_deciding_frame_is_near() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         let ms = Duration::from_millis;
         let nothing = Interruptible::Nothing;
         assert!(rest.after_read(Some(ms(540)), false, now, nothing));
@@ -273,7 +327,7 @@ mod tests {
     #[test]
     fn with_nothing_to_barge_into_rests_are_longer() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         assert_eq!(rest.longest(), LISTENING);
         assert!(rest.after_read(ANY, false, now, Interruptible::Nothing));
         assert_eq!(rest.due(), Some(now + LISTENING));
@@ -284,11 +338,11 @@ mod tests {
             "a reply being prepared: a barge-in is noticed within a short rest"
         );
         for listening in [Duration::ZERO, PERIOD / 2] {
-            let short = InboundRest::new(PERIOD, listening);
+            let short = InboundRest::new(PERIOD, listening, WakeGrid::OFF);
             assert_eq!(short.longest(), PERIOD, "never shorter than the period");
         }
         assert_eq!(
-            InboundRest::new(Duration::ZERO, LISTENING).longest(),
+            InboundRest::new(Duration::ZERO, LISTENING, WakeGrid::OFF).longest(),
             Duration::ZERO,
             "no rests at all"
         );
@@ -297,21 +351,21 @@ mod tests {
     #[test]
     fn a_reply_that_begins_during_a_long_rest_shortens_it() {
         let now = Instant::now();
-        let mut rest = InboundRest::new(PERIOD, LISTENING);
+        let mut rest = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         rest.after_read(ANY, false, now, Interruptible::Nothing);
         let later = now + Duration::from_millis(20);
         rest.reply_began(later);
         assert_eq!(rest.due(), Some(later + PERIOD));
         rest.reply_began(later + Duration::from_millis(90));
         assert_eq!(rest.due(), Some(later + PERIOD), "never lengthened");
-        let mut reading = InboundRest::new(PERIOD, LISTENING);
+        let mut reading = InboundRest::new(PERIOD, LISTENING, WakeGrid::OFF);
         reading.reply_began(now);
         assert!(!reading.resting(), "a call reading as frames come goes on");
     }
 
     #[test]
     fn a_zero_period_never_rests() {
-        let mut off = InboundRest::new(Duration::ZERO, LISTENING);
+        let mut off = InboundRest::new(Duration::ZERO, LISTENING, WakeGrid::OFF);
         assert!(!off.after_read(ANY, false, Instant::now(), REPLY));
         assert_eq!(off.due(), None);
     }

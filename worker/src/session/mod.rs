@@ -18,3 +18,4 @@ pub mod inbound_rest;
 pub mod socket;
 pub mod turn;
 pub mod uplink;
+pub mod wake_grid;

@@ -16,6 +16,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{Sink, Stream};
 
 use crate::protocols::{Decoder, InboundEvent, Incoming, Protocol, ProtocolError, WireFrame};
+use crate::server::quiet_stream::QuietReads;
 
 /// Frames queued for a carrier before audio is dropped: about a second of 20 ms frames.
 const AUDIO_QUEUE: usize = 64;
@@ -47,16 +48,45 @@ pub struct CallSocket {
     unflushed: bool,
     /// Nothing more can be read or written: the peer is gone.
     gone: bool,
+    /// The connection's readiness signals, quieted while the call rests from reading
+    /// (`server::quiet_stream`); none where the connection cannot be quieted.
+    reads: Option<QuietReads>,
+    /// The kernel is not signaling this connection's frames.
+    quiet: bool,
 }
 
 impl CallSocket {
-    pub fn new(ws: WebSocket, protocol: Protocol) -> Self {
+    pub fn new(ws: WebSocket, protocol: Protocol, reads: Option<QuietReads>) -> Self {
         Self {
             ws,
             decoder: Decoder::new(protocol),
             outbox: VecDeque::new(),
             unflushed: false,
             gone: false,
+            reads,
+            quiet: false,
+        }
+    }
+
+    /// While the call rests from reading (`resting`), the kernel signals none of the frames
+    /// that arrive: they would wake the event loop for a task that is not listening. Once it
+    /// reads frames as they come again, every frame is signaled. A change of state costs one
+    /// system call; a connection that cannot be quieted is left signaling.
+    pub fn rest(&mut self, resting: bool) {
+        if resting == self.quiet {
+            return;
+        }
+        let Some(reads) = &self.reads else {
+            return;
+        };
+        match reads.quiet(resting) {
+            Ok(()) => self.quiet = resting,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot quiet the connection; it keeps signaling");
+                if !self.quiet {
+                    self.reads = None;
+                }
+            }
         }
     }
 
@@ -118,6 +148,14 @@ impl CallSocket {
         match self.poll_next_event(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(event) => Some(event),
             Poll::Pending => None,
+        }
+    }
+
+    /// The next read takes what waits in the kernel, signaled or not (a quiet connection's
+    /// frames are not): for the reads that end a rest.
+    pub fn read_through(&mut self) {
+        if let Some(reads) = &self.reads {
+            reads.read_through();
         }
     }
 

@@ -324,7 +324,11 @@ impl CallSession {
             from_8k: None,
             uplink: None,
             recorder,
-            inbound_rest: InboundRest::new(ctx.limits.inbound_rest, ctx.limits.listening_rest),
+            inbound_rest: InboundRest::new(
+                ctx.limits.inbound_rest,
+                ctx.limits.listening_rest,
+                ctx.limits.wake_grid,
+            ),
             lag: ctx.load.lag_of(crate::media_thread::index()),
             pipeline,
             ctx,
@@ -356,7 +360,8 @@ impl CallSession {
         let timer = sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
-        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        let grid = self.ctx.limits.wake_grid;
+        let mut next_housekeeping = grid.before(Instant::now() + HOUSEKEEPING);
         let mut last_ping = Instant::now();
         // Set by a read (to whether it left a backlog): the next rest is decided at the top of
         // the loop, once the reply frames due on this wake-up are out.
@@ -368,12 +373,15 @@ impl CallSession {
             if let Some(backlog) = read.take() {
                 self.rest_from_reading(backlog);
             }
+            // Before the socket is polled for frames as they come, never after.
+            self.socket.rest(self.inbound_rest.resting());
             if self.inbound_rest.resting() {
                 // A call that is not reading would otherwise write only when it reads again.
                 self.socket.flush_now();
             }
             let due = [
-                self.playout.next_deadline(),
+                // A frame may leave up to a frame early: the tick before it is due.
+                self.playout.next_deadline().map(|at| grid.before(at)),
                 self.keypad.due(),
                 self.inbound_rest.due(),
             ]
@@ -414,7 +422,7 @@ impl CallSession {
                     if now < next_housekeeping {
                         continue;
                     }
-                    next_housekeeping = now + HOUSEKEEPING;
+                    next_housekeeping = grid.before(now + HOUSEKEEPING);
                     if let Some(ending) = self.watch_realtime(now).await {
                         break ending;
                     }
@@ -456,6 +464,7 @@ impl CallSession {
     /// After a rest: takes what arrived meanwhile, up to [`DRAIN_LIMIT`] frames. `Ok(true)`
     /// when more is waiting.
     async fn drain_socket(&mut self) -> Result<bool, Ending> {
+        self.socket.read_through();
         for _ in 0..DRAIN_LIMIT {
             let Some(event) = self.socket.try_next() else {
                 return Ok(false);
