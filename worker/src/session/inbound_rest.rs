@@ -109,10 +109,10 @@ impl InboundRest {
     }
 
     /// A reply began (its turn started) while the call may be in a listening rest: the rest
-    /// ends no later than a short one from `now`, so a barge-in is noticed as promptly as
-    /// during any reply.
+    /// ends no later than a short one from `now` (its nearest tick), so a barge-in is noticed
+    /// as promptly as during any reply.
     pub fn reply_began(&mut self, now: Instant) {
-        let latest = now + self.period;
+        let latest = self.grid.nearest(now + self.period);
         self.until = self.until.map(|until| until.min(latest));
     }
 
