@@ -121,10 +121,11 @@ pub struct ServeArgs {
     /// Event batching, in microseconds: a media thread that runs out of work waits this long
     /// before asking the kernel for new events, so under load it takes many calls' frames per
     /// wake-up instead of waking for each. Turns then run on a runtime of their own that does
-    /// not batch (`turn_runtime`), so provider answers do not wait. At 1 ms: 5–14% less CPU per
-    /// call at 1,000–2,000 calls in conversation, first audio about 1.2 ms later at p50. 0
-    /// (default): every event is taken as it comes and turns run beside their calls. At most
-    /// 20,000 (one frame).
+    /// not batch (`turn_runtime`), so provider answers do not wait. At 1 ms it took 5–14% off
+    /// the CPU per call at 1,000–2,000 calls in conversation, first audio about 1.2 ms later at
+    /// p50; since resting calls' connections went quiet it saves nothing (2026-12-04: 2–5% more
+    /// at 1,000 calls). 0 (default): every event is taken as it comes and turns run beside their
+    /// calls. At most 20,000 (one frame).
     #[arg(long, env = "CALLFLEET_EVENT_BATCH_US", default_value_t = 0,
         value_parser = clap::value_parser!(u64).range(0..=20_000))]
     pub event_batch_us: u64,
