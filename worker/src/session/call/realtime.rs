@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{CallSession, Ending, Reply};
+use super::{CallSession, Ending};
 use crate::media::{StreamResampler, mulaw};
 use crate::protocols::ErrorCode;
 use crate::providers::{
@@ -250,11 +250,7 @@ impl CallSession {
             RealtimeEvent::AudioDelta { item_id, audio, .. } => {
                 if self.reply.item_id.as_deref() != Some(item_id.as_str()) {
                     self.commit_finished_reply().await;
-                    self.reply = Reply {
-                        id: self.reply.id.wrapping_add(1),
-                        item_id: Some(item_id),
-                        ..Reply::default()
-                    };
+                    self.reply = self.reply.next(Some(item_id));
                     self.playout.clear();
                     self.reply.sentences.push(SpokenSentence {
                         text: String::new(),

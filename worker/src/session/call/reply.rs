@@ -17,11 +17,11 @@ use crate::session::turn::{SpeechReading, TurnInput, TurnOutput, run_turn};
 
 /// A reply turn running in its own task.
 pub(super) struct ActiveTurn {
-    pub(super) handle: JoinHandle<()>,
-    pub(super) output: mpsc::Receiver<TurnOutput>,
+    handle: JoinHandle<()>,
+    output: mpsc::Receiver<TurnOutput>,
     /// When it was started, for a reply prepared during a pause: its providers were partly or
     /// wholly waited on before the caller's turn ended and the latency clock started.
-    pub(super) prepared_at: Option<Instant>,
+    prepared_at: Option<Instant>,
 }
 
 impl Drop for ActiveTurn {
@@ -36,9 +36,20 @@ pub(super) struct Reply {
     pub(super) id: u32,
     pub(super) sentences: Vec<SpokenSentence>,
     /// Sentence texts waiting for their first frame (sample offset, text).
-    pub(super) captions: VecDeque<(u64, String)>,
+    captions: VecDeque<(u64, String)>,
     /// Realtime mode: the provider's item being played.
     pub(super) item_id: Option<String>,
+}
+
+impl Reply {
+    /// The reply after this one (realtime mode: the provider's item `item_id`), empty.
+    pub(super) fn next(&self, item_id: Option<String>) -> Reply {
+        Reply {
+            id: self.id.wrapping_add(1),
+            item_id,
+            ..Reply::default()
+        }
+    }
 }
 
 impl CallSession {
@@ -88,10 +99,7 @@ impl CallSession {
 
     /// Makes `turn` the reply the call plays.
     pub(super) fn install_turn(&mut self, turn: ActiveTurn) {
-        self.reply = Reply {
-            id: self.reply.id.wrapping_add(1),
-            ..Reply::default()
-        };
+        self.reply = self.reply.next(None);
         self.playout.clear();
         self.turn = Some(turn);
         self.inbound_rest.reply_began(Instant::now());
