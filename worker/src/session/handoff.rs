@@ -21,20 +21,29 @@ pub const BATCH: Duration = Duration::from_millis(100);
 /// Held audio is handed over at the latest when the call's unplayed audio would drop to this.
 pub const MARGIN: Duration = Duration::from_millis(60);
 
-/// Reading the provider's stream rests once the call holds at least this much unplayed audio...
-pub const REST_ABOVE: Duration = Duration::from_millis(500);
-/// ...for this long, so the call still holds `REST_ABOVE - REST` when reading resumes. At four
-/// times real time a provider sends 0.8 s of 24 kHz audio (38 KB) meanwhile, well within a
-/// socket's receive buffer.
+/// Reading the provider's stream rests while the call holds more than this much unplayed
+/// audio, for as long as leaves it holding this much when reading resumes...
+pub const KEEP_AT_RESUME: Duration = Duration::from_millis(300);
+/// ...but no longer than this: at four times real time a provider sends 0.8 s of 24 kHz audio
+/// (38 KB) meanwhile, well within a socket's receive buffer.
 pub const REST: Duration = Duration::from_millis(200);
+/// Rests shorter than this are not taken: they would save a chunk or two.
+pub const MIN_REST: Duration = Duration::from_millis(40);
+/// A call holding this much unplayed audio rests from reading for the longest [`REST`]. Rests
+/// grow with the audio held: a provider streaming four times faster than real time lets a call
+/// rest 40 ms once it holds 340 ms, and each rest brings back four times its length, so reading
+/// reaches full rests after three short ones instead of reading every chunk up to 500 ms
+/// ahead (half the chunks of a short sentence, each a wake-up).
+pub const REST_ABOVE: Duration =
+    Duration::from_millis(KEEP_AT_RESUME.as_millis() as u64 + REST.as_millis() as u64);
 /// A chunk waited for at least this long came live from the provider, so what had accumulated
 /// was all read; one that came sooner was part of it, and reading goes on without a rest.
 pub const LIVE_WAIT: Duration = Duration::from_millis(3);
-/// Between two rests at least this much audio is read, twice what a rest lets play. On a
-/// worker short of CPU every chunk is waited for longer than [`LIVE_WAIT`], backlog or not, and
-/// without this reading would fall to a chunk per rest: slower than real time, with the call's
-/// audio down to what it held at the rest, where any further delay is a gap the caller hears.
-pub const BETWEEN_RESTS: Duration = Duration::from_millis(2 * REST.as_millis() as u64);
+/// Between two rests at least twice the last rest's length of audio is read. On a worker short
+/// of CPU every chunk is waited for longer than [`LIVE_WAIT`], backlog or not, and without this
+/// reading would fall to a chunk per rest: slower than real time, with the call's audio down to
+/// what it held at the rest, where any further delay is a gap the caller hears.
+pub const BETWEEN_RESTS_PER_REST: u32 = 2;
 /// Reading does not rest while the call's event loops run this far behind (smoothed lag of its
 /// runtimes, as load shedding measures it; a keeping-up loop's timers are under a millisecond
 /// late). Measured on a saturated worker, resting made gaps and late frames more frequent even
@@ -43,8 +52,7 @@ pub const BETWEEN_RESTS: Duration = Duration::from_millis(2 * REST.as_millis() a
 pub const REST_LAG_LIMIT: Duration = Duration::from_millis(2);
 
 // After a rest the call still holds more than a batch above the margin.
-const _: () =
-    assert!(REST_ABOVE.as_millis() - REST.as_millis() > MARGIN.as_millis() + BATCH.as_millis());
+const _: () = assert!(KEEP_AT_RESUME.as_millis() > MARGIN.as_millis() + BATCH.as_millis());
 
 /// What to do with the audio held so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +69,8 @@ pub struct HandOffPacer {
     /// When the first audio of this reply was handed over: playout starts about then.
     first: Option<Instant>,
     handed_samples: u64,
-    /// What had been handed over when reading last rested.
-    handed_at_rest: Option<u64>,
+    /// What had been handed over when reading last rested, and how long that rest was.
+    last_rest: Option<(u64, Duration)>,
 }
 
 impl HandOffPacer {
@@ -72,7 +80,7 @@ impl HandOffPacer {
             rate: rate.max(1),
             first: None,
             handed_samples: 0,
-            handed_at_rest: None,
+            last_rest: None,
         }
     }
 
@@ -94,21 +102,24 @@ impl HandOffPacer {
 
     /// Whether reading the provider's stream rests now, after a chunk that was waited for
     /// `waited`, with the call's event loops `behind`, and until when: only once reading has
-    /// caught up with the provider, the call holds at least [`REST_ABOVE`] of unplayed audio,
-    /// [`BETWEEN_RESTS`] was handed over since the last rest, and the event loops are less than
-    /// [`REST_LAG_LIMIT`] behind (everything held must be handed over before resting).
+    /// caught up with the provider, the call holds more than [`KEEP_AT_RESUME`] of unplayed
+    /// audio by at least [`MIN_REST`], twice the last rest's length was handed over since it,
+    /// and the event loops are less than [`REST_LAG_LIMIT`] behind (everything held must be
+    /// handed over before resting). The rest leaves [`KEEP_AT_RESUME`] unplayed, and lasts at
+    /// most [`REST`].
     pub fn rest(&mut self, waited: Duration, behind: Duration, now: Instant) -> Option<Instant> {
-        if behind >= REST_LAG_LIMIT {
+        if behind >= REST_LAG_LIMIT || waited < LIVE_WAIT {
             return None;
         }
-        let progressed = self
-            .handed_at_rest
-            .is_none_or(|at| self.handed_samples.saturating_sub(at) >= self.samples(BETWEEN_RESTS));
-        if waited < LIVE_WAIT || !progressed || self.unplayed(now) < REST_ABOVE {
+        let progressed = self.last_rest.is_none_or(|(at, length)| {
+            self.handed_samples.saturating_sub(at) >= self.samples(length * BETWEEN_RESTS_PER_REST)
+        });
+        let length = self.unplayed(now).saturating_sub(KEEP_AT_RESUME).min(REST);
+        if !progressed || length < MIN_REST {
             return None;
         }
-        self.handed_at_rest = Some(self.handed_samples);
-        Some(now + REST)
+        self.last_rest = Some((self.handed_samples, length));
+        Some(now + length)
     }
 
     /// Audio handed over and not yet played, assuming playout ran without a gap since the
@@ -204,26 +215,47 @@ mod tests {
             None,
             "nothing handed yet"
         );
-        pacer.handed(samples(400), t0);
+        pacer.handed(samples(330), t0);
         assert_eq!(
             pacer.rest(live, Duration::ZERO, t0),
             None,
-            "400 ms ahead is not enough"
+            "330 ms ahead leaves too short a rest above the 300 ms kept"
         );
-        pacer.handed(samples(200), t0);
+        pacer.handed(samples(270), t0);
         assert_eq!(
             pacer.rest(live - ms(1), Duration::ZERO, t0 + ms(50)),
             None,
             "a chunk that came at once was part of a backlog: read on"
         );
         assert_eq!(
-            pacer.rest(live, Duration::ZERO, t0 + ms(150)),
+            pacer.rest(live, Duration::ZERO, t0 + ms(270)),
             None,
-            "played down to 450 ms ahead"
+            "played down to 330 ms ahead"
         );
         assert_eq!(
             pacer.rest(live, Duration::ZERO, t0 + ms(50)),
-            Some(t0 + ms(50) + REST)
+            Some(t0 + ms(50) + REST),
+            "550 ms ahead: a full rest"
+        );
+    }
+
+    #[test]
+    fn rests_grow_with_the_audio_held() {
+        let t0 = Instant::now();
+        let mut pacer = HandOffPacer::new(RATE);
+        pacer.handed(samples(360), t0);
+        assert_eq!(
+            pacer.rest(LIVE_WAIT, Duration::ZERO, t0),
+            Some(t0 + ms(60)),
+            "360 ms ahead: a rest that leaves 300"
+        );
+        // Four times real time: the rest brought 240 ms, twice its length.
+        let after = t0 + ms(60);
+        pacer.handed(samples(240), after);
+        assert_eq!(
+            pacer.rest(LIVE_WAIT, Duration::ZERO, after),
+            Some(after + REST),
+            "540 ms ahead: a full rest"
         );
     }
 
