@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_reply_written_every_two_periods_costs_no_wake_up_of_its_own() {
-        // Writes every 120 ms (six frames), rests of 60 ms: every wake-up is both a rest's end
+        // Writes every 120 ms, rests of 60 ms: every wake-up is both a rest's end
         // and, every other time, a write, so a playing call wakes as often as a silent one.
         let write_every = 2 * PERIOD;
         let t0 = Instant::now();

@@ -21,14 +21,15 @@ pub const LEAD_FRAMES: u32 = 2;
 pub const SEND_EARLY: Duration = FRAME;
 
 /// Reply frames leave this many at a time, in one socket write: one write (and at most one
-/// wake-up, on each side) per 120 ms instead of one per frame. Three rather than two cut the
+/// wake-up, on each side) per 240 ms instead of one per frame. Three rather than two cut the
 /// generator's late frames at 2,000 calls on two cores by a third or more, five rather than
 /// three the worker's CPU at 1,000 calls in conversation by 5% (BENCHMARKS.md, 2026-11-30
-/// afternoon and late afternoon). Six, 120 ms, is two of the default 60 ms inbound rests, so a
-/// playing call's rests end on its writes and it wakes no more often than a silent one
-/// (`inbound_rest`). The carrier holds at most five frames more than the lead, barge-in clears
-/// them, and what the caller heard is timed by the playhead model, not by the sends.
-pub const FRAMES_PER_WRITE: u32 = 6;
+/// afternoon and late afternoon), twelve rather than six by 2.9% (2026-12-04 evening, side by
+/// side). Twelve, 240 ms, is four of the default 60 ms inbound rests, so a playing call's rests
+/// end on its writes and it wakes no more often than a silent one (`inbound_rest`). The carrier
+/// holds at most eleven frames more than the lead, barge-in clears them, and what the caller
+/// heard is timed by the playhead model, not by the sends.
+pub const FRAMES_PER_WRITE: u32 = 12;
 
 /// After the carrier ran out of a reply's audio, playback resumes once this much is queued (or
 /// the sentence is complete): speech streaming at about real time then plays on this cushion
@@ -435,7 +436,7 @@ mod tests {
     #[test]
     fn frames_sent_after_the_lead_ran_out_count_as_a_gap() {
         let t0 = Instant::now();
-        let mut p = armed(t0, 30);
+        let mut p = armed(t0, 60);
         assert_eq!(
             audio_len(&p.pop_due(t0)).len(),
             FIRST_WRITE,
