@@ -273,7 +273,8 @@ async fn speak(
 }
 
 /// Streams sentences through TTS and resamples the 24 kHz PCM to the call's rate. The sentence
-/// after the playing one is requested and read ahead meanwhile (see [`SentenceSpeech`]).
+/// after the playing one is requested and its first audio awaited meanwhile (see
+/// [`SentenceSpeech`]).
 struct Speaker<'a> {
     pipeline: &'a PipelineVersion,
     metrics: &'a Metrics,
@@ -411,9 +412,9 @@ impl<'a> Speaker<'a> {
                 () = &mut hold, if holding => Step::HandOff,
                 () = &mut rest, if resting => Step::Resume,
                 text = sentences.recv(), if *more && upcoming.is_none() => Step::NextSentence(text),
-                // While reading rests, the next sentence's request still goes out and its
-                // first byte is still awaited: that wait is what the prefetch hides.
-                () = read_ahead(upcoming), if !resting || awaiting_first_byte(upcoming) => Step::ReadAhead,
+                // The next sentence's first byte is awaited, resting or not: that wait is what
+                // the prefetch hides. The rest of its audio waits in the socket until it plays.
+                () = read_ahead(upcoming), if awaiting_first_byte(upcoming) => Step::ReadAhead,
             };
             let chunk = match step {
                 Step::Chunk(Some(chunk)) => chunk?,
