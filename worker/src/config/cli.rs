@@ -133,8 +133,10 @@ pub struct ServeArgs {
     /// the caller's next frames (quiet, or talking with the last frame loud): the kernel holds
     /// what arrives and one read takes three frames instead of three wake-ups and reads. The
     /// frame that ends a turn is always read as it comes; noticing that the caller began to speak
-    /// (and a barge-in) may come up to this much later. 0: every frame is read as it comes.
-    /// At most 100.
+    /// may come up to this much later, and a barge-in when `minSpeechMs` is under this plus 40
+    /// ms (otherwise rests while a reply could be barged into last up to `minSpeechMs` - 40 ms,
+    /// at most `listening_rest_ms`: speech noticed that soon is still confirmed on time). 0:
+    /// every frame is read as it comes. At most 100.
     #[arg(long, env = "CALLFLEET_INBOUND_REST_MS", default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(0..=100))]
     pub inbound_rest_ms: u64,

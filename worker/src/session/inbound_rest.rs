@@ -9,8 +9,10 @@
 //! have begun to speak, the call rests only until two frames before the one that would end the
 //! turn (or report the early-reply pause) or confirm the speech, and reads the last ones as
 //! they come. What may come up to one rest later is noticing the first loud frame (the voice
-//! activity detector still counts the same audio, so its `minSpeechMs` is unchanged), and with
-//! it a barge-in. While a reply plays, a rest ends no later than the call's next reply write,
+//! activity detector still counts the same audio, so its `minSpeechMs` is unchanged). A
+//! barge-in, decided when the speech is confirmed, is not later as long as the rest is shorter
+//! than `minSpeechMs` by [`DECISION_MARGIN`]: rests while a reply could be interrupted are sized
+//! that way ([`reply_period`]). While a reply plays, a rest ends no later than the call's next reply write,
 //! which wakes the call anyway: the write and the read share one wake-up instead of each
 //! having its own.
 //!
@@ -36,6 +38,23 @@ pub const DECISION_MARGIN: Duration = Duration::from_millis(40);
 
 /// Rests shorter than a frame would save no read.
 const MIN_REST: Duration = Duration::from_millis(20);
+
+/// How long a rest lasts while a reply could be barged into, for calls whose speech is
+/// confirmed `min_speech` after it begins (the pipeline's `minSpeechMs`): at least the
+/// configured `period`, and up to `min_speech - DECISION_MARGIN` (never past the listening
+/// length). A start of speech noticed that soon after it began is still confirmed on time,
+/// and with it the barge-in: once noticed, the frames before the confirming one are counted and
+/// that one is read as it comes (see the module doc). So such a rest delays no barge-in, and
+/// `period` only decides when `minSpeechMs` is shorter. At the default 200 ms, rests of 160 ms
+/// while a reply plays end on every other write instead of every write's fourth of the way
+/// (twelve frames a write): half the reads.
+pub fn reply_period(period: Duration, listening: Duration, min_speech: Duration) -> Duration {
+    if period.is_zero() {
+        return Duration::ZERO;
+    }
+    let unnoticed = min_speech.saturating_sub(DECISION_MARGIN);
+    period.max(unnoticed.min(InboundRest::longest_for(period, listening)))
+}
 
 /// What the caller's next frames could interrupt, which sets how long a rest may last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +200,32 @@ mod tests {
     }
     /// Frames that decide nothing however long they wait.
     const ANY: Option<Duration> = Some(Duration::MAX);
+
+    #[test]
+    fn reply_rests_last_as_long_as_a_start_of_speech_is_still_confirmed_on_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(reply_period(PERIOD, LISTENING, ms(200)), ms(160));
+        assert_eq!(
+            reply_period(PERIOD, LISTENING, ms(80)),
+            PERIOD,
+            "a short minSpeechMs: the configured period"
+        );
+        assert_eq!(
+            reply_period(PERIOD, LISTENING, ms(500)),
+            LISTENING,
+            "never past the listening length"
+        );
+        assert_eq!(
+            reply_period(PERIOD, Duration::ZERO, ms(500)),
+            PERIOD,
+            "listening rests off: the period throughout"
+        );
+        assert_eq!(
+            reply_period(Duration::ZERO, LISTENING, ms(200)),
+            Duration::ZERO,
+            "rests off"
+        );
+    }
 
     #[test]
     fn rests_end_on_the_shared_grid_and_never_past_a_bound() {

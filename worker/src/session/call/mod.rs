@@ -20,7 +20,9 @@ use crate::providers::{ChatMessage, ChatRole, LiveUpload, RealtimeSession, provi
 use crate::recording::CallRecorder;
 use crate::session::connection::PING_INTERVAL;
 use crate::session::history::History;
-use crate::session::inbound_rest::{DECISION_MARGIN, DRAIN_LIMIT, InboundRest, Interruptible};
+use crate::session::inbound_rest::{
+    DECISION_MARGIN, DRAIN_LIMIT, InboundRest, Interruptible, reply_period,
+};
 use crate::session::keypad::Keypad;
 use crate::session::playout::Playout;
 use crate::session::realtime_guard::RealtimeGuard;
@@ -291,7 +293,11 @@ impl CallSession {
             uplink: None,
             recorder,
             inbound_rest: InboundRest::new(
-                ctx.limits.inbound_rest,
+                reply_period(
+                    ctx.limits.inbound_rest,
+                    ctx.limits.listening_rest,
+                    Duration::from_millis(u64::from(spec.turn_detection.min_speech_ms)),
+                ),
                 ctx.limits.listening_rest,
                 ctx.limits.wake_grid,
             ),
