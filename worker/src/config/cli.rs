@@ -238,9 +238,9 @@ pub enum MediaRuntime {
     /// One work-stealing runtime over this many threads: idle threads take over a busy or
     /// descheduled one's calls, which keeps reply pacing when the CPU is oversubscribed.
     WorkStealing(usize),
-    /// This many single-threaded runtimes, each with its own listener: about 10% less CPU per
-    /// call with one thread; with several, no cheaper than work stealing and worse at pacing
-    /// under CPU contention (BENCHMARKS.md).
+    /// This many single-threaded runtimes, each with its own listener: 12–16% less CPU per call
+    /// with one thread than two work-stealing threads; with several, no cheaper than work
+    /// stealing and worse at pacing under CPU contention (BENCHMARKS.md).
     PerThread(usize),
 }
 
