@@ -27,17 +27,14 @@ pub const MARGIN: Duration = Duration::from_millis(60);
 /// underruns (side by side, four rounds, 2026-12-04 evening)...
 pub const KEEP_AT_RESUME: Duration = Duration::from_millis(200);
 /// ...but no longer than this: at four times real time a provider sends 0.8 s of 24 kHz audio
-/// (38 KB) meanwhile, well within a socket's receive buffer.
+/// (38 KB) meanwhile, well within a socket's receive buffer. Rests grow with the audio held: a
+/// provider streaming four times faster than real time lets a call rest 40 ms once it holds
+/// 240 ms, and each rest brings back four times its length, so reading reaches full rests after
+/// two short ones instead of reading every chunk up to 500 ms ahead (half the chunks of a short
+/// sentence, each a wake-up).
 pub const REST: Duration = Duration::from_millis(200);
 /// Rests shorter than this are not taken: they would save a chunk or two.
 pub const MIN_REST: Duration = Duration::from_millis(40);
-/// A call holding this much unplayed audio rests from reading for the longest [`REST`]. Rests
-/// grow with the audio held: a provider streaming four times faster than real time lets a call
-/// rest 40 ms once it holds 240 ms, and each rest brings back four times its length, so reading
-/// reaches full rests after two short ones instead of reading every chunk up to 500 ms ahead
-/// (half the chunks of a short sentence, each a wake-up).
-pub const REST_ABOVE: Duration =
-    Duration::from_millis(KEEP_AT_RESUME.as_millis() as u64 + REST.as_millis() as u64);
 /// A chunk waited for at least this long came live from the provider, so what had accumulated
 /// was all read; one that came sooner was part of it, and reading goes on without a rest.
 pub const LIVE_WAIT: Duration = Duration::from_millis(3);

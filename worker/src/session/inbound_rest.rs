@@ -12,9 +12,9 @@
 //! activity detector still counts the same audio, so its `minSpeechMs` is unchanged). A
 //! barge-in, decided when the speech is confirmed, is not later as long as the rest is shorter
 //! than `minSpeechMs` by [`DECISION_MARGIN`]: rests while a reply could be interrupted are sized
-//! that way ([`reply_period`]). While a reply plays, a rest ends no later than the call's next reply write,
-//! which wakes the call anyway: the write and the read share one wake-up instead of each
-//! having its own.
+//! that way ([`reply_period`]). While a reply plays, a rest ends no later than the call's next
+//! reply write, which wakes the call anyway: the write and the read share one wake-up instead of
+//! each having its own.
 //!
 //! While there is nothing to barge into (no reply being prepared or played: the caller talks,
 //! or both are quiet), the start of speech decides nothing that cannot wait, so the call rests
@@ -45,9 +45,8 @@ const MIN_REST: Duration = Duration::from_millis(20);
 /// length). A start of speech noticed that soon after it began is still confirmed on time,
 /// and with it the barge-in: once noticed, the frames before the confirming one are counted and
 /// that one is read as it comes (see the module doc). So such a rest delays no barge-in, and
-/// `period` only decides when `minSpeechMs` is shorter. At the default 200 ms, rests of 160 ms
-/// while a reply plays end on every other write instead of every write's fourth of the way
-/// (twelve frames a write): half the reads.
+/// `period` only decides when `minSpeechMs` is shorter. At the default 200 ms a playing call
+/// rests 160 ms instead of 60, reading twice per 240 ms write instead of four times.
 pub fn reply_period(period: Duration, listening: Duration, min_speech: Duration) -> Duration {
     if period.is_zero() {
         return Duration::ZERO;
